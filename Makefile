@@ -1,0 +1,36 @@
+# The README's two commands: `make demo` and `make test`. Every target bootstraps
+# the virtual environment first; re-running is quick when pyproject.toml is unchanged.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+EXTRAS ?= dev
+
+.PHONY: demo test lint typecheck pytest bench bench-gpu clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[$(EXTRAS)]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/rnnjax demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check rnnjax tests benchmarks
+	$(BIN)/ruff format --check rnnjax tests benchmarks
+
+typecheck: $(STAMP)
+	$(BIN)/mypy rnnjax
+
+pytest: $(STAMP)
+	$(BIN)/python -m pytest -n 2 --dist loadfile
+
+test: lint typecheck pytest
+
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
+	$(BIN)/python benchmarks/bench_speed.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,157 @@
+"""Long Short-Term Memory, with the peephole and coupled-gate variants of the lecture.
+
+Gate order is **(i, f, g, o)** — input, forget, candidate (c̃), output — the same as PyTorch
+and ``jax.experimental.rnn``. The coupled variant has no input gate: its order is (f, g, o).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from rnnjax import initializers
+from rnnjax.cells.base import (
+    Array,
+    Cell,
+    LSTMCarry,
+    check_compute_dtype,
+    check_positive,
+    gate_blocks,
+    make_cell,
+    matmul,
+    zeros_carry,
+)
+
+
+class LSTMParams(NamedTuple):
+    """Parameters of `lstm`; gates concatenated in the order (i, f, g, o) ((f, g, o) if coupled).
+
+    Attributes:
+        U: input weights [U⁽ⁱ⁾ U⁽ᶠ⁾ U⁽ᵍ⁾ U⁽ᵒ⁾], (D, 4H) — (D, 3H) when coupled.
+        W: recurrent weights [W⁽ⁱ⁾ W⁽ᶠ⁾ W⁽ᵍ⁾ W⁽ᵒ⁾] applied to m_{t-1}, (H, 4H) — (H, 3H) coupled.
+        b: gate biases, (4H,) — (3H,) coupled; the forget block starts at ``forget_bias``.
+        p_i, p_f, p_o: diagonal peephole weights (H,) each, or None without peepholes
+            (p_i is None for the coupled cell, which has no input gate).
+    """
+
+    U: Array
+    W: Array
+    b: Array
+    p_i: Array | None = None
+    p_f: Array | None = None
+    p_o: Array | None = None
+
+
+def lstm(
+    hidden_size: int,
+    peephole: bool = False,
+    coupled: bool = False,
+    forget_bias: float = 1.0,
+    *,
+    input_init=initializers.default_input_init,
+    recurrent_init=initializers.default_recurrent_init,
+    bias_init=initializers.default_bias_init,
+    peephole_init=jax.nn.initializers.zeros,
+    dtype: Any = None,
+) -> Cell:
+    r"""The LSTM of the lecture (Hochreiter & Schmidhuber 1997, with a forget gate).
+
+    .. math::
+        i_t &= \sigma(x_t U^{(i)} + m_{t-1} W^{(i)} + b^{(i)}) \\
+        f_t &= \sigma(x_t U^{(f)} + m_{t-1} W^{(f)} + b^{(f)}) \\
+        \tilde c_t &= \tanh(x_t U^{(g)} + m_{t-1} W^{(g)} + b^{(g)}) \\
+        c_t &= f_t \odot c_{t-1} + i_t \odot \tilde c_t \\
+        o_t &= \sigma(x_t U^{(o)} + m_{t-1} W^{(o)} + b^{(o)}) \\
+        m_t &= o_t \odot \tanh(c_t)
+
+    With ``peephole=True`` (Gers & Schmidhuber 2000) i_t and f_t also see p ⊙ c_{t-1} and o_t
+    sees p_o ⊙ c_t. With ``coupled=True`` the input gate is tied to the forget gate:
+    c_t = f_t ⊙ c_{t-1} + (1 − f_t) ⊙ c̃_t.
+
+    Args:
+        hidden_size: H.
+        peephole: add diagonal peephole connections.
+        coupled: couple the input and forget gates (i_t = 1 − f_t).
+        forget_bias: initial value of b⁽ᶠ⁾ (1.0 keeps the cell-state path open at the start,
+            Gers et al. 2000, Jozefowicz et al. 2015; PyTorch and Flax start at 0). It is an
+            initial value only: the computation never adds a hidden constant.
+        input_init, recurrent_init, bias_init: initialisers of U, W (per gate block) and b.
+        peephole_init: initialiser of the peephole vectors (default zeros).
+        dtype: optional compute dtype of the matmuls (e.g. ``jnp.bfloat16``).
+
+    Returns:
+        A `Cell` whose carry is ``LSTMCarry(h=m_t, c=c_t)`` and whose output is m_t.
+
+    Example:
+        >>> cell = lstm(256)
+        >>> params = cell.init(jax.random.key(0), input_size=128)
+        >>> params.W.shape                                # (H, 4H), gates (i, f, g, o)
+        (256, 1024)
+
+    References:
+        Hochreiter & Schmidhuber, "Long short-term memory", 1997.
+        Gers, Schmidhuber & Cummins, "Learning to forget", 2000.
+        Gers & Schmidhuber, "Recurrent nets that time and count", 2000 (peepholes).
+        Greff et al., "LSTM: A search space odyssey", 2017 (coupled gates).
+    """
+    H = check_positive("hidden_size", hidden_size)
+    compute_dtype = check_compute_dtype(dtype)
+    gates = 3 if coupled else 4
+    forget_slot = 0 if coupled else 1
+
+    def init(key, input_size: int) -> LSTMParams:
+        D = check_positive("input_size", input_size)
+        k_u, k_w, k_b, k_p = jax.random.split(key, 4)
+        b = bias_init(k_b, (gates * H,), jnp.float32)  # (G,)
+        b = b.at[forget_slot * H : (forget_slot + 1) * H].add(forget_bias)
+        peep = [None, None, None]
+        if peephole:
+            k_pi, k_pf, k_po = jax.random.split(k_p, 3)
+            peep = [peephole_init(k, (H,), jnp.float32) for k in (k_pi, k_pf, k_po)]
+            if coupled:
+                peep[0] = None
+        return LSTMParams(
+            U=gate_blocks(input_init, k_u, D, H, gates),  # (D, G)
+            W=gate_blocks(recurrent_init, k_w, H, H, gates),  # (H, G)
+            b=b,
+            p_i=peep[0],
+            p_f=peep[1],
+            p_o=peep[2],
+        )
+
+    def initial_carry(params: LSTMParams, batch_shape=()) -> LSTMCarry:
+        del params
+        return LSTMCarry(zeros_carry(batch_shape, H), zeros_carry(batch_shape, H))
+
+    def project(params: LSTMParams, xs: Array) -> Array:
+        return matmul(xs, params.U, compute_dtype) + params.b  # (..., G)
+
+    def recur(params: LSTMParams, carry: LSTMCarry, px: Array):
+        z = px + matmul(carry.h, params.W, compute_dtype)  # (..., G)
+        if coupled:
+            zf, zg, zo = jnp.split(z, 3, axis=-1)  # (..., H) each
+        else:
+            zi, zf, zg, zo = jnp.split(z, 4, axis=-1)  # (..., H) each
+        if peephole:
+            zf = zf + params.p_f * carry.c
+        f = jax.nn.sigmoid(zf)
+        if coupled:
+            i = 1.0 - f
+        else:
+            i = jax.nn.sigmoid(zi + params.p_i * carry.c if peephole else zi)
+        c = f * carry.c + i * jnp.tanh(zg)  # (..., H)
+        o = jax.nn.sigmoid(zo + params.p_o * c if peephole else zo)
+        h = o * jnp.tanh(c)  # (..., H)
+        return LSTMCarry(h, c), h
+
+    return make_cell(
+        name="lstm",
+        hidden_size=H,
+        config=dict(peephole=peephole, coupled=coupled, dtype=compute_dtype),
+        init=init,
+        initial_carry=initial_carry,
+        project=project,
+        recur=recur,
+    )

@@ -1,0 +1,175 @@
+"""`unroll`: the one time loop of rnnjax.
+
+The driver owns everything about a sequence that is not the cell: layout (batch- or
+time-major), lengths, reversal, the hoisted input projection and the choice of backend.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rnnjax.cells.base import Array, Cell
+from rnnjax.kernels import get_backend
+
+
+def unroll(
+    cell: Cell,
+    params: Any,
+    xs: Array,
+    carry: Any = None,
+    *,
+    lengths: Array | None = None,
+    reverse: bool = False,
+    time_major: bool = False,
+    unroll: int = 1,
+    remat: bool = False,
+    backend: str = "scan",
+) -> tuple[Any, Array]:
+    r"""Runs ``cell`` over a sequence: c_t = h(x_t, c_{t-1}; θ) for t = 1..T.
+
+    The input projection ``cell.project`` runs once over the whole sequence (one matmul of
+    (T·B, D) by (D, G)); only ``cell.recur`` runs inside the loop.
+
+    Args:
+        cell: a `Cell` (e.g. ``rj.lstm(64)``).
+        params: the cell's parameters.
+        xs: float inputs, (B, T, D) batch-first (default), (T, B, D) with ``time_major``, or
+            (T, D) for one unbatched sequence.
+        carry: initial carry; None means ``cell.initial_carry`` (zeros).
+        lengths: optional int (B,) (or a scalar for one sequence): the number of valid steps.
+            Outputs at t >= length are zero and the final carry is each sequence's carry at
+            its last valid step.
+        reverse: run from the end of each sequence to its start. With ``lengths`` each sequence
+            is reversed within its own length (padding stays at the end); outputs are returned
+            in input order either way, so y_t is the state after reading x_T..x_t.
+        time_major: xs and ys are (T, B, ·) instead of (B, T, ·).
+        unroll: loop steps per iteration (trades compile time for per-step overhead).
+        remat: recompute each step in the backward pass instead of storing its intermediates,
+            so BPTT memory is O(T·carry) instead of O(T·activations).
+        backend: "scan" (reference), or a fast backend registered in `rnnjax.kernels`.
+
+    Returns:
+        ``(final_carry, ys)``; ys has the layout of xs with H features.
+
+    Raises:
+        ValueError: for a wrong rank, dtype or feature size of xs, T = 0, lengths out of
+            [0, T] or of the wrong shape, a carry that does not match the cell, or an unknown
+            backend.
+
+    Example:
+        >>> cell = rj.lstm(32)
+        >>> params = cell.init(jax.random.key(0), input_size=8)
+        >>> carry, ys = rj.unroll(cell, params, jnp.ones((4, 10, 8)))
+        >>> ys.shape
+        (4, 10, 32)
+    """
+    run = get_backend(backend)
+    xs = _check_inputs(params, xs)
+    batch_shape = _batch_shape(xs, time_major)
+    T = xs.shape[0] if (time_major or xs.ndim == 2) else xs.shape[1]
+    if T == 0:
+        raise ValueError(f"xs has no time steps: {xs.shape=} gives T=0")
+    if isinstance(unroll, bool) or not isinstance(unroll, int) or unroll < 1:
+        raise ValueError(f"unroll must be a positive int, got {unroll=}")
+    if lengths is not None:
+        lengths = _check_lengths(lengths, batch_shape, T)
+    carry = _check_carry(cell, params, carry, batch_shape)
+
+    xs_tm = xs if (time_major or xs.ndim == 2) else jnp.swapaxes(xs, 0, 1)  # (T, *batch, D)
+    if reverse:
+        xs_tm = reverse_within_lengths(xs_tm, lengths)
+    px = cell.project(params, xs_tm)  # (T, *batch, G)
+    final_carry, ys = run(cell, params, px, carry, lengths, unroll=unroll, remat=remat)
+    if reverse:
+        ys = reverse_within_lengths(ys, lengths)  # (T, *batch, H), back in input order
+    if not (time_major or xs.ndim == 2):
+        ys = jnp.swapaxes(ys, 0, 1)  # (B, T, H)
+    return final_carry, ys
+
+
+def reverse_within_lengths(xs: Array, lengths: Array | None) -> Array:
+    """Reverses each sequence of a time-major array within its own length.
+
+    Args:
+        xs: (T, *batch, F).
+        lengths: None (reverse all T steps) or int (*batch,).
+
+    Returns:
+        (T, *batch, F) with ``out[t] = xs[length - 1 - t]`` for t < length and ``out[t] =
+        xs[t]`` (padding stays in place) otherwise. The map is its own inverse.
+    """
+    if lengths is None:
+        return jnp.flip(xs, axis=0)
+    T = xs.shape[0]
+    t = jnp.arange(T).reshape((T,) + (1,) * lengths.ndim)  # (T, *1)
+    source = jnp.where(t < lengths, lengths - 1 - t, t)  # (T, *batch)
+    return jnp.take_along_axis(xs, source[..., None], axis=0)
+
+
+def _check_inputs(params: Any, xs: Any) -> Array:
+    """Checks rank, dtype and feature size of xs against the cell's parameters."""
+    xs = jnp.asarray(xs) if not isinstance(xs, jax.Array) else xs
+    if xs.ndim not in (2, 3):
+        raise ValueError(
+            f"xs must be (B, T, D), (T, B, D) with time_major, or (T, D); got rank "
+            f"{xs.ndim} with {xs.shape=}"
+        )
+    if not jnp.issubdtype(xs.dtype, jnp.floating):
+        raise ValueError(
+            f"xs must be a float array but has {xs.dtype=}; embed integer tokens first "
+            f"(rnnjax.layers.embedding) or cast with xs.astype(jnp.float32)"
+        )
+    U = getattr(params, "U", None)
+    if U is not None and xs.shape[-1] != U.shape[0]:
+        raise ValueError(
+            f"xs has {xs.shape[-1]} features (xs.shape={xs.shape}) but the cell's params were "
+            f"built for input_size={U.shape[0]}"
+        )
+    return xs
+
+
+def _batch_shape(xs: Array, time_major: bool) -> tuple[int, ...]:
+    if xs.ndim == 2:
+        return ()
+    return (xs.shape[1],) if time_major else (xs.shape[0],)
+
+
+def _check_lengths(lengths: Any, batch_shape: tuple[int, ...], T: int) -> Array:
+    """Checks that lengths is int with the batch shape and (when concrete) within [0, T]."""
+    lengths = jnp.asarray(lengths)
+    if not jnp.issubdtype(lengths.dtype, jnp.integer):
+        raise ValueError(f"lengths must be integers, got {lengths.dtype=}")
+    if lengths.shape != batch_shape:
+        raise ValueError(f"lengths must have the batch shape {batch_shape}, got {lengths.shape=}")
+    try:
+        values = np.asarray(lengths)
+    except jax.errors.TracerArrayConversionError:
+        return lengths  # traced under jit: the values cannot be checked here
+    if values.size and (values.min() < 0 or values.max() > T):
+        raise ValueError(
+            f"lengths must lie in [0, T={T}], got min={values.min()} max={values.max()} "
+            f"(lengths={values.tolist()})"
+        )
+    return lengths
+
+
+def _check_carry(cell: Cell, params: Any, carry: Any, batch_shape: tuple[int, ...]) -> Any:
+    """Returns the initial carry, checking a given one against the cell's own structure."""
+    if carry is None:
+        return cell.initial_carry(params, batch_shape)
+    expected = jax.eval_shape(lambda: cell.initial_carry(params, batch_shape))
+    want = jax.tree.structure(expected)
+    got = jax.tree.structure(carry)
+    if want != got:
+        raise ValueError(f"carry has structure {got} but the {cell.name} cell expects {want}")
+    for e, c in zip(jax.tree.leaves(expected), jax.tree.leaves(carry), strict=True):
+        if tuple(e.shape) != tuple(jnp.shape(c)):
+            raise ValueError(
+                f"carry leaf has shape {tuple(jnp.shape(c))} but the {cell.name} cell expects "
+                f"{tuple(e.shape)} for batch shape {batch_shape}"
+            )
+    return carry

@@ -1,0 +1,132 @@
+"""Weight initialisers: the library defaults and the named schemes of the RNN literature.
+
+Every factory takes ``input_init``, ``recurrent_init`` and ``bias_init`` arguments with the
+signature of ``jax.nn.initializers`` (``init(key, shape, dtype) -> array``). The defaults are
+LeCun-normal for U, orthogonal (per gate block) for W and zeros for b.
+
+The named schemes of Pascanu, Mikolov & Bengio (2013), section 4 and their code
+(pascanur/trainingRNNs), where "N(0, s)" means standard deviation s:
+
+- ``"sigmoid"``: sigmoid units, every weight ~ N(0, 0.01), biases 0.
+- ``"basic_tanh"``: tanh units, every weight ~ N(0, 0.1), biases 0.
+- ``"smart_tanh"``: tanh units, U ~ N(0, 0.01); W sparse with 15 non-zeros per unit drawn from
+  N(0, 1), then rescaled to spectral radius 0.95; biases 0.
+
+and ``"irnn"`` (Le, Jaitly & Hinton 2015): ReLU units, W = I, U ~ N(0, 0.001), biases 0.
+
+Example::
+
+    cell = rj.simple_rnn(50, **rj.initializers.scheme("smart_tanh"))
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+default_input_init = jax.nn.initializers.lecun_normal()
+default_recurrent_init = jax.nn.initializers.orthogonal()
+default_bias_init = jax.nn.initializers.zeros
+
+
+def normal(stddev: float):
+    """W_ij ~ N(0, stddev²)."""
+    return jax.nn.initializers.normal(stddev)
+
+
+def identity(scale: float = 1.0):
+    """W = scale · I for square shapes (IRNN). Raises ValueError for non-square shapes."""
+
+    def init(key, shape, dtype=jnp.float32):
+        del key
+        if len(shape) != 2 or shape[0] != shape[1]:
+            raise ValueError(f"identity init needs a square (n, n) shape, got {shape=}")
+        return scale * jnp.eye(shape[0], dtype=dtype)
+
+    return init
+
+
+def spectral_radius(radius: float, nonzeros: int | None = None):
+    """A random matrix rescaled so that its spectral radius ρ(W) = ``radius`` exactly.
+
+    Args:
+        radius: the target spectral radius (largest |eigenvalue|).
+        nonzeros: if given, each column (unit) keeps only this many non-zero incoming weights
+            (Pascanu's "smart tanh" uses 15); otherwise the matrix is dense N(0, 1/n).
+
+    The eigenvalues are computed on the host with numpy at init time (square shapes only).
+    """
+    if radius < 0:
+        raise ValueError(f"spectral radius must be >= 0, got {radius=}")
+
+    def init(key, shape, dtype=jnp.float32):
+        if len(shape) != 2 or shape[0] != shape[1]:
+            raise ValueError(f"spectral_radius init needs a square shape, got {shape=}")
+        n = shape[0]
+        k_values, k_mask = jax.random.split(key)
+        w = np.asarray(jax.random.normal(k_values, (n, n), jnp.float32), np.float64)
+        if nonzeros is None:
+            w /= np.sqrt(n)
+        else:
+            if not 0 < nonzeros <= n:
+                raise ValueError(f"nonzeros must be in [1, {n}], got {nonzeros=}")
+            scores = np.asarray(jax.random.uniform(k_mask, (n, n)))
+            keep = np.argsort(scores, axis=0)[:nonzeros]  # (nonzeros, n) row indices per unit
+            mask = np.zeros((n, n), bool)
+            np.put_along_axis(mask, keep, True, axis=0)
+            w = np.where(mask, w, 0.0)
+        rho = np.max(np.abs(np.linalg.eigvals(w)))
+        if rho == 0:
+            return jnp.zeros(shape, dtype)
+        return jnp.asarray(w * (radius / rho), dtype)
+
+    return init
+
+
+_SCHEMES: dict[str, dict[str, Any]] = {
+    "sigmoid": dict(
+        activation="sigmoid",
+        input_init=normal(0.01),
+        recurrent_init=normal(0.01),
+        bias_init=jax.nn.initializers.zeros,
+    ),
+    "basic_tanh": dict(
+        activation="tanh",
+        input_init=normal(0.1),
+        recurrent_init=normal(0.1),
+        bias_init=jax.nn.initializers.zeros,
+    ),
+    "smart_tanh": dict(
+        activation="tanh",
+        input_init=normal(0.01),
+        recurrent_init=spectral_radius(0.95, nonzeros=15),
+        bias_init=jax.nn.initializers.zeros,
+    ),
+    "irnn": dict(
+        activation="relu",
+        input_init=normal(0.001),
+        recurrent_init=identity(1.0),
+        bias_init=jax.nn.initializers.zeros,
+    ),
+}
+
+SCHEMES = tuple(_SCHEMES)
+
+
+def scheme(name: str) -> dict[str, Any]:
+    """Keyword arguments for `rnnjax.simple_rnn` that reproduce a named initialisation scheme.
+
+    Args:
+        name: one of ``"sigmoid"``, ``"basic_tanh"``, ``"smart_tanh"``, ``"irnn"``.
+
+    Returns:
+        A dict with ``activation``, ``input_init``, ``recurrent_init`` and ``bias_init``.
+    """
+    if name not in _SCHEMES:
+        raise ValueError(f"unknown init scheme {name=}; choose one of {SCHEMES}")
+    return dict(_SCHEMES[name])
