@@ -8,7 +8,7 @@
 LSTM gates are ordered (i, f, g, o) everywhere, as in PyTorch and jax.experimental.rnn.
 """
 
-from rnnjax import initializers
+from rnnjax import initializers, interop, losses
 from rnnjax.cells import (
     ACTIVATIONS,
     Cell,
@@ -24,6 +24,8 @@ from rnnjax.cells import (
     simple_rnn,
 )
 from rnnjax.driver import reverse_within_lengths, unroll
+from rnnjax.layers import bidirectional, embedding, readout, stacked
+from rnnjax.losses import bits_per_char, perplexity, sequence_cross_entropy
 
 __version__ = "0.1.0"
 
@@ -36,11 +38,20 @@ __all__ = [
     "MultiplicativeRNNParams",
     "RNNCarry",
     "SimpleRNNParams",
+    "bidirectional",
+    "bits_per_char",
+    "embedding",
     "gru",
     "initializers",
+    "interop",
+    "losses",
     "lstm",
     "multiplicative_rnn",
+    "perplexity",
+    "readout",
     "reverse_within_lengths",
+    "sequence_cross_entropy",
     "simple_rnn",
+    "stacked",
     "unroll",
 ]

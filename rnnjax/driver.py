@@ -164,7 +164,7 @@ def _check_carry(cell: Cell, params: Any, carry: Any, batch_shape: tuple[int, ..
     expected = jax.eval_shape(lambda: cell.initial_carry(params, batch_shape))
     want = jax.tree.structure(expected)
     got = jax.tree.structure(carry)
-    if want != got:
+    if str(want) != str(got):
         raise ValueError(f"carry has structure {got} but the {cell.name} cell expects {want}")
     for e, c in zip(jax.tree.leaves(expected), jax.tree.leaves(carry), strict=True):
         if tuple(e.shape) != tuple(jnp.shape(c)):

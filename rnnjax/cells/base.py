@@ -177,3 +177,12 @@ def resolve_activation(activation: str | Callable[[Array], Array]) -> tuple[str,
         if activation is fn:
             name = known
     return name, activation
+
+
+def expand(v: Any, like: Array) -> Array:
+    """Reshapes a vector (F,) to (1, ..., 1, F) with the rank of ``like``.
+
+    Batching is by leading axes, and rnnjax runs with ``jax_numpy_rank_promotion="raise"``
+    in its tests, so every bias / peephole vector is broadcast explicitly.
+    """
+    return v.reshape((1,) * (like.ndim - v.ndim) + v.shape)

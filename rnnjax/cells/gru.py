@@ -17,6 +17,7 @@ from rnnjax.cells.base import (
     RNNCarry,
     check_compute_dtype,
     check_positive,
+    expand,
     gate_blocks,
     make_cell,
     matmul,
@@ -93,7 +94,8 @@ def gru(
         return RNNCarry(zeros_carry(batch_shape, H))
 
     def project(params: GRUParams, xs: Array) -> Array:
-        return matmul(xs, params.U, compute_dtype) + params.b  # (..., 3H)
+        xu = matmul(xs, params.U, compute_dtype)  # (..., 3H)
+        return xu + expand(params.b, xu)
 
     def recur(params: GRUParams, carry: RNNCarry, px: Array):
         h_prev = carry.h  # (..., H)
@@ -102,7 +104,7 @@ def gru(
             hw_r, hw_z, hw_n = jnp.split(matmul(h_prev, params.W, compute_dtype), 3, axis=-1)
             r = jax.nn.sigmoid(px_r + hw_r)
             z = jax.nn.sigmoid(px_z + hw_z)
-            n = jnp.tanh(px_n + r * (hw_n + params.b_hn))  # (..., H)
+            n = jnp.tanh(px_n + r * (hw_n + expand(params.b_hn, hw_n)))  # (..., H)
         else:
             hw_r, hw_z = jnp.split(matmul(h_prev, params.W[:, : 2 * H], compute_dtype), 2, -1)
             r = jax.nn.sigmoid(px_r + hw_r)

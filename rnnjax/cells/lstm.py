@@ -18,6 +18,7 @@ from rnnjax.cells.base import (
     LSTMCarry,
     check_compute_dtype,
     check_positive,
+    expand,
     gate_blocks,
     make_cell,
     matmul,
@@ -126,7 +127,8 @@ def lstm(
         return LSTMCarry(zeros_carry(batch_shape, H), zeros_carry(batch_shape, H))
 
     def project(params: LSTMParams, xs: Array) -> Array:
-        return matmul(xs, params.U, compute_dtype) + params.b  # (..., G)
+        xu = matmul(xs, params.U, compute_dtype)  # (..., G)
+        return xu + expand(params.b, xu)
 
     def recur(params: LSTMParams, carry: LSTMCarry, px: Array):
         z = px + matmul(carry.h, params.W, compute_dtype)  # (..., G)
@@ -135,14 +137,14 @@ def lstm(
         else:
             zi, zf, zg, zo = jnp.split(z, 4, axis=-1)  # (..., H) each
         if peephole:
-            zf = zf + params.p_f * carry.c
+            zf = zf + expand(params.p_f, zf) * carry.c
         f = jax.nn.sigmoid(zf)
         if coupled:
             i = 1.0 - f
         else:
-            i = jax.nn.sigmoid(zi + params.p_i * carry.c if peephole else zi)
+            i = jax.nn.sigmoid(zi + expand(params.p_i, zi) * carry.c if peephole else zi)
         c = f * carry.c + i * jnp.tanh(zg)  # (..., H)
-        o = jax.nn.sigmoid(zo + params.p_o * c if peephole else zo)
+        o = jax.nn.sigmoid(zo + expand(params.p_o, zo) * c if peephole else zo)
         h = o * jnp.tanh(c)  # (..., H)
         return LSTMCarry(h, c), h
 

@@ -15,6 +15,7 @@ from rnnjax.cells.base import (
     RNNCarry,
     check_compute_dtype,
     check_positive,
+    expand,
     make_cell,
     matmul,
     resolve_activation,
@@ -96,7 +97,8 @@ def multiplicative_rnn(
     def project(params: MultiplicativeRNNParams, xs: Array) -> Array:
         U = jnp.concatenate([params.U, params.U_f], axis=-1)  # (D, H + F)
         bias = jnp.concatenate([params.b, jnp.zeros((F,), params.b.dtype)])  # (H + F,)
-        return matmul(xs, U, compute_dtype) + bias  # (..., H + F)
+        xu = matmul(xs, U, compute_dtype)  # (..., H + F)
+        return xu + expand(bias, xu)
 
     def recur(params: MultiplicativeRNNParams, carry: RNNCarry, px: Array):
         px_h, gate = px[..., :H], px[..., H:]  # (..., H), (..., F)

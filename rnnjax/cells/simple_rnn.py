@@ -14,6 +14,7 @@ from rnnjax.cells.base import (
     RNNCarry,
     check_compute_dtype,
     check_positive,
+    expand,
     make_cell,
     matmul,
     resolve_activation,
@@ -86,7 +87,8 @@ def simple_rnn(
         return RNNCarry(zeros_carry(batch_shape, H))
 
     def project(params: SimpleRNNParams, xs: Array) -> Array:
-        return matmul(xs, params.U, compute_dtype) + params.b  # (..., H)
+        xu = matmul(xs, params.U, compute_dtype)  # (..., H)
+        return xu + expand(params.b, xu)
 
     def recur(params: SimpleRNNParams, carry: RNNCarry, px: Array):
         h = act(px + matmul(carry.h, params.W, compute_dtype))  # (..., H)

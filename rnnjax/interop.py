@@ -1,0 +1,147 @@
+"""Weight conversion from PyTorch and Flax layouts to rnnjax params (arrays only).
+
+PyTorch stores ``weight_ih (G·H, D)`` and ``weight_hh (G·H, H)`` with gate rows (i, f, g, o)
+for LSTM and (r, z, n) for GRU, and two biases ``b_ih + b_hh``. Flax linen stores one
+``Dense`` per gate with kernels (in, out): ``i{i,f,g,o}`` / ``h{i,f,g,o}`` for LSTM,
+``i{r,z,n}`` / ``h{r,z,n}`` for GRU, ``i`` / ``h`` for SimpleCell. rnnjax stores one
+(in, G·H) matrix per side with the same gate order as PyTorch, so conversion is transposes
+and concatenations. PyTorch itself is never imported: any array-like (numpy, torch tensor on
+CPU) works.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+from rnnjax.cells.base import Cell
+from rnnjax.cells.gru import GRUParams
+from rnnjax.cells.lstm import LSTMParams
+from rnnjax.cells.simple_rnn import SimpleRNNParams
+
+
+def _array(value: Any) -> np.ndarray:
+    """A float32 numpy array from a numpy array, jax array or (CPU) torch tensor."""
+    if hasattr(value, "detach"):  # a torch tensor: leave autograd without importing torch
+        value = value.detach().cpu().numpy()
+    return np.asarray(value, dtype=np.float32)
+
+
+def _check_family(cell: Cell, supported: tuple[str, ...], source: str) -> None:
+    if cell.name not in supported:
+        raise ValueError(f"{source} conversion supports {supported} cells, got {cell.name=}")
+    if cell.name == "lstm" and (cell.config["peephole"] or cell.config["coupled"]):
+        raise ValueError(
+            f"{source} LSTMs have neither peepholes nor coupled gates; build the cell with "
+            f"peephole=False, coupled=False (got {cell.config})"
+        )
+    if cell.name == "gru" and not cell.config["reset_after"]:
+        raise ValueError(
+            f"{source} GRUs apply the reset gate after the matmul: use reset_after=True"
+        )
+
+
+def _gates(cell: Cell) -> int:
+    return {"simple_rnn": 1, "lstm": 4, "gru": 3}[cell.name]
+
+
+def _assemble(cell: Cell, U: np.ndarray, W: np.ndarray, b: np.ndarray, b_hn=None):
+    """Checks shapes against the cell and builds its params NamedTuple."""
+    H, G = cell.hidden_size, _gates(cell) * cell.hidden_size
+    if W.shape != (H, G) or U.shape[1] != G or b.shape != (G,):
+        raise ValueError(
+            f"weights do not fit a {cell.name} cell with hidden_size={H}: got U {U.shape}, "
+            f"W {W.shape}, b {b.shape}; expected (D, {G}), ({H}, {G}), ({G},)"
+        )
+    arrays = dict(U=jnp.asarray(U), W=jnp.asarray(W), b=jnp.asarray(b))
+    if cell.name == "simple_rnn":
+        return SimpleRNNParams(**arrays)
+    if cell.name == "lstm":
+        return LSTMParams(**arrays)
+    return GRUParams(**arrays, b_hn=jnp.asarray(b_hn))
+
+
+def from_torch(
+    cell: Cell, state_dict: Mapping[str, Any], layer: int = 0, reverse: bool = False
+) -> Any:
+    """Converts one layer (and direction) of a PyTorch ``nn.RNN`` / ``nn.LSTM`` / ``nn.GRU``.
+
+    Args:
+        cell: the rnnjax cell to fill (``simple_rnn`` with the same nonlinearity, ``lstm``
+            without peepholes / coupling, or ``gru`` with ``reset_after=True``).
+        state_dict: the module's ``state_dict()`` (tensors or arrays).
+        layer: which layer of a multi-layer module (the ``_l{layer}`` suffix).
+        reverse: take the backward direction of a bidirectional module (``_reverse``).
+
+    Returns:
+        The cell's params.
+
+    Example:
+        >>> params = from_torch(rj.lstm(128), torch_lstm.state_dict())
+    """
+    _check_family(cell, ("simple_rnn", "lstm", "gru"), "PyTorch")
+    suffix = f"_l{layer}" + ("_reverse" if reverse else "")
+    name = f"weight_ih{suffix}"
+    if name not in state_dict:
+        raise ValueError(f"state_dict has no {name!r}; its keys are {sorted(state_dict)}")
+    if f"weight_hr{suffix}" in state_dict:
+        raise ValueError("LSTMs with proj_size > 0 (weight_hr) are not supported")
+    w_ih = _array(state_dict[f"weight_ih{suffix}"])  # (G, D)
+    w_hh = _array(state_dict[f"weight_hh{suffix}"])  # (G, H)
+    G = w_ih.shape[0]
+    zeros = np.zeros((G,), np.float32)
+    b_ih = _array(state_dict.get(f"bias_ih{suffix}", zeros))  # (G,)
+    b_hh = _array(state_dict.get(f"bias_hh{suffix}", zeros))  # (G,)
+    if cell.name == "gru":
+        H = G // 3
+        b = b_ih + np.concatenate([b_hh[: 2 * H], np.zeros((H,), np.float32)])
+        return _assemble(cell, w_ih.T, w_hh.T, b, b_hn=b_hh[2 * H :])
+    return _assemble(cell, w_ih.T, w_hh.T, b_ih + b_hh)
+
+
+_FLAX_GATES = {"simple_rnn": ("",), "lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n")}
+
+
+def from_flax(cell: Cell, params: Mapping[str, Any]) -> Any:
+    """Converts the params of a flax linen ``SimpleCell``, ``LSTMCell``,
+    ``OptimizedLSTMCell`` or ``GRUCell``.
+
+    Flax's LSTM carry is ``(c, h)`` where rnnjax's is ``LSTMCarry(h, c)``: swap when moving
+    carries. Biases of the input and hidden ``Dense`` layers are summed, except the GRU's
+    ``hn`` bias, which sits inside the reset product and becomes ``b_hn``.
+
+    Args:
+        cell: the rnnjax cell to fill.
+        params: the cell's variables (``{"params": {...}}``) or their ``"params"`` entry.
+
+    Returns:
+        The cell's params.
+    """
+    _check_family(cell, tuple(_FLAX_GATES), "Flax")
+    params = params.get("params", params)
+    names = [("i" + g, "h" + g) for g in _FLAX_GATES[cell.name]]
+    if cell.name == "simple_rnn":
+        names = [("i", "h")]
+    missing = [n for pair in names for n in pair if n not in params]
+    if missing:
+        raise ValueError(f"flax params lack {missing}; found {sorted(params)}")
+
+    def bias(name: str, size: int) -> np.ndarray:
+        b = params[name].get("bias")
+        return np.zeros((size,), np.float32) if b is None else _array(b)
+
+    H = cell.hidden_size
+    U = np.concatenate([_array(params[i]["kernel"]) for i, _ in names], axis=-1)  # (D, G)
+    W = np.concatenate([_array(params[h]["kernel"]) for _, h in names], axis=-1)  # (H, G)
+    b_in = np.concatenate([bias(i, H) for i, _ in names])  # (G,)
+    b_hid = [bias(h, H) for _, h in names]
+    if cell.name == "gru":
+        b = b_in + np.concatenate([b_hid[0], b_hid[1], np.zeros((H,), np.float32)])
+        return _assemble(cell, U, W, b, b_hn=b_hid[2])
+    return _assemble(cell, U, W, b_in + np.concatenate(b_hid))
+
+
+__all__ = ["from_flax", "from_torch"]

@@ -1,0 +1,277 @@
+"""Layers around the cells: embedding, softmax readout, deep stacks and bidirectional RNNs.
+
+Like the cells, each layer is a NamedTuple of pure functions built by a factory::
+
+    emb = rj.embedding(vocab_size=65, features=32)
+    rnn = rj.stacked([rj.lstm(128), rj.lstm(128)], dropout=0.1)
+    out = rj.readout(vocab_size=65)
+    p_emb, p_rnn, p_out = emb.init(k1), rnn.init(k2, 32), out.init(k3, 128)
+    carry, hs = rnn.apply(p_rnn, emb.apply(p_emb, tokens), key=k_dropout)
+    log_probs = out.apply(p_out, hs)                     # (B, T, 65)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from rnnjax.cells.base import Array, Cell, check_positive, expand
+from rnnjax.driver import unroll
+
+
+class Layer(NamedTuple):
+    """A stateless layer: ``init(key, ...) -> params`` and ``apply(params, x) -> y``."""
+
+    init: Callable[..., Any]
+    apply: Callable[..., Array]
+
+
+class EmbeddingParams(NamedTuple):
+    """Attributes: E: the embedding table, (V, D); row k is the vector of token k."""
+
+    E: Array
+
+
+def embedding(vocab_size: int, features: int, *, init=jax.nn.initializers.normal(1.0)) -> Layer:
+    r"""Token embedding: x_t = onehot(k_t) E, computed as the row lookup E[k_t].
+
+    The lecture's "why not just indices?": feeding the index k as a number would make tokens
+    with close indices look similar for no reason; a one-hot vector keeps all tokens
+    equidistant, and multiplying it by E selects row k — which is exactly the lookup done here
+    (tests check ``apply(params, k) == one_hot(k) @ E``).
+
+    Args:
+        vocab_size: V.
+        features: D, the size of each embedding vector.
+        init: initialiser of E (default N(0, 1)).
+
+    Returns:
+        A `Layer`: ``init(key) -> EmbeddingParams``; ``apply(params, tokens) -> (..., D)`` for
+        int tokens (...) in [0, V).
+    """
+    V = check_positive("vocab_size", vocab_size)
+    D = check_positive("features", features)
+
+    def init_fn(key) -> EmbeddingParams:
+        return EmbeddingParams(E=init(key, (V, D), jnp.float32))  # (V, D)
+
+    def apply(params: EmbeddingParams, tokens: Array) -> Array:
+        tokens = jnp.asarray(tokens)
+        if not jnp.issubdtype(tokens.dtype, jnp.integer):
+            raise ValueError(f"embedding needs integer tokens, got {tokens.dtype=}")
+        return jnp.take(params.E, tokens, axis=0)  # (..., D)
+
+    return Layer(init_fn, apply)
+
+
+class ReadoutParams(NamedTuple):
+    """Attributes: V: output weights, (H, K); b: output bias, (K,)."""
+
+    V: Array
+    b: Array
+
+
+def readout(vocab_size: int, *, init=jax.nn.initializers.lecun_normal()) -> Layer:
+    r"""Softmax readout of the lecture: y_t = softmax(c_t V + b), returned as log-probabilities.
+
+    Args:
+        vocab_size: K, the number of classes.
+        init: initialiser of V (b starts at zero).
+
+    Returns:
+        A `Layer`: ``init(key, input_size) -> ReadoutParams``; ``apply(params, h)`` maps
+        (..., H) to log-probabilities (..., K) = log_softmax(h V + b).
+    """
+    K = check_positive("vocab_size", vocab_size)
+
+    def init_fn(key, input_size: int) -> ReadoutParams:
+        H = check_positive("input_size", input_size)
+        return ReadoutParams(V=init(key, (H, K), jnp.float32), b=jnp.zeros((K,), jnp.float32))
+
+    def apply(params: ReadoutParams, h: Array) -> Array:
+        if h.shape[-1] != params.V.shape[0]:
+            raise ValueError(
+                f"readout got {h.shape[-1]} features (h.shape={h.shape}) but was built for "
+                f"input_size={params.V.shape[0]}"
+            )
+        logits = h @ params.V  # (..., K)
+        return jax.nn.log_softmax(logits + expand(params.b, logits), axis=-1)
+
+    return Layer(init_fn, apply)
+
+
+class Stack(NamedTuple):
+    """A deep RNN: layer l reads the outputs of layer l − 1.
+
+    Attributes:
+        init: ``(key, input_size) -> tuple of per-layer params``.
+        initial_carry: ``(params, batch_shape=()) -> tuple of per-layer carries``.
+        apply: ``(params, xs, carry=None, *, key=None, lengths=None, **unroll_options)
+            -> (carries, ys)``: runs each layer over the whole sequence in turn, so every
+            layer's input projection stays hoisted out of its time loop.
+        step: ``(params, carry, x_t, *, key=None) -> (carry, y_t)``: one timestep through all
+            layers (for sampling).
+        cells: the cells, bottom first.
+        dropout: the dropout rate between layers.
+    """
+
+    init: Callable[..., Any]
+    initial_carry: Callable[..., Any]
+    apply: Callable[..., tuple[Any, Array]]
+    step: Callable[..., tuple[Any, Array]]
+    cells: tuple[Cell, ...]
+    dropout: float
+
+
+def _dropout(key: Array | None, rate: float, x: Array) -> Array:
+    """Inverted dropout; identity when ``key`` is None (evaluation) or the rate is zero."""
+    if key is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0.0)
+
+
+def stacked(cells: Sequence[Cell], dropout: float = 0.0) -> Stack:
+    """Stacks cells into a deep RNN (the lecture's "deep recurrent architectures").
+
+    Args:
+        cells: one cell per layer, bottom first (e.g. ``[rj.lstm(256)] * 2``).
+        dropout: rate of the dropout applied to each layer's outputs before the next layer
+            (Zaremba et al. 2014: between layers only, never on the recurrent connection). It is
+            active only when ``apply``/``step`` get an explicit PRNG ``key``.
+
+    Returns:
+        A `Stack`.
+    """
+    cells = tuple(cells)
+    if not cells:
+        raise ValueError("stacked needs at least one cell, got cells=()")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout=}")
+
+    def init(key, input_size: int) -> tuple:
+        keys = jax.random.split(key, len(cells))
+        params, size = [], input_size
+        for cell, k in zip(cells, keys, strict=True):
+            params.append(cell.init(k, size))
+            size = cell.hidden_size
+        return tuple(params)
+
+    def initial_carry(params, batch_shape=()) -> tuple:
+        return tuple(c.initial_carry(p, batch_shape) for c, p in zip(cells, params, strict=True))
+
+    def layer_keys(key):
+        return [None] * len(cells) if key is None else list(jax.random.split(key, len(cells)))
+
+    def apply(params, xs, carry=None, *, key=None, **unroll_options):
+        carry = (None,) * len(cells) if carry is None else carry
+        finals, ys = [], xs
+        for depth, (cell, p, c, k) in enumerate(
+            zip(cells, params, carry, layer_keys(key), strict=True)
+        ):
+            if depth > 0:
+                ys = _dropout(k, dropout, ys)
+            final, ys = unroll(cell, p, ys, c, **unroll_options)
+            finals.append(final)
+        return tuple(finals), ys
+
+    def step(params, carry, x_t, *, key=None):
+        new_carry, y = [], x_t
+        for depth, (cell, p, c, k) in enumerate(
+            zip(cells, params, carry, layer_keys(key), strict=True)
+        ):
+            if depth > 0:
+                y = _dropout(k, dropout, y)
+            c, y = cell.step(p, c, y)
+            new_carry.append(c)
+        return tuple(new_carry), y
+
+    return Stack(init, initial_carry, apply, step, cells, float(dropout))
+
+
+class BidirectionalParams(NamedTuple):
+    """Attributes: forward, backward: the params of the two directions' cells."""
+
+    forward: Any
+    backward: Any
+
+
+class Bidirectional(NamedTuple):
+    """A bidirectional RNN (Schuster & Paliwal 1997).
+
+    Attributes:
+        init: ``(key, input_size) -> BidirectionalParams``.
+        apply: ``(params, xs, carry=None, *, lengths=None, **unroll_options)
+            -> ((carry_fw, carry_bw), ys)``.
+        merge: "concat" (ys has H_fw + H_bw features) or "sum".
+    """
+
+    init: Callable[..., Any]
+    apply: Callable[..., tuple[Any, Array]]
+    merge: str
+
+
+def bidirectional(
+    forward_cell: Cell, backward_cell: Cell | None = None, merge: str = "concat"
+) -> Bidirectional:
+    r"""Reads the sequence both ways and merges the two outputs at every step.
+
+    .. math:: y_t = [\overrightarrow{h}_t ; \overleftarrow{h}_t] \text{ (concat) or }
+        \overrightarrow{h}_t + \overleftarrow{h}_t \text{ (sum)}
+
+    where the backward direction starts at each sequence's own last valid step (``lengths``),
+    so padding never leaks into the backward states.
+
+    Args:
+        forward_cell: the cell reading x_1..x_T.
+        backward_cell: the cell reading x_T..x_1 (default: a second copy of forward_cell's
+            family, with its own params).
+        merge: "concat" or "sum" (sum needs equal hidden sizes).
+
+    Returns:
+        A `Bidirectional`.
+    """
+    backward_cell = forward_cell if backward_cell is None else backward_cell
+    if merge not in ("concat", "sum"):
+        raise ValueError(f"unknown {merge=}; choose 'concat' or 'sum'")
+    if merge == "sum" and forward_cell.hidden_size != backward_cell.hidden_size:
+        raise ValueError(
+            f"merge='sum' needs equal hidden sizes, got {forward_cell.hidden_size=} and "
+            f"{backward_cell.hidden_size=}"
+        )
+
+    def init(key, input_size: int) -> BidirectionalParams:
+        k_f, k_b = jax.random.split(key)
+        return BidirectionalParams(
+            forward_cell.init(k_f, input_size), backward_cell.init(k_b, input_size)
+        )
+
+    def apply(params: BidirectionalParams, xs, carry=None, **unroll_options):
+        c_f, c_b = (None, None) if carry is None else carry
+        final_f, ys_f = unroll(forward_cell, params.forward, xs, c_f, **unroll_options)
+        unroll_options["reverse"] = not unroll_options.get("reverse", False)
+        final_b, ys_b = unroll(backward_cell, params.backward, xs, c_b, **unroll_options)
+        if merge == "concat":
+            ys = jnp.concatenate([ys_f, ys_b], axis=-1)  # (..., T, H_fw + H_bw)
+        else:
+            ys = ys_f + ys_b  # (..., T, H)
+        return (final_f, final_b), ys
+
+    return Bidirectional(init, apply, merge)
+
+
+__all__ = [
+    "Bidirectional",
+    "BidirectionalParams",
+    "EmbeddingParams",
+    "Layer",
+    "ReadoutParams",
+    "Stack",
+    "bidirectional",
+    "embedding",
+    "readout",
+    "stacked",
+]

@@ -1,0 +1,173 @@
+"""Every cell: unroll == a Python loop over cell.step, batching == vmap, no retracing,
+gradients checked numerically, and the lecture's worked example."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import pytest
+from conftest import CELL_FACTORIES, random_like
+from jax.test_util import check_grads
+
+import rnnjax as rj
+
+B, T, D, H = 3, 6, 5, 4
+
+
+def make(name, key, H=H, D=D):
+    cell = CELL_FACTORIES[name](H)
+    k_p, k_r = jax.random.split(key)
+    params = random_like(k_r, cell.init(k_p, D))  # fresh values in every leaf, biases too
+    return cell, params
+
+
+def python_loop(cell, params, xs, carry):
+    """The definition: c_t = h(x_t, c_{t-1}), one `cell.step` per timestep."""
+    ys = []
+    for t in range(xs.shape[-2]):
+        carry, y = cell.step(params, carry, xs[..., t, :])
+        ys.append(y)
+    return carry, jnp.stack(ys, axis=-2)
+
+
+@pytest.mark.parametrize("name", CELL_FACTORIES)
+def test_unroll_equals_python_loop_over_step(name, rng):
+    k_c, k_x, k_h = jax.random.split(rng, 3)
+    cell, params = make(name, k_c)
+    xs = jax.random.normal(k_x, (B, T, D))
+    carry0 = random_like(k_h, cell.initial_carry(params, (B,)))
+    got_carry, got_ys = jax.jit(lambda p, x, c: rj.unroll(cell, p, x, c))(params, xs, carry0)
+    want_carry, want_ys = python_loop(cell, params, xs, carry0)
+    chex.assert_shape(got_ys, (B, T, H))
+    chex.assert_trees_all_close(got_ys, want_ys, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(got_carry, want_carry, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", CELL_FACTORIES)
+def test_batched_equals_vmapped(name, rng):
+    k_c, k_x = jax.random.split(rng)
+    cell, params = make(name, k_c)
+    xs = jax.random.normal(k_x, (B, T, D))
+    batched = rj.unroll(cell, params, xs)
+    vmapped = jax.vmap(lambda x: rj.unroll(cell, params, x))(xs)  # each x is (T, D)
+    chex.assert_trees_all_close(batched, vmapped, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["simple_rnn", "lstm", "gru", "multiplicative_rnn"])
+def test_jit_does_not_retrace(name, rng):
+    cell, params = make(name, rng)
+    chex.clear_trace_counter()  # counts are kept per function across parametrisations
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def run(p, x):
+        return rj.unroll(cell, p, x)[1].sum()
+
+    for i in range(3):  # new values, same shapes: one trace only
+        run(params, jax.random.normal(jax.random.fold_in(rng, i), (B, T, D)))
+
+
+@pytest.mark.parametrize("name", CELL_FACTORIES)
+def test_gradients_match_finite_differences(name, rng):
+    k_c, k_x, k_h = jax.random.split(rng, 3)
+    jax.config.update("jax_enable_x64", True)
+    try:
+        cell, params = make(name, k_c, H=3, D=2)
+        params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
+        xs = jax.random.normal(k_x, (2, 4, 2), jnp.float64)
+        carry = jax.tree.map(
+            lambda a: a.astype(jnp.float64), random_like(k_h, cell.initial_carry(params, (2,)))
+        )
+
+        def loss(p, x, c):
+            final, ys = rj.unroll(cell, p, x, c)
+            return jnp.sum(ys**2) + sum(jnp.sum(leaf) for leaf in jax.tree.leaves(final))
+
+        check_grads(loss, (params, xs, carry), order=1, modes=("fwd", "rev"))
+    finally:
+        jax.config.update("jax_enable_x64", False)
+
+
+def test_lecture_worked_example(rng):
+    """Vocabulary of 5 words, memory of 3 units, U [3x5], V [10x3] (column-vector notation
+    in the lecture; rnnjax stores (in, out), so U is (5, 3) and V is (3, 10))."""
+    k_c, k_o, k_x = jax.random.split(rng, 3)
+    cell = rj.simple_rnn(3)
+    params = cell.init(k_c, input_size=5)
+    out = rj.readout(vocab_size=10)
+    out_params = out.init(k_o, input_size=3)
+    assert params.U.shape == (5, 3) and params.W.shape == (3, 3)
+    assert out_params.V.shape == (3, 10)
+    words = jax.random.randint(k_x, (7,), 0, 5)  # a sentence of 7 word indices
+    xs = jax.nn.one_hot(words, 5)  # (7, 5) one-hot x_t
+    _, cs = rj.unroll(cell, params, xs)
+    ys = jnp.exp(out.apply(out_params, cs))  # y_t = softmax(V c_t)
+    chex.assert_shape(ys, (7, 10))
+    chex.assert_trees_all_close(ys.sum(-1), jnp.ones(7), rtol=1e-6)
+    # c_1 = tanh(U x_1 + W c_0 + b) with c_0 = 0: the column of U selected by the word
+    want = jnp.tanh(params.U[words[0]] + params.b)
+    chex.assert_trees_all_close(cs[0], want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["simple_rnn", "lstm", "gru", "multiplicative_rnn"])
+def test_bfloat16_compute_stays_close_to_float32(name, rng):
+    k_c, k_x = jax.random.split(rng)
+    factory = {
+        "simple_rnn": lambda dt: rj.simple_rnn(16, dtype=dt),
+        "lstm": lambda dt: rj.lstm(16, dtype=dt),
+        "gru": lambda dt: rj.gru(16, dtype=dt),
+        "multiplicative_rnn": lambda dt: rj.multiplicative_rnn(16, 8, dtype=dt),
+    }[name]
+    cell32, cell16 = factory(None), factory(jnp.bfloat16)
+    params = cell32.init(k_c, 8)
+    xs = jax.random.normal(k_x, (2, 10, 8))
+    _, y32 = rj.unroll(cell32, params, xs)
+    _, y16 = rj.unroll(cell16, params, xs)
+    assert y16.dtype == jnp.float32  # bfloat16 operands, float32 accumulation and carry
+    assert jax.tree.leaves(params)[0].dtype == jnp.float32
+    rel = jnp.linalg.norm(y16 - y32) / jnp.linalg.norm(y32)
+    assert 0 < rel < 1e-2, rel  # really ran in bfloat16, and stayed close
+
+
+def test_peephole_and_coupled_equations(rng):
+    """One LSTM step written out by hand from Gers & Schmidhuber (2000) and the coupled form."""
+    k_c, k_x, k_h = jax.random.split(rng, 3)
+    cell, p = make("lstm_peephole_coupled", k_c)
+    x = jax.random.normal(k_x, (D,))
+    carry = random_like(k_h, cell.initial_carry(p))
+    zf, zg, zo = jnp.split(x @ p.U + p.b + carry.h @ p.W, 3)
+    f = jax.nn.sigmoid(zf + p.p_f * carry.c)
+    c = f * carry.c + (1 - f) * jnp.tanh(zg)
+    h = jax.nn.sigmoid(zo + p.p_o * c) * jnp.tanh(c)
+    new, y = cell.step(p, carry, x)
+    chex.assert_trees_all_close((new.h, new.c, y), (h, c, h), rtol=1e-5, atol=1e-6)
+    assert p.p_i is None and p.U.shape == (D, 3 * H)
+
+
+def test_multiplicative_rnn_transition_depends_on_input(rng):
+    """W(x) = W_in diag(x U_f) W_out: the recurrent Jacobian changes with the input."""
+    k_c, k_x = jax.random.split(rng)
+    cell, p = make("multiplicative_rnn", k_c)
+    x1, x2 = jax.random.normal(k_x, (2, D))
+    h = jnp.zeros(H)
+    W1 = p.W_in @ jnp.diag(x1 @ p.U_f) @ p.W_out
+    new, _ = cell.step(p, rj.RNNCarry(h + 0.1), x1)
+    chex.assert_trees_all_close(
+        new.h, jnp.tanh(x1 @ p.U + p.b + (h + 0.1) @ W1), rtol=1e-5, atol=1e-6
+    )
+    W2 = p.W_in @ jnp.diag(x2 @ p.U_f) @ p.W_out
+    assert not jnp.allclose(W1, W2)
+
+
+@pytest.mark.parametrize(
+    "make_cell, message",
+    [
+        (lambda: rj.simple_rnn(0), "hidden_size"),
+        (lambda: rj.simple_rnn(4, activation="softsign"), "activation"),
+        (lambda: rj.lstm(-3), "hidden_size"),
+        (lambda: rj.gru(4, dtype=jnp.int32), "dtype"),
+        (lambda: rj.multiplicative_rnn(4, factors=0), "factors"),
+    ],
+)
+def test_bad_hyper_parameters_are_named(make_cell, message):
+    with pytest.raises(ValueError, match=message):
+        make_cell()
