@@ -106,7 +106,8 @@ def reverse_within_lengths(xs: Array, lengths: Array | None) -> Array:
         return jnp.flip(xs, axis=0)
     T = xs.shape[0]
     t = jnp.arange(T).reshape((T,) + (1,) * lengths.ndim)  # (T, *1)
-    source = jnp.where(t < lengths, lengths - 1 - t, t)  # (T, *batch)
+    length = lengths[None]  # (1, *batch)
+    source = jnp.where(t < length, length - 1 - t, t)  # (T, *batch)
     return jnp.take_along_axis(xs, source[..., None], axis=0)
 
 
