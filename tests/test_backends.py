@@ -1,0 +1,206 @@
+"""The portable fast backends ("fused", "auto") equal backend="scan": outputs, final carry and
+gradients with respect to params, inputs and initial carry, with lengths, reverse and
+bidirectional layers; and the fused backward has the structure it promises."""
+
+import jax
+import jax.extend
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import CELL_FACTORIES, random_like
+
+import rnnjax as rj
+from rnnjax.kernels import BACKENDS
+from rnnjax.kernels.auto import TABLE, choose_backend
+
+B, T, D, H = 3, 7, 4, 5
+FUSED_CELLS = [name for name in CELL_FACTORIES if name != "multiplicative_rnn"]
+
+
+def make(name, key, dtype=None):
+    factory = CELL_FACTORIES[name]
+    cell = factory(H) if dtype is None else _with_dtype(name, dtype)
+    k_p, k_r = jax.random.split(key)
+    return cell, random_like(k_r, cell.init(k_p, D))  # fresh values in every leaf
+
+
+def _with_dtype(name, dtype):
+    return {"lstm": rj.lstm, "gru": rj.gru, "simple_rnn": rj.simple_rnn}[name](H, dtype=dtype)
+
+
+def value_and_vjp(cell, backends, params, xs, carry, cotangents, **options):
+    """For each backend: (final_carry, ys) and the gradients of <cotangents, (final_carry, ys)>
+    with respect to (params, xs, carry), all in one jit (one compilation)."""
+
+    def one(backend, p, x, c, ct):
+        run = lambda p, x, c: rj.unroll(cell, p, x, c, backend=backend, **options)  # noqa: E731
+        out, vjp = jax.vjp(run, p, x, c)
+        return out, vjp(ct)
+
+    go = jax.jit(lambda *args: [one(b, *args) for b in backends])
+    return go(params, xs, carry, cotangents)
+
+
+def assert_close(got, want, rtol):
+    """Every leaf within rtol of the reference, relative to the leaf's largest magnitude."""
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        assert g.shape == w.shape
+        scale = float(jnp.max(jnp.abs(w))) + 1e-30
+        err = float(jnp.max(jnp.abs(g.astype(jnp.float32) - w.astype(jnp.float32))))
+        assert err <= rtol * scale, f"max error {err:.3g} > {rtol} x {scale:.3g}"
+
+
+def random_problem(cell, params, key, batch=(B,), lengths=False):
+    k_x, k_c, k_g, k_l = jax.random.split(key, 4)
+    xs = jax.random.normal(k_x, (*batch, T, D))
+    carry = random_like(k_c, cell.initial_carry(params, batch))
+    out_shape = jax.eval_shape(lambda: rj.unroll(cell, params, xs, carry))
+    cotangents = random_like(k_g, out_shape, scale=1.0)
+    opts = {}
+    if lengths:
+        lens = jax.random.randint(k_l, batch, 0, T + 1).at[0].set(T).at[-1].set(0)
+        opts["lengths"] = lens
+    return xs, carry, cotangents, opts
+
+
+def check_backend(name, backend, key, dtype=None, rtol=1e-5, **options):
+    cell, params = make(name, key, dtype)
+    xs, carry, ct, opts = random_problem(cell, params, key, lengths=options.pop("lengths", False))
+    want, got = value_and_vjp(cell, ("scan", backend), params, xs, carry, ct, **opts, **options)
+    assert_close(got, want, rtol)
+
+
+@pytest.mark.parametrize("name", ["simple_rnn", "lstm", "gru"])
+def test_fused_equals_scan(name, rng):
+    check_backend(name, "fused", rng)
+
+
+@pytest.mark.parametrize("name", FUSED_CELLS)
+def test_fused_equals_scan_with_lengths_and_reverse(name, rng):
+    check_backend(name, "fused", rng, lengths=True, reverse=True)
+
+
+def test_fused_with_lengths_forward_and_unroll(rng):
+    check_backend("lstm_peephole", "fused", rng, lengths=True, unroll=3)
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru"])
+def test_fused_bfloat16_compute(name, rng):
+    check_backend(name, "fused", rng, dtype=jnp.bfloat16, rtol=1e-2, lengths=True)
+
+
+@pytest.mark.parametrize("layout", ["unbatched", "time_major"])
+def test_fused_layouts(layout, rng):
+    cell, params = make("lstm_peephole", rng)
+    k_x, k_g = jax.random.split(rng)
+    shape = (T, D) if layout == "unbatched" else (T, B, D)
+    xs = jax.random.normal(k_x, shape)
+    carry = cell.initial_carry(params, () if layout == "unbatched" else (B,))
+    opts = {"time_major": layout == "time_major"}
+    ct = random_like(k_g, jax.eval_shape(lambda: rj.unroll(cell, params, xs, carry, **opts)))
+    want, got = value_and_vjp(cell, ("scan", "fused"), params, xs, carry, ct, **opts)
+    assert_close(got, want, 1e-5)
+
+
+@pytest.mark.parametrize("backend", ["fused", "auto"])
+def test_bidirectional_layer(backend, rng):
+    layer = rj.bidirectional(rj.lstm(H))
+    k_p, k_x, k_l, k_g = jax.random.split(rng, 4)
+    params = random_like(k_p, layer.init(k_p, D))
+    xs = jax.random.normal(k_x, (B, T, D))
+    lengths = jax.random.randint(k_l, (B,), 1, T + 1).at[0].set(T)
+    w = jax.random.normal(k_g, (B, T, 2 * H))
+
+    def loss(p, x, backend):
+        (f, b), ys = layer.apply(p, x, lengths=lengths, backend=backend)
+        return jnp.sum(ys * w) + jnp.sum(f.c * b.h)
+
+    grad = jax.value_and_grad(loss, argnums=(0, 1))
+    both = jax.jit(lambda p, x: (grad(p, x, backend), grad(p, x, "scan")))
+    assert_close(*both(params, xs), 1e-5)
+
+
+@pytest.mark.parametrize("name", ["gru", "multiplicative_rnn"])
+def test_auto_equals_scan(name, rng):
+    check_backend(name, "auto", rng, lengths=True)
+
+
+@pytest.mark.parametrize("name", [*CELL_FACTORIES, "min_gru"])
+@pytest.mark.parametrize("batch", [1, 64])
+@pytest.mark.parametrize("platform", sorted(TABLE))
+def test_auto_choice_is_a_backend_that_runs_the_cell(name, batch, platform):
+    cell = rj.min_gru(H) if name == "min_gru" else CELL_FACTORIES[name](H)
+    backend, unroll = choose_backend(cell, batch, T, platform)
+    assert backend in BACKENDS and backend != "auto"
+    assert isinstance(unroll, int) and unroll >= 1
+    params = cell.init(jax.random.key(0), D)
+    xs = jnp.ones((batch, T, D))
+    jax.eval_shape(lambda: rj.unroll(cell, params, xs, backend=backend, unroll=unroll))
+    if name == "min_gru":
+        assert backend == "associative"
+    elif name == "multiplicative_rnn":
+        assert backend == "scan"  # the only backend that runs it
+    elif platform == "cpu":
+        assert backend == "fused"
+
+
+def test_fused_rejects_cells_it_does_not_run():
+    cell = rj.multiplicative_rnn(H, factors=3)
+    params = cell.init(jax.random.key(0), D)
+    with pytest.raises(ValueError, match="multiplicative_rnn"):
+        rj.unroll(cell, params, jnp.ones((B, T, D)), backend="fused")
+    cell = rj.simple_rnn(H, activation=jnp.sin)
+    params = cell.init(jax.random.key(0), D)
+    with pytest.raises(ValueError, match="activation='sin'"):
+        rj.unroll(cell, params, jnp.ones((B, T, D)), backend="fused")
+
+
+def _scan_bodies(jaxpr):
+    """The body jaxprs of every scan in ``jaxpr`` (recursively), in order."""
+    found = []
+    for eqn in jaxpr.eqns:
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            if eqn.primitive.name == "scan":
+                found.append(sub)
+            found.extend(_scan_bodies(sub))
+    return found
+
+
+def _dots(jaxpr):
+    return [e for e in jaxpr.eqns if e.primitive.name == "dot_general"]
+
+
+def test_fused_backward_loop_has_one_matmul_and_dW_is_one_matmul_after_it(rng):
+    cell, params = make("lstm", rng)
+    xs = jax.random.normal(rng, (B, T, D))
+
+    def loss(W, backend):
+        p = params._replace(W=W)
+        return jnp.sum(rj.unroll(cell, p, xs, backend=backend)[1])
+
+    jaxpr = jax.make_jaxpr(jax.grad(loss), static_argnums=1)(params.W, "fused").jaxpr
+    bodies = _scan_bodies(jaxpr)
+    assert [len(_dots(b)) for b in bodies] == [1, 1]  # forward: h W; backward: dg Wᵀ
+    dw = [e for e in _dots(jaxpr) if e.outvars[0].aval.shape == params.W.shape]
+    assert len(dw) == 1  # Σ_t h_{t-1}ᵀ dg_t as one dot over (T, B)
+    (contract, _), _ = dw[0].params["dimension_numbers"]
+    assert len(contract) == 2
+    # the reference: the autodiff of scan accumulates dW inside the backward loop
+    ref = _scan_bodies(jax.make_jaxpr(jax.grad(loss), static_argnums=1)(params.W, "scan").jaxpr)
+    assert max(len(_dots(b)) for b in ref) == 2
+
+
+def test_fused_saves_less_than_scan():
+    cell = rj.lstm(32)
+    params = cell.init(jax.random.key(0), 8)
+    xs = jnp.ones((4, 200, 8))
+
+    def temp_bytes(backend):
+        step = jax.jit(jax.grad(lambda p: jnp.sum(rj.unroll(cell, p, xs, backend=backend)[1])))
+        return step.lower(params).compile().memory_analysis().temp_size_in_bytes
+
+    fused, scan = temp_bytes("fused"), temp_bytes("scan")
+    # fused keeps gates (4H) + c_{t-1} (H) per step: its residuals are bounded by 5 H floats
+    # per step and row plus the loop buffers; scan's autodiff keeps more.
+    assert fused < scan, (fused, scan)
+    assert np.isfinite(fused)
