@@ -8,9 +8,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from rnnjax.kernels.associative import associative_backend
+from rnnjax.kernels.auto import auto_backend
+from rnnjax.kernels.fused import fused_backend
 from rnnjax.kernels.scan import scan_backend
 
-BACKENDS: dict[str, Callable] = {"scan": scan_backend}
+BACKENDS: dict[str, Callable] = {
+    "scan": scan_backend,
+    "fused": fused_backend,
+    "associative": associative_backend,
+    "auto": auto_backend,  # picks one of the others by platform and shape (kernels/auto.py)
+}
 
 
 def get_backend(name: str) -> Callable:
@@ -20,4 +28,11 @@ def get_backend(name: str) -> Callable:
     return BACKENDS[name]
 
 
-__all__ = ["BACKENDS", "get_backend", "scan_backend"]
+__all__ = [
+    "BACKENDS",
+    "associative_backend",
+    "auto_backend",
+    "fused_backend",
+    "get_backend",
+    "scan_backend",
+]
