@@ -25,6 +25,7 @@ Libraries (``lib`` strings; ``competitors(cell_kind, platform)`` lists those ava
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 from collections.abc import Callable
 from typing import Any
@@ -54,8 +55,9 @@ PEERS = {
         "equinox",
         "jax.experimental.rnn",
         "torch",
+        "torch:threads=1",
     ),
-    "gru": ("flax.linen:GRUCell", "flax.nnx", "haiku", "equinox", "torch"),
+    "gru": ("flax.linen:GRUCell", "flax.nnx", "haiku", "equinox", "torch", "torch:threads=1"),
 }
 # rnnjax variants benchmarked besides the plain backends.
 RNNJAX_EXTRA = ("rnnjax:scan:unroll=8", "rnnjax:fused:unroll=8")
@@ -68,7 +70,7 @@ RNNJAX_EXTRA = ("rnnjax:scan:unroll=8", "rnnjax:fused:unroll=8")
 
 def is_jax(lib: str) -> bool:
     """Whether ``lib``'s workload is a jitted JAX function (everything but torch)."""
-    return lib != "torch"
+    return not lib.startswith("torch")
 
 
 def _installed(module: str) -> bool:
@@ -263,6 +265,9 @@ def _build_torch(lib: str, cell_kind: str, shape, train: bool):
     import torch
 
     _, _, D, H = shape
+    # "torch:threads=1" runs single-threaded: on a loaded machine OpenMP's barriers can stall
+    # for a scheduler slice, so PyTorch gets its better configuration of the two.
+    threads = int(lib.split("threads=")[1]) if "threads=" in lib else torch.get_num_threads()
     torch.manual_seed(0)
     module_cls = torch.nn.LSTM if cell_kind == "lstm" else torch.nn.GRU
     model = module_cls(D, H, batch_first=True)
@@ -272,17 +277,32 @@ def _build_torch(lib: str, cell_kind: str, shape, train: bool):
     if train:
 
         def step(xs, target):
-            ys, _ = model(xs)
-            loss = torch.mean(torch.square(ys - target))
-            return loss, torch.autograd.grad(loss, params)
+            with _torch_threads(threads):
+                ys, _ = model(xs)
+                loss = torch.mean(torch.square(ys - target))
+                return loss, torch.autograd.grad(loss, params)
 
         return step, (xs, target)
 
     def infer(xs):
-        with torch.inference_mode():
+        with torch.inference_mode(), _torch_threads(threads):
             return model(xs)[0]
 
     return infer, (xs,)
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int):
+    import torch
+
+    before = torch.get_num_threads()
+    if n != before:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if n != before:
+            torch.set_num_threads(before)
 
 
 _BUILDERS: dict[str, Callable] = {
