@@ -11,6 +11,7 @@ from collections.abc import Callable
 from rnnjax.kernels.associative import associative_backend
 from rnnjax.kernels.auto import auto_backend
 from rnnjax.kernels.fused import fused_backend
+from rnnjax.kernels.pallas import pallas_backend
 from rnnjax.kernels.scan import scan_backend
 
 BACKENDS: dict[str, Callable] = {
@@ -18,6 +19,7 @@ BACKENDS: dict[str, Callable] = {
     "fused": fused_backend,
     "associative": associative_backend,
     "auto": auto_backend,  # picks one of the others by platform and shape (kernels/auto.py)
+    "pallas": pallas_backend,  # persistent GPU kernel, W on chip (kernels/pallas.py)
 }
 
 

@@ -1,0 +1,439 @@
+"""The two Pallas kernels of the ``"pallas"`` backend: a persistent forward and backward loop.
+
+One launch runs the whole time loop (Diamos et al. 2016). The grid is (slices, batch blocks):
+program (j, b) owns hidden units ``j·hs … (j+1)·hs`` of every gate for batch rows
+``b·bB … (b+1)·bB`` and keeps its columns of the recurrent matrix, W[:, gate k, slice j] for
+every gate k ((Hp, K·hs) numbers), in registers for the whole loop; W is read from memory once.
+
+Forward, step t, program (j, b)::
+
+    wait until every slice of batch block b has written h_{t-1}
+    hw_k  = h_{t-1}[b rows, :] @ W[:, k, j]               # (bB, hs) for each gate k
+    state = pointwise(px_t[b, k, j], hw_k, state)          # (h, c) of the slice, on chip
+    store h_t[b rows, j] (the exchange buffer is the output itself); signal "t done"
+
+Backward, step t (reverse order)::
+
+    dpx_t, dhw_t, d_state_direct = vjp(pointwise)(d_state)  # the slice's own units
+    store dhw_t[b rows, k, j]; signal; wait for every slice of block b
+    dh_{t-1}[b rows, j] = d_state_direct.h + Σ_k dhw_t[b rows, k, :] @ Wᵀ[k, :, j]
+
+dW = Σ_t h_{t-1}ᵀ dhw_t is left to one matmul outside the loop (`rnnjax.kernels.pallas`).
+
+Synchronisation between programs is a flag per (batch block, slice) in global memory: a
+program raises its flag to the step count with an ``atomic_max`` (release, after a
+``bar.sync`` so that the whole block's stores come first) and spins on volatile loads of its
+block's row of flags. Data is only ever read from addresses that no program has read before
+(h_t and dhw_t live at a new time index each step), so no stale L1 line can be hit. All
+programs must be resident at once: the grid is kept at or under the number of SMs and every
+program holds 1 block/SM worth of resources. A spin that exceeds ``SPIN_LIMIT`` polls gives up
+and poisons the outputs with NaN, so a broken barrier shows up as NaN rather than a hang.
+
+Interpret mode (CPU, CI) cannot run programs concurrently, so there the kernel is one program
+that runs every (j, b) "program" in turn inside each phase of each step: the same slicing,
+exchange buffers and arithmetic, serialised at each barrier.
+
+References:
+    Diamos et al., "Persistent RNNs: stashing recurrent weights on-chip", ICML 2016.
+    Appleyard, Kočiský & Blunsom, "Optimizing performance of recurrent neural networks on
+    GPUs", 2016.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+
+from rnnjax.cells.base import ACTIVATIONS
+
+Array = jax.Array
+SPIN_LIMIT = 1 << 22  # polls of a flag before a barrier gives up (seconds, not a hang)
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """The per-unit arithmetic of one supported cell variant, as the kernels see it.
+
+    Attributes:
+        name: "lstm", "gru" or "simple_rnn".
+        gates: K, gate blocks in W and px (4 LSTM, 3 coupled LSTM / GRU, 1 simple RNN).
+        states: S, carry leaves (2 for (h, c), 1 for h); leaf 0 is h, the one exchanged.
+        n_params: P, per-unit parameter vectors (peepholes, GRU's b_hn).
+        tied: px and hw only enter as px + hw, so dpx = dhw and one buffer serves both.
+    """
+
+    name: str
+    gates: int
+    states: int
+    n_params: int
+    tied: bool
+    peephole: bool = False
+    coupled: bool = False
+    activation: str = "tanh"
+
+    def pointwise(self, px: list, hw: list, state: list, pv: list) -> list:
+        """One step after the recurrent matmul: lists of (rows, units) arrays in, state out."""
+        if self.name == "lstm":
+            return _lstm_pointwise(px, hw, state, pv, self.peephole, self.coupled)
+        if self.name == "gru":
+            return _gru_pointwise(px, hw, state, pv)
+        act = ACTIVATIONS[self.activation][0]
+        return [act(px[0] + hw[0])]
+
+
+def _lstm_pointwise(px, hw, state, pv, peephole: bool, coupled: bool) -> list:
+    """The LSTM of `rnnjax.cells.lstm`, gates (i, f, g, o) ((f, g, o) coupled)."""
+    _, c_prev = state
+    z = [a + b for a, b in zip(px, hw, strict=True)]
+    if coupled:
+        zf, zg, zo = z
+        p_f, p_o = pv if peephole else (None, None)
+    else:
+        zi, zf, zg, zo = z
+        p_i, p_f, p_o = pv if peephole else (None, None, None)
+    f = jax.nn.sigmoid(zf + p_f * c_prev if peephole else zf)
+    if coupled:
+        i = 1.0 - f
+    else:
+        i = jax.nn.sigmoid(zi + p_i * c_prev if peephole else zi)
+    c = f * c_prev + i * jnp.tanh(zg)
+    o = jax.nn.sigmoid(zo + p_o * c if peephole else zo)
+    return [o * jnp.tanh(c), c]
+
+
+def _gru_pointwise(px, hw, state, pv) -> list:
+    """The GRU of `rnnjax.cells.gru` (reset_after=True), gates (r, z, n)."""
+    (h_prev,) = state
+    (b_hn,) = pv
+    r = jax.nn.sigmoid(px[0] + hw[0])
+    z = jax.nn.sigmoid(px[1] + hw[1])
+    n = jnp.tanh(px[2] + r * (hw[2] + b_hn))
+    return [(1.0 - z) * n + z * h_prev]
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Static launch geometry (see `rnnjax.kernels.pallas.make_plan`).
+
+    Attributes:
+        family: the cell arithmetic.
+        T, Bp, Hp: time steps, padded batch, padded hidden size.
+        bB: batch rows per program; hs: hidden units per program; kc: K-chunk of the matmuls.
+        compute_dtype: dtype of the matmul operands (W is resident in it); None = float32.
+        interpret: run on CPU through the Pallas interpreter.
+        num_warps: Triton warps per program.
+    """
+
+    family: Family
+    T: int
+    Bp: int
+    Hp: int
+    bB: int
+    hs: int
+    kc: int
+    compute_dtype: Any
+    interpret: bool
+    num_warps: int
+
+    @property
+    def n_slices(self) -> int:
+        return self.Hp // self.hs
+
+    @property
+    def n_blocks(self) -> int:
+        return self.Bp // self.bB
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return (1, 1) if self.interpret else (self.n_slices, self.n_blocks)
+
+    @property
+    def flag_width(self) -> int:
+        return max(2, 1 << (self.n_slices - 1).bit_length())  # a power of two for Triton
+
+
+def initial_flags(plan: Plan) -> Array:
+    """Zero flags for the real slices; padding columns start "done" so min() ignores them."""
+    cols = jnp.arange(plan.flag_width)[None, :]  # (1, F)
+    flags = jnp.where(cols < plan.n_slices, 0, jnp.iinfo(jnp.int32).max)  # (1, F)
+    return jnp.broadcast_to(flags, (plan.n_blocks, plan.flag_width)).astype(jnp.int32)
+
+
+def _compiler_params(plan: Plan) -> Any:
+    # jax >= 0.7 calls it CompilerParams, older releases TritonCompilerParams.
+    cls = getattr(plgpu, "CompilerParams", None) or getattr(plgpu, "TritonCompilerParams")
+    # num_stages=1: no software pipelining, which could hoist the next step's loads above
+    # the barrier that makes them valid.
+    return cls(num_warps=plan.num_warps, num_stages=1)
+
+
+@dataclasses.dataclass
+class _Program:
+    """What one program (j, b) holds on chip: its indices, weight blocks and lengths."""
+
+    j: Any
+    b: Any
+    rows: Any
+    units: Any
+    weights: list  # [k][r] -> (kc, hs), resident for the whole loop
+    pv: list  # P x (bB, hs)
+    lengths: Array  # (bB, 1)
+
+    def valid(self, t) -> Array:
+        return self.lengths > t  # (bB, 1)
+
+
+def _programs(plan: Plan, w_ref, pv_ref, len_ref, transposed: bool) -> list[_Program]:
+    """The programs this kernel instance runs: all of them in interpret mode, else its own."""
+    if plan.interpret:
+        ids = [(j, b) for b in range(plan.n_blocks) for j in range(plan.n_slices)]
+    else:
+        ids = [(pl.program_id(0), pl.program_id(1))]
+    K, Hp, hs, kc = plan.family.gates, plan.Hp, plan.hs, plan.kc
+    out = []
+    for j, b in ids:
+        rows, units = pl.ds(b * plan.bB, plan.bB), pl.ds(j * hs, hs)
+        if transposed:  # Wᵀ (K·Hp, Hp): rows of gate k, columns of slice j
+            w = [[w_ref[pl.ds(k * Hp + r * kc, kc), units] for r in range(Hp // kc)] for k in range(K)]
+        else:  # W (Hp, K·Hp): all rows, columns of gate k and slice j
+            w = [[w_ref[pl.ds(r * kc, kc), pl.ds(k * Hp + j * hs, hs)] for r in range(Hp // kc)]
+                 for k in range(K)]  # fmt: skip
+        pv = [
+            jnp.broadcast_to(pv_ref[p, units][None, :], (plan.bB, hs))
+            for p in range(plan.family.n_params)
+        ]
+        lengths = len_ref[rows][:, None]  # (bB, 1)
+        out.append(_Program(j, b, rows, units, w, pv, lengths))
+    return out
+
+
+def _gate_cols(plan: Plan, k: int, prog: _Program) -> Any:
+    return pl.ds(k * plan.Hp + prog.j * plan.hs, plan.hs)
+
+
+def _dot(x: Array, w: Array, plan: Plan) -> Array:
+    if plan.compute_dtype is not None:
+        x = x.astype(plan.compute_dtype)
+    return jnp.dot(x, w, preferred_element_type=jnp.float32)
+
+
+def _signal(plan: Plan, flags_ref, prog: _Program, value) -> None:
+    """Tells the other slices of this batch block that step ``value`` is stored."""
+    if plan.interpret:
+        return
+    plgpu.debug_barrier()  # every warp's stores precede the (release) atomic
+    plgpu.atomic_max(flags_ref, (prog.b, prog.j), value)
+
+
+def _wait(plan: Plan, flags_ref, prog: _Program, value, ok):
+    """Spins until every slice of this batch block has signalled ``value``; returns ok."""
+    if plan.interpret:
+        return ok
+
+    def poll():
+        row = plgpu.load(flags_ref.at[prog.b], volatile=True)  # (F,)
+        return jnp.min(row)
+
+    limit = ok * SPIN_LIMIT  # no more polling once a barrier has failed
+
+    def cond(carry):
+        seen, polls = carry
+        return (seen < value) & (polls < limit)
+
+    seen, _ = jax.lax.while_loop(cond, lambda c: (poll(), c[1] + 1), (poll(), jnp.int32(0)))
+    plgpu.debug_barrier()
+    return jnp.where(seen >= value, ok, 0)
+
+
+def _poison(x: Array, ok) -> Array:
+    return jnp.where(ok > 0, x, jnp.nan)
+
+
+def _forward_kernel(*refs, plan: Plan, save: bool):
+    fam = plan.family
+    K, S, kc, T = fam.gates, fam.states, plan.kc, plan.T
+    it = iter(refs)
+    px_ref, w_ref = next(it), next(it)
+    s0_refs = [next(it) for _ in range(S)]
+    pv_ref, len_ref, _ = next(it), next(it), next(it)
+    hseq_ref = next(it)
+    final_refs = [next(it) for _ in range(S - 1)]
+    hw_ref = next(it) if save else None
+    sseq_refs = [next(it) for _ in range(S - 1)] if save else []
+    flags_ref = next(it)
+    progs = _programs(plan, w_ref, pv_ref, len_ref, transposed=False)
+
+    def step(prog: _Program, t, prev_t, state: list, ok) -> list:
+        hw: list = [None] * K
+        for r in range(plan.Hp // kc):
+            cols = pl.ds(r * kc, kc)
+            if prev_t is None:
+                h_chunk = s0_refs[0][prog.rows, cols]  # (bB, kc)
+            else:
+                h_chunk = hseq_ref[prev_t, prog.rows, cols]  # (bB, kc)
+            for k in range(K):
+                y = _dot(h_chunk, prog.weights[k][r], plan)  # (bB, hs)
+                hw[k] = y if hw[k] is None else hw[k] + y
+        px = [px_ref[t, prog.rows, _gate_cols(plan, k, prog)] for k in range(K)]  # (bB, hs)
+        new = fam.pointwise(px, hw, state, prog.pv)
+        valid = prog.valid(t)
+        new = [jnp.where(valid, n, o) for n, o in zip(new, state, strict=True)]
+        hseq_ref[t, prog.rows, prog.units] = _poison(new[0], ok)
+        if save:
+            for k in range(K):
+                hw_ref[t, prog.rows, _gate_cols(plan, k, prog)] = hw[k]
+            for s in range(1, S):
+                sseq_refs[s - 1][t, prog.rows, prog.units] = new[s]
+        return new
+
+    ok = jnp.int32(1)
+    states = [[s0[p.rows, p.units] for s0 in s0_refs] for p in progs]
+    states = [step(p, 0, None, s, ok) for p, s in zip(progs, states, strict=True)]
+    for p in progs:
+        _signal(plan, flags_ref, p, 1)
+
+    def body(t, carry):
+        states, ok = carry
+        for p in progs:
+            ok = _wait(plan, flags_ref, p, t, ok)
+        states = [step(p, t, t - 1, s, ok) for p, s in zip(progs, states, strict=True)]
+        for p in progs:
+            _signal(plan, flags_ref, p, t + 1)
+        return states, ok
+
+    states, ok = jax.lax.fori_loop(1, T, body, (states, ok))
+    for p, s in zip(progs, states, strict=True):
+        for i in range(1, S):
+            final_refs[i - 1][p.rows, p.units] = _poison(s[i], ok)
+
+
+def _backward_kernel(*refs, plan: Plan):
+    fam = plan.family
+    K, S, P, kc, T = fam.gates, fam.states, fam.n_params, plan.kc, plan.T
+    it = iter(refs)
+    px_ref, hw_ref, hseq_ref = next(it), next(it), next(it)
+    sseq_refs = [next(it) for _ in range(S - 1)]
+    s0_refs = [next(it) for _ in range(S)]
+    pv_ref, wt_ref, len_ref = next(it), next(it), next(it)
+    dhseq_ref = next(it)
+    dfinal_refs = [next(it) for _ in range(S - 1)]
+    _ = next(it)
+    dpx_ref = next(it)
+    dhw_ref = dpx_ref if fam.tied else next(it)
+    ds0_refs = [next(it) for _ in range(S)]
+    dpv_ref = next(it)
+    flags_ref = next(it)
+    progs = _programs(plan, wt_ref, pv_ref, len_ref, transposed=True)
+
+    def phase_a(prog: _Program, t, prev_t, cot: list, dpv: list):
+        """The slice's own units: vjp of the pointwise step; stores dpx_t and dhw_t."""
+        cols = [_gate_cols(plan, k, prog) for k in range(K)]
+        px = [px_ref[t, prog.rows, c] for c in cols]  # (bB, hs) each
+        hw = [hw_ref[t, prog.rows, c] for c in cols]
+        if prev_t is None:
+            prev = [s0[prog.rows, prog.units] for s0 in s0_refs]
+        else:
+            srcs = [hseq_ref, *sseq_refs]
+            prev = [src[prev_t, prog.rows, prog.units] for src in srcs]
+        cot = [cot[0] + dhseq_ref[t, prog.rows, prog.units], *cot[1:]]
+        _, vjp = jax.vjp(fam.pointwise, px, hw, prev, prog.pv)
+        dpx, dhw, dprev, dpv_t = vjp(cot)
+        valid = prog.valid(t)
+        zero = jnp.zeros_like(cot[0])
+        for k in range(K):
+            dpx_ref[t, prog.rows, cols[k]] = jnp.where(valid, dpx[k], zero)
+            if not fam.tied:
+                dhw_ref[t, prog.rows, cols[k]] = jnp.where(valid, dhw[k], zero)
+        dprev = [jnp.where(valid, d, c) for d, c in zip(dprev, cot, strict=True)]
+        dpv = [a + jnp.where(valid, d, zero) for a, d in zip(dpv, dpv_t, strict=True)]
+        return dprev, dpv
+
+    def phase_b(prog: _Program, t, dprev: list) -> list:
+        """dh_{t-1} for the slice: Σ_k dhw_t[:, k, :] @ Wᵀ[k, :, j], all slices' dhw_t."""
+        dh = dprev[0]
+        for k in range(K):
+            for r in range(plan.Hp // kc):
+                g = dhw_ref[t, prog.rows, pl.ds(k * plan.Hp + r * kc, kc)]  # (bB, kc)
+                dh = dh + _dot(g, prog.weights[k][r], plan)
+        return [dh, *dprev[1:]]
+
+    def step(t, prev_t, s, carry):
+        cots, dpvs, ok = carry
+        outs = [phase_a(p, t, prev_t, c, d) for p, c, d in zip(progs, cots, dpvs, strict=True)]
+        for p in progs:
+            _signal(plan, flags_ref, p, s + 1)
+        for p in progs:
+            ok = _wait(plan, flags_ref, p, s + 1, ok)
+        cots = [phase_b(p, t, o[0]) for p, o in zip(progs, outs, strict=True)]
+        return cots, [o[1] for o in outs], ok
+
+    zeros = jnp.zeros((plan.bB, plan.hs), jnp.float32)
+    cots = [[zeros] + [d[p.rows, p.units] for d in dfinal_refs] for p in progs]
+    dpvs = [[zeros] * P for _ in progs]
+    carry = (cots, dpvs, jnp.int32(1))
+    carry = jax.lax.fori_loop(0, T - 1, lambda s, c: step(T - 1 - s, T - 2 - s, s, c), carry)
+    cots, dpvs, ok = step(0, None, T - 1, carry)
+    for p, cot, dpv in zip(progs, cots, dpvs, strict=True):
+        for i in range(S):
+            ds0_refs[i][p.rows, p.units] = _poison(cot[i], ok)
+        for i in range(P):
+            dpv_ref[i, p.rows, p.units] = dpv[i]
+
+
+def forward_call(plan: Plan, px, w, states0, pv, lengths, *, save: bool):
+    """Runs the forward kernel; returns (hseq, finals, hw, state_seqs) (last two if save)."""
+    S, T, Bp, Hp, G = plan.family.states, plan.T, plan.Bp, plan.Hp, plan.family.gates * plan.Hp
+    f32 = jnp.float32
+    seq = jax.ShapeDtypeStruct((T, Bp, Hp), f32)
+    out_shape = [seq] + [jax.ShapeDtypeStruct((Bp, Hp), f32)] * (S - 1)
+    if save:
+        out_shape += [jax.ShapeDtypeStruct((T, Bp, G), f32)] + [seq] * (S - 1)
+    flags = initial_flags(plan)
+    out_shape.append(jax.ShapeDtypeStruct(flags.shape, flags.dtype))
+    inputs = [px, w, *states0, pv, lengths, flags]
+    outs = pl.pallas_call(
+        functools.partial(_forward_kernel, plan=plan, save=save),
+        out_shape=out_shape,
+        grid=plan.grid,
+        input_output_aliases={len(inputs) - 1: len(out_shape) - 1},
+        interpret=plan.interpret,
+        compiler_params=_compiler_params(plan),
+        name=f"persistent_{plan.family.name}_fwd",
+    )(*inputs)
+    hseq, finals = outs[0], outs[1:S]
+    if not save:
+        return hseq, finals, None, None
+    return hseq, finals, outs[S], outs[S + 1 : 2 * S]
+
+
+def backward_call(plan: Plan, px, hw, hseq, state_seqs, states0, pv, wt, lengths, dhseq, dfin):
+    """Runs the backward kernel; returns (dpx, dhw, dstates0, dpv_partial)."""
+    fam = plan.family
+    S, T, Bp, Hp, G = fam.states, plan.T, plan.Bp, plan.Hp, fam.gates * plan.Hp
+    f32 = jnp.float32
+    gseq = jax.ShapeDtypeStruct((T, Bp, G), f32)
+    out_shape = [gseq] + ([] if fam.tied else [gseq])
+    out_shape += [jax.ShapeDtypeStruct((Bp, Hp), f32)] * S
+    out_shape.append(jax.ShapeDtypeStruct((max(fam.n_params, 1), Bp, Hp), f32))
+    flags = initial_flags(plan)
+    out_shape.append(jax.ShapeDtypeStruct(flags.shape, flags.dtype))
+    inputs = [px, hw, hseq, *state_seqs, *states0, pv, wt, lengths, dhseq, *dfin, flags]
+    outs = pl.pallas_call(
+        functools.partial(_backward_kernel, plan=plan),
+        out_shape=out_shape,
+        grid=plan.grid,
+        input_output_aliases={len(inputs) - 1: len(out_shape) - 1},
+        interpret=plan.interpret,
+        compiler_params=_compiler_params(plan),
+        name=f"persistent_{fam.name}_bwd",
+    )(*inputs)
+    dpx = outs[0]
+    dhw = dpx if fam.tied else outs[1]
+    n = 1 if fam.tied else 2
+    return dpx, dhw, list(outs[n : n + S]), outs[n + S]
