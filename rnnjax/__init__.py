@@ -8,7 +8,7 @@
 LSTM gates are ordered (i, f, g, o) everywhere, as in PyTorch and jax.experimental.rnn.
 """
 
-from rnnjax import initializers, interop, losses
+from rnnjax import data, initializers, interop, losses, train
 from rnnjax.cells import (
     ACTIVATIONS,
     Cell,
@@ -49,6 +49,7 @@ __all__ = [
     "SimpleRNNParams",
     "bidirectional",
     "bits_per_char",
+    "data",
     "diagonal_linear_rnn",
     "embedding",
     "gru",
@@ -65,5 +66,6 @@ __all__ = [
     "sequence_cross_entropy",
     "simple_rnn",
     "stacked",
+    "train",
     "unroll",
 ]

@@ -121,12 +121,12 @@ def make_streams(
     return np.asarray(tokens[: B * N], np.int32).reshape(B, N)  # (B, N)
 
 
-def num_windows(streams: Array, window: int) -> int:
+def num_windows(streams: Array | np.ndarray, window: int) -> int:
     """How many windows of ``window`` inputs (plus the next character) each row holds."""
     return (streams.shape[1] - 1) // window
 
 
-def bptt_window(streams: Array, k: Array | int, window: int) -> tuple[Array, Array]:
+def bptt_window(streams: Array | np.ndarray, k: Array | int, window: int) -> tuple[Array, Array]:
     """Window k of every stream: inputs ``s[:, kW : kW+W]`` and targets ``s[:, kW+1 : kW+W+1]``.
 
     Works with a traced ``k`` (under jit), so the data never leaves the device.

@@ -1,0 +1,304 @@
+"""The training loop: set up a run from its `RunConfig`, train, evaluate, checkpoint, resume.
+
+::
+
+    config = RunConfig(task="adding", T=100, cell="lstm", steps=2000)
+    summary = train(config, "runs/adding-lstm")             # new run
+    summary = train(RunConfig(steps=4000), "runs/adding-lstm", resume=True)   # continue it
+
+Guarantees:
+
+- Resume is exact: the state (params, optimiser state, BPTT carry, counters) is checkpointed
+  whole, and the batch of every step depends on ``(seed, step)`` only, so a run killed at any
+  moment and resumed ends with the same parameters as one that was never interrupted (same
+  machine, same seed; tests/test_train_resume.py kills one with SIGKILL).
+- Non-finite loss or gradient: the step is skipped and counted; ``max_bad_steps`` of them in a
+  row stop training with `TrainingHaltedError`, and no checkpoint is written after the last good
+  step, so the latest checkpoint holds good parameters.
+- Data parallel over every device (`rnnjax.train.parallel`); the batch must divide evenly.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any, NamedTuple, TextIO
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from rnnjax.data.tasks import Task, make_task
+from rnnjax.data.text import TextData, Vocab, load_corpus, num_windows, prepare_text
+from rnnjax.train import parallel
+from rnnjax.train.checkpoint import RunDir
+from rnnjax.train.config import RunConfig
+from rnnjax.train.evaluate import task_evaluator, text_evaluator
+from rnnjax.train.metrics import MetricsLog, Progress, reduce_steps
+from rnnjax.train.model import Model, build_cells, char_model, task_model
+from rnnjax.train.step import (
+    Objective,
+    TrainState,
+    init_state,
+    make_optimizer,
+    make_train_step,
+    omega_schedule,
+    task_objective,
+    text_objective,
+)
+
+
+class TrainingHaltedError(RuntimeError):
+    """Too many non-finite steps in a row; the message says which checkpoint is intact."""
+
+
+class Setup(NamedTuple):
+    """Everything built from a config: model, objective, optimiser, data, evaluator."""
+
+    config: RunConfig
+    model: Model
+    objective: Objective
+    optimizer: Any
+    data: Any  # the training streams (B, N) of a text run, () for a task
+    task: Task | None
+    text: TextData | None
+    evaluate: Any
+
+
+def setup(
+    config: RunConfig,
+    vocab: Vocab | None = None,
+    text: str | None = None,
+    mesh: Mesh | None = None,
+) -> Setup:
+    """Builds a run's pieces (ValueError for bad settings or a bad corpus).
+
+    Args:
+        config: the run's config (resolved here).
+        vocab: the vocabulary of a resumed text run.
+        text: the corpus text, if already loaded (default: read ``config.corpus``).
+        mesh: the device mesh of a data-parallel run (task batches are split over it).
+    """
+    config = config.resolved()
+    cells = build_cells(config.cell, config.hidden, config.layers, config.init)
+    optimizer = make_optimizer(config.optimizer, config.lr, config.clip, config.momentum)
+    omega = omega_schedule(config.omega, config.omega_decay)
+    assert config.batch_size is not None
+    if config.task is not None:
+        task = make_task(config.task, config.T, config.definition)
+        model = task_model(task, cells, backend=config.backend)
+        shard = None
+        if mesh is not None:
+            rows = parallel.batch_sharded(mesh)
+            shard = partial(jax.lax.with_sharding_constraint, shardings=rows)
+        objective = task_objective(model, task, config.seed, config.batch_size, omega, shard)
+        evaluate = task_evaluator(model, task, config.seed, config.eval_size)
+        return Setup(config, model, objective, optimizer, (), task, None, evaluate)
+    assert config.corpus is not None
+    data = prepare_text(
+        load_corpus(config.corpus) if text is None else text,
+        config.batch_size,
+        config.window,
+        config.val_fraction,
+        vocab,
+    )
+    model = char_model(data.vocab.size, cells, config.embed, config.dropout, config.backend)
+    n = num_windows(data.train, config.window)
+    objective = text_objective(model, config.batch_size, config.window, n, omega)
+    evaluate = text_evaluator(model, data.val, config.window)
+    return Setup(config, model, objective, optimizer, data.train, None, data, evaluate)
+
+
+def restore_run(out: str) -> tuple[RunConfig, Model, TrainState, Vocab | None]:
+    """Loads a run's config, model and latest training state (for sampling and analysis).
+
+    Only JSON and arrays are read; the corpus is not needed. ValueError for a missing run
+    directory, a run without checkpoints or a checkpoint that does not fit the config.
+    """
+    run = RunDir(out)
+    config = run.read_config()
+    cells = build_cells(config.cell, config.hidden, config.layers, config.init)
+    vocab = None
+    if config.task is not None:
+        model = task_model(make_task(config.task, config.T, config.definition), cells)
+        carry: Any = ()
+    else:
+        vocab = run.read_vocab()
+        model = char_model(vocab.size, cells, config.embed, backend=config.backend)
+    params = model.init(jax.random.key(config.seed))
+    if config.task is None:
+        carry = model.initial_carry(params, (config.batch_size,))
+    optimizer = make_optimizer(config.optimizer, config.lr, config.clip, config.momentum)
+    checkpoints = run.checkpointer(config.keep)
+    try:
+        if checkpoints.latest_step() is None:
+            raise ValueError(f"run {out} has no checkpoint yet")
+        state = checkpoints.restore(init_state(params, optimizer, carry))
+    finally:
+        checkpoints.close()
+    return config, model, state, vocab
+
+
+def count_params(params: Any) -> int:
+    return int(sum(np.size(x) for x in jax.tree.leaves(params)))
+
+
+def train(
+    config: RunConfig,
+    out: str,
+    *,
+    resume: bool = False,
+    devices: Sequence[jax.Device] | None = None,
+    progress: TextIO | None = sys.stderr,
+    text: str | None = None,
+    time_limit: float | None = None,
+) -> dict[str, Any]:
+    """Trains (or resumes) the run in directory ``out``.
+
+    Args:
+        config: the run's settings. With ``resume`` only ``steps`` is read from it (when set):
+            the rest comes from the run's own config.json.
+        out: the run directory (must be new or empty unless ``resume``).
+        resume: continue from the latest checkpoint in ``out``.
+        devices: the devices to shard the batch over (default: all).
+        progress: where the progress bar goes (None: silent).
+        text: the corpus text, if already loaded.
+        time_limit: stop (checkpoint and evaluate) at the first log point after this many
+            seconds of training, even before ``config.steps`` (a fixed CPU budget).
+
+    Returns:
+        A summary: the last training record, the final evaluation, ``n_params``,
+        ``steps_per_s`` and ``wall_s``.
+
+    Raises:
+        ValueError: bad settings, corpus, run directory or checkpoint (nothing is written).
+        TrainingHaltedError: after ``max_bad_steps`` non-finite steps in a row.
+    """
+    run = RunDir(out)
+    if resume:
+        saved = run.read_config()
+        config = RunConfig(**{**saved.__dict__, "steps": config.steps or saved.steps})
+        vocab = run.read_vocab() if saved.corpus is not None else None
+    else:
+        run.check_new()
+        vocab = None
+    mesh = parallel.make_mesh(devices)
+    s = setup(config, vocab, text, mesh)
+    config = s.config
+    step_fn, state, data, shardings = sharded_step(s, mesh)
+    checkpoints = run.checkpointer(config.keep)
+    if resume and checkpoints.latest_step() is not None:
+        state = parallel.place(checkpoints.restore(state), shardings)
+    run.write_config(config, s.text.vocab if s.text is not None else None)
+    n_params = count_params(state.params)
+    log = MetricsLog(run.metrics_path)
+    return _loop(s, state, step_fn, data, checkpoints, log, progress, n_params, time_limit)
+
+
+def sharded_step(s: Setup, mesh: Mesh) -> tuple[Callable, TrainState, Any, TrainState]:
+    """The jitted train step over ``mesh`` with the initial state and the data placed on it.
+
+    Parameters and optimiser state are replicated; the BPTT carry and the text streams are
+    split by rows (batch), and task batches are split inside the step (see `setup`).
+
+    Returns:
+        ``(step, state, data, shardings)``: ``step(state, data) -> (state, metrics)`` jitted
+        with those shardings, the initial `TrainState`, the data and the state's shardings.
+    """
+    config = s.config
+    parallel.check_batch(config.batch_size, mesh)
+    rep, rows = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+    params = s.model.init(jax.random.key(config.seed))
+    shardings = TrainState._make([rep, rep, rep, rows, rep, rep])
+    state = init_state(params, s.optimizer, s.objective.initial_carry(params))
+    state = parallel.place(state, shardings)
+    data = parallel.shard_rows(s.data, mesh) if config.kind == "text" else ()
+    step_fn = make_train_step(
+        s.objective,
+        s.optimizer,
+        seed=config.seed,
+        max_bad_steps=config.max_bad_steps,
+        dropout=config.dropout > 0,
+    )
+    in_shardings = (shardings, rows if config.kind == "text" else rep)
+    jitted = jax.jit(step_fn, in_shardings=in_shardings, out_shardings=(shardings, rep))
+    return jitted, state, data, shardings
+
+
+def _check_halted(state: TrainState, step: int, config: RunConfig, checkpoints) -> None:
+    bad_run = int(state.bad_run)
+    if bad_run < config.max_bad_steps:
+        return
+    last = checkpoints.latest_step()
+    where = f"step {last} in {checkpoints.directory}" if last is not None else "none was written"
+    raise TrainingHaltedError(
+        f"training stopped at step {step - bad_run}: {bad_run} non-finite losses or gradients "
+        f"in a row (max_bad_steps={config.max_bad_steps}); last good checkpoint: {where}"
+    )
+
+
+def _loop(
+    s: Setup, state, step_fn, data, checkpoints, log, progress, n_params, time_limit
+) -> dict[str, Any]:
+    config = s.config
+    start = int(state.step)
+    total = config.steps
+    bar = Progress(total, config.cell, progress, start=start, time_limit=time_limit)
+    log.write({"event": "resume" if start else "start", "step": start, "n_params": n_params})
+    buffer: list[dict] = []
+    record: dict[str, Any] = {}
+    t0 = t_log = time.perf_counter()
+    step, timed_steps, train_time = start, 0, 0.0
+    evaluation: dict[str, float] = {}
+    try:
+        while step < total:
+            state, metrics = step_fn(state, data)
+            buffer.append(metrics)
+            step += 1
+            if time_limit is not None and step % config.log_every == 0:
+                out_of_time = time.perf_counter() - t0 > time_limit
+                total = step if out_of_time else total
+            do_eval = step % config.eval_every == 0 or step == total
+            do_save = step % config.checkpoint_every == 0 or step == total
+            if step % config.log_every == 0 or do_eval or do_save:
+                record = reduce_steps(buffer)  # waits for the buffered steps
+                now = time.perf_counter()
+                if step - len(buffer) > start:  # the first interval includes compilation
+                    timed_steps, train_time = timed_steps + len(buffer), train_time + now - t_log
+                record.update(step=step, steps_per_s=len(buffer) / (now - t_log), time=now - t0)
+                log.write(record)
+                bar.update(step, record)
+                buffer = []
+                _check_halted(state, step, config, checkpoints)
+                if do_save and int(state.bad_run) == 0:
+                    checkpoints.save(step, state)
+                if do_eval:
+                    evaluation = s.evaluate(state.params)
+                    log.write({"split": "test" if s.task else "val", "step": step, **evaluation})
+                t_log = time.perf_counter()  # evaluation and saving are not training time
+    finally:
+        bar.close()
+        checkpoints.close()
+    return {
+        "step": step,
+        "train": record,
+        "eval": evaluation,
+        "n_params": n_params,
+        "skipped": int(state.skipped),
+        "steps_per_s": timed_steps / train_time if train_time > 0 else float("nan"),
+        "wall_s": time.perf_counter() - t0,
+        "state": state,
+    }
+
+
+__all__ = [
+    "Setup",
+    "TrainingHaltedError",
+    "count_params",
+    "restore_run",
+    "setup",
+    "sharded_step",
+    "train",
+]

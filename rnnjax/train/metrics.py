@@ -1,0 +1,131 @@
+"""Metrics of a run: aggregation of step metrics, the JSONL log and the terminal progress bar.
+
+Every ``log_every`` steps the per-step metrics (kept on the device until then, so the host
+does not wait for every step) are fetched once and reduced to one log record::
+
+    {"step": 200, "loss": 1.93, "bpc": 2.78, "grad_norm": 0.61, "grad_norm_max": 1.4,
+     "clip_rate": 0.1, "skipped": 0, "steps_per_s": 41.2, "time": 12.3}
+
+Evaluations add records with ``"split": "val"`` (text: loss, bpc) or ``"split": "test"``
+(tasks: loss, accuracy = the share of fresh test sequences meeting the task's criterion).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+import jax
+import numpy as np
+
+
+def reduce_steps(step_metrics: list[dict[str, Any]]) -> dict[str, float]:
+    """Reduces a list of per-step metric dicts (device arrays) to one record of means.
+
+    Means are over the finite (not skipped) steps; ``clip_rate`` is the share of steps where
+    clipping fired, ``skipped`` the number of non-finite steps.
+    """
+    host = jax.device_get(step_metrics)
+    stacked = {k: np.asarray([m[k] for m in host], np.float64) for k in host[0]}
+    finite = stacked["finite"] > 0
+    record: dict[str, float] = {}
+    for name, values in stacked.items():
+        if name in ("finite", "clipped"):
+            continue
+        kept = values[finite]
+        record[name] = float(kept.mean()) if kept.size else math.nan
+    kept_norms = stacked["grad_norm"][finite]
+    record["grad_norm_max"] = float(kept_norms.max()) if kept_norms.size else math.nan
+    record["clip_rate"] = float(stacked["clipped"][finite].mean()) if finite.any() else math.nan
+    record["skipped"] = int((~finite).sum())
+    return record
+
+
+class MetricsLog:
+    """Appends JSON records, one per line, to ``path`` (only on process 0 of a multi-host run)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.enabled = jax.process_index() == 0
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        clean = {
+            k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+            for k, v in record.items()
+        }
+        with self.path.open("a") as f:
+            f.write(json.dumps(clean) + "\n")
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a metrics.jsonl file (a torn last line, from a killed run, is skipped)."""
+    records = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+class Progress:
+    """A one-line progress bar on a terminal; periodic plain lines otherwise.
+
+    Args:
+        total: the last step of the run.
+        label: shown before the bar (e.g. "lstm").
+        stream: where to write (default stderr); None silences it.
+        start: the step the run starts from (a resumed run).
+        time_limit: the run's time budget in seconds, if any (the bar then shows time).
+    """
+
+    def __init__(
+        self,
+        total: int,
+        label: str = "",
+        stream: TextIO | None = sys.stderr,
+        start: int = 0,
+        time_limit: float | None = None,
+    ):
+        self.total, self.label, self.stream, self.start = total, label, stream, start
+        self.time_limit = time_limit
+        self.tty = bool(stream is not None and getattr(stream, "isatty", lambda: False)())
+        self.t0 = time.perf_counter()
+        self._last_line = -1
+
+    def update(self, step: int, record: dict[str, Any]) -> None:
+        if self.stream is None:
+            return
+        elapsed = time.perf_counter() - self.t0
+        frac = min(1.0, step / max(self.total, 1))
+        if self.time_limit is not None:
+            frac = max(frac, min(1.0, elapsed / self.time_limit))
+        shown = [f"{k} {record[k]:.3g}" for k in ("loss", "bpc", "accuracy") if k in record]
+        shown += [f"clip {record['clip_rate']:.0%}"] if "clip_rate" in record else []
+        rate = (step - self.start) / elapsed if elapsed > 0 else 0.0
+        eta = elapsed * (1 - frac) / frac if frac > 0 else 0.0
+        where = f"{step}/{self.total}"
+        if self.time_limit is not None:
+            where = f"step {step}, {elapsed:.0f}/{self.time_limit:.0f} s"
+        text = f"{self.label} {where} | {' '.join(shown)} | {rate:.1f} it/s"
+        if self.tty:
+            bar = "#" * int(20 * frac) + "." * (20 - int(20 * frac))
+            self.stream.write(f"\r[{bar}] {text} | eta {eta:.0f}s ")
+        elif int(10 * frac) > self._last_line:  # about ten lines per run
+            self._last_line = int(10 * frac)
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.stream is not None and self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+__all__ = ["MetricsLog", "Progress", "read_metrics", "reduce_steps"]

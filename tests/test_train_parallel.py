@@ -1,0 +1,72 @@
+"""Data parallelism: training sharded over 4 (simulated) devices equals single-device training.
+
+The comparison runs in a subprocess started with
+``XLA_FLAGS=--xla_force_host_platform_device_count=4`` (the flag must be set before JAX
+starts). Tolerance: float32, rtol 1e-5 / atol 1e-6 — the 4-device run sums the gradient
+over devices in another order, so the results agree to rounding, not bit for bit.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import jax
+    import numpy as np
+    from rnnjax.train import RunConfig, train
+    from rnnjax.train.loop import setup, sharded_step
+    from rnnjax.train.parallel import make_mesh
+
+    assert jax.device_count() == 4, jax.devices()
+    out, corpus = sys.argv[1], sys.argv[2]
+    configs = {
+        "task": RunConfig(task="adding", T=10, cell="lstm", hidden=8, batch_size=8, steps=12,
+                          log_every=4, eval_size=32),
+        "text": RunConfig(corpus=corpus, cell="gru", hidden=8, embed=4, batch_size=8,
+                          window=8, steps=12, log_every=4),
+    }
+    report = {}
+    for name, config in configs.items():
+        many = train(config, f"{out}/{name}4", progress=None)
+        one = train(config, f"{out}/{name}1", progress=None, devices=jax.devices()[:1])
+        params4, params1 = ([np.asarray(x) for x in jax.tree.leaves(r["state"].params)]
+                            for r in (many, one))
+        carry = jax.tree.leaves(many["state"].carry)
+        mesh = make_mesh()
+        step, state, data, _ = sharded_step(setup(config, mesh=mesh), mesh)
+        hlo = step.lower(state, data).compile().as_text()
+        report[name] = {
+            "all_reduce": "all-reduce" in hlo,
+            "max_rel_diff": max(float(np.max(np.abs(a - b) / (np.abs(b) + 1e-6)))
+                                for a, b in zip(params4, params1)),
+            "close": all(np.allclose(a, b, rtol=1e-5, atol=1e-6)
+                         for a, b in zip(params4, params1)),
+            "carry_devices": [len(c.sharding.device_set) for c in carry],
+            "loss": [many["train"]["loss"], one["train"]["loss"]],
+        }
+    print(json.dumps(report))
+    """
+)
+
+
+def test_four_devices_equal_one(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog. " * 40, encoding="utf-8")
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(tmp_path), str(corpus)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    for name in ("task", "text"):
+        assert report[name]["close"], report[name]
+        assert report[name]["all_reduce"], "the gradients are not reduced over devices"
+    assert report["text"]["carry_devices"] and all(n == 4 for n in report["text"]["carry_devices"])

@@ -1,0 +1,62 @@
+"""Sampling: seeded, top-k = 1 is greedy decoding, filtering, bad input."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rnnjax.data import build_vocab
+from rnnjax.train import build_cells, char_model, sample
+from rnnjax.train.sampling import filter_logits
+
+VOCAB = build_vocab("abcdefgh ijklmnop\n")
+
+
+@pytest.fixture(scope="module")
+def model_and_params():
+    model = char_model(VOCAB.size, build_cells("lstm", 16, layers=2), embed_dim=6)
+    params = jax.tree.map(lambda x: 3.0 * x, model.init(jax.random.key(3)))  # peaked outputs
+    return model, params
+
+
+def test_seeded_and_greedy(model_and_params):
+    model, params = model_and_params
+    a = sample(model, params, VOCAB, "abc", 40, seed=1)
+    assert len(a) == 40 and set(a) <= set(VOCAB.chars)
+    assert sample(model, params, VOCAB, "abc", 40, seed=1) == a
+    assert sample(model, params, VOCAB, "abc", 40, seed=2) != a
+    greedy = sample(model, params, VOCAB, "abc", 20, top_k=1, seed=5)
+    # the same by hand: feed the argmax back one step at a time
+    carry = model.initial_carry(params, ())
+    carry, log_probs = model.apply(params, jnp.asarray(VOCAB.encode("abc")), carry)
+    last, chars = log_probs[-1], []
+    for _ in range(20):
+        token = jnp.argmax(last)
+        chars.append(VOCAB.chars[int(token)])
+        carry, last = model.step(params, carry, token)
+    assert greedy == "".join(chars)
+
+
+def test_filter_logits():
+    log_probs = jnp.log(jnp.asarray([0.1, 0.5, 0.15, 0.25]))
+    kept = filter_logits(log_probs, 1.0, 2)
+    np.testing.assert_array_equal(np.isfinite(kept), [False, True, False, True])
+    sharp = jax.nn.softmax(filter_logits(log_probs, 0.5, None))  # τ = 1/2: p² renormalised
+    p2 = np.array([0.1, 0.5, 0.15, 0.25]) ** 2
+    np.testing.assert_allclose(sharp, p2 / p2.sum(), rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(prompt=""), "must not be empty"),
+        (dict(prompt="xyz!"), "not in the vocabulary"),
+        (dict(prompt="a", temperature=0.0), "temperature"),
+        (dict(prompt="a", top_k=0), "top_k"),
+        (dict(prompt="a", length=0), "length"),
+    ],
+)
+def test_bad_input(model_and_params, kwargs, match):
+    model, params = model_and_params
+    with pytest.raises(ValueError, match=match):
+        sample(model, params, VOCAB, **kwargs)
