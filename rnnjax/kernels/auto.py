@@ -45,13 +45,17 @@ class Rule(NamedTuple):
 
 
 # platform -> ordered rules. CPU rows: benchmarks/results/cpu_speed.{json,md} (2-core x86,
-# training step and inference of LSTM / GRU at B = 1, 32, 128). The linear cells of
-# rnnjax.cells.linear go to the associative scan (O(log T) depth, no sequential loop).
+# training step and inference of LSTM / GRU at B = 1, 32, 128): at B = 1 the one-call C++
+# loop ("fused_cpu") beats the XLA loop, whose time there is per-iteration overhead (and
+# unroll=4 trims that overhead for the cells fused_cpu does not run); at B >= 32 the XLA
+# loop with its multi-threaded matmuls ("fused") wins. The linear cells of rnnjax.cells.linear
+# go to the associative scan (O(log T) depth, no sequential loop).
 # GPU rows: the persistent Pallas kernel where W fits on chip, else the fused XLA loop.
 TABLE: dict[str, tuple[Rule, ...]] = {
     "cpu": (
         Rule("associative"),
-        Rule("fused", unroll=4, max_batch=4),  # latency shape: loop overhead dominates
+        Rule("fused_cpu", max_batch=4),
+        Rule("fused", unroll=4, max_batch=4),
         Rule("fused"),
         Rule("scan"),
     ),
