@@ -1,0 +1,313 @@
+"""Pascanu, Mikolov & Bengio (2013): the vanishing/exploding condition and the Ω regulariser.
+
+For the simple RNN c_t = σ(x_t U + c_{t-1} W + b) one step's Jacobian is
+J_t = diag(σ'(a_t)) Wᵀ (a_t the pre-activation), so with γ = sup |σ'|
+
+.. math::
+    \\| J_t \\| \\le \\| W \\|_2 \\, \\gamma = \\sigma_{max}(W)\\, \\gamma =: \\eta,
+    \\qquad \\Big\\| \\frac{\\partial c_T}{\\partial c_t} \\Big\\| \\le \\eta^{T-t}.
+
+η < 1 (σ_max(W) < 1/γ) is **sufficient** for vanishing gradients, so η > 1 is **necessary**
+(not sufficient) for exploding ones; γ = 1 for tanh, 1/4 for the sigmoid. For a linear RNN the
+spectral radius ρ(W) decides exactly (ρ < 1 vanishing, ρ > 1 exploding for generic vectors).
+
+For the LSTM the bound on W says little: the cell state is carried by
+c_t = f_t ⊙ c_{t-1} + i_t ⊙ c̃_t, whose own Jacobian ∂c_t/∂c_{t-1} is diagonal — diag(f_t)
+without peepholes — so the forget gate decides how long the path lasts (f = 1: the identity,
+"gradient 1"). For the GRU the update gate z_t plays that role (h_t = z_t ⊙ h_{t-1} + ...).
+
+The regulariser (eq. 9; eq. 10 with squared norms, as in the paper's code) asks every step to
+preserve the norm of the back-propagated error:
+
+.. math::
+    \\Omega = \\sum_k \\Bigg( \\frac{\\| \\frac{\\partial L}{\\partial c_{k+1}}
+              \\frac{\\partial c_{k+1}}{\\partial c_k} \\|^2}
+              {\\| \\frac{\\partial L}{\\partial c_{k+1}} \\|^2} - 1 \\Bigg)^2
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rnnjax.analysis._core import Problem, batch_trajectory, prepare, step_fn
+from rnnjax.analysis.contributions import carry_gradients
+from rnnjax.cells.base import ACTIVATIONS, Array, Cell
+
+
+class GateStats(NamedTuple):
+    """Statistics of the per-step factor d_t of a gated cell's direct memory path.
+
+    Attributes:
+        gate: "forget" (LSTM: d_t = diag(∂c_t/∂c_{t-1}), = f_t without peepholes) or
+            "update" (GRU: d_t = z_t).
+        mean, min, max: over examples, steps and units.
+        mean_log: mean of log d_t: the path shrinks like exp(mean_log)^{T-t}.
+        half_life: steps until the path halves, log(1/2) / mean_log (inf if mean_log >= 0).
+        from_inputs: True if measured along the trajectory of the given xs; False if from the
+            biases alone (zero input and state).
+    """
+
+    gate: str
+    mean: float
+    min: float
+    max: float
+    mean_log: float
+    half_life: float
+    from_inputs: bool
+
+
+class PascanuBound(NamedTuple):
+    """Result of `pascanu_bound` (plain Python floats, ready for JSON).
+
+    Attributes:
+        sigma_max: σ_max of the recurrent matrix (mRNN: the largest over the steps of xs of
+            σ_max(W(x_t)); gated cells: the largest over the gate blocks).
+        spectral_radius: ρ(W) = max |eig(W)| (None for the mRNN and gated cells).
+        gamma: γ = sup |σ'| of the activation (None for gated cells).
+        eta: η = γ σ_max, the bound on ‖∂c_t/∂c_{t-1}‖ (None for gated cells).
+        verdict: "vanishing" (η < 1: sufficient), "may_explode" (η > 1: the necessary
+            condition holds), "boundary" (η = 1) or "gated" (see ``gate``).
+        explanation: one sentence with the numbers.
+        gate: `GateStats` for the LSTM / GRU, else None.
+    """
+
+    sigma_max: float
+    spectral_radius: float | None
+    gamma: float | None
+    eta: float | None
+    verdict: str
+    explanation: str
+    gate: GateStats | None
+
+
+def _gamma(cell: Cell, gamma: float | None) -> float:
+    if gamma is not None:
+        return float(gamma)
+    name = cell.config.get("activation")
+    if name not in ACTIVATIONS:
+        raise ValueError(
+            f"γ = sup|σ'| is unknown for the {cell.name} cell's activation={name!r}; "
+            f"pass gamma= explicitly"
+        )
+    return float(ACTIVATIONS[name][1])
+
+
+def _sigma_max(W: Any) -> float:
+    return float(np.linalg.norm(np.asarray(W, np.float64), ord=2))
+
+
+def _gate_stats(gate: str, d: Any, from_inputs: bool) -> GateStats:
+    values = np.asarray(d, np.float64)
+    mean_log = float(np.mean(np.log(np.maximum(np.abs(values), 1e-300))))
+    half_life = math.log(0.5) / mean_log if mean_log < 0 else math.inf
+    lo, hi = float(values.min()), float(values.max())
+    return GateStats(gate, float(values.mean()), lo, hi, mean_log, half_life, from_inputs)
+
+
+def _lstm_path(cell: Cell, params: Any, prob: Problem) -> Array:
+    """d_t = diag(∂c_t/∂c_{t-1}) along the trajectory, (B, T, H) (the block is diagonal)."""
+    step = step_fn(cell, params, prob.unflatten)
+    states = batch_trajectory(prob, step)  # (B, T+1, N)
+    H = cell.hidden_size
+    e_c = jnp.concatenate([jnp.zeros((H,)), jnp.ones((H,))])  # tangent along c only (N,)
+
+    def path(c_prev, px_t):
+        return jax.jvp(lambda c: step(c, px_t), (c_prev,), (e_c,))[1][H:]  # (H,)
+
+    return jax.vmap(jax.vmap(path))(states[:, :-1], prob.px)
+
+
+def _gru_update_gate(cell: Cell, params: Any, prob: Problem) -> Array:
+    """z_t along the trajectory, (B, T, H)."""
+    step = step_fn(cell, params, prob.unflatten)
+    states = batch_trajectory(prob, step)  # (B, T+1, H)
+    H = cell.hidden_size
+    hw_z = states[:, :-1] @ params.W[:, H : 2 * H]  # (B, T, H)
+    return jax.nn.sigmoid(prob.px[..., H : 2 * H] + hw_z)
+
+
+def _gated_bound(cell: Cell, params: Any, xs: Any, carry: Any) -> PascanuBound:
+    H = cell.hidden_size
+    W = np.asarray(params.W)
+    sigma = max(_sigma_max(W[:, g * H : (g + 1) * H]) for g in range(W.shape[1] // H))
+    if xs is not None:
+        prob = prepare(cell, params, xs, carry)
+        d = _lstm_path(cell, params, prob) if cell.name == "lstm" else None
+        d = _gru_update_gate(cell, params, prob) if d is None else d
+    else:  # the gate at zero input and zero state: σ(bias)
+        slot = 0 if cell.config.get("coupled") else 1
+        d = jax.nn.sigmoid(params.b[slot * H : (slot + 1) * H])
+    stats = _gate_stats("forget" if cell.name == "lstm" else "update", d, xs is not None)
+    where = "along the inputs" if xs is not None else "from the biases alone"
+    explanation = (
+        f"{cell.name}: the direct memory path is scaled by the {stats.gate} gate each step "
+        f"(mean {stats.mean:.3f}, min {stats.min:.3f}, {where}): it decays like "
+        f"{math.exp(stats.mean_log):.3f}^(T-t), half-life {stats.half_life:.3g} steps; "
+        f"the Pascanu bound on W (max block σ_max = {sigma:.3f}) does not apply"
+    )
+    return PascanuBound(sigma, None, None, None, "gated", explanation, stats)
+
+
+def pascanu_bound(
+    cell: Cell, params: Any, xs: Any = None, carry: Any = None, *, gamma: float | None = None
+) -> PascanuBound:
+    """σ_max(W), γ, η = γ σ_max and the verdict of Pascanu et al.'s condition.
+
+    Simple RNN: W = ``params.W``. Multiplicative RNN: the transition W(x_t) =
+    W_in diag(x_t U_f) W_out changes with the input, so ``xs`` is required and σ_max is the
+    largest over all (example, step). LSTM / GRU: the statistics of the gate that scales the
+    direct memory path (see the module docstring), along ``xs`` if given, else at zero input
+    and state (σ of the bias).
+
+    Not jit-compatible: returns Python floats and strings.
+
+    Args:
+        cell, params: the cell and its parameters.
+        xs: optional inputs (B, T, D) / (T, D) (required for the mRNN).
+        carry: optional initial carry.
+        gamma: override γ (for a custom activation).
+
+    Returns:
+        `PascanuBound`.
+
+    Raises:
+        ValueError: unknown activation (pass gamma), mRNN without xs, unsupported cell.
+
+    Example:
+        >>> cell = rj.simple_rnn(50, **rj.initializers.scheme("smart_tanh"))
+        >>> pascanu_bound(cell, cell.init(jax.random.key(0), 2)).verdict
+        'may_explode'          # ρ(W) = 0.95 but σ_max(W) > 1 for a sparse non-normal W
+
+    References:
+        Pascanu, Mikolov & Bengio, "On the difficulty of training recurrent neural networks",
+        ICML 2013, section 2.1.
+    """
+    if cell.name in ("lstm", "gru"):
+        return _gated_bound(cell, params, xs, carry)
+    if cell.name == "simple_rnn":
+        W = np.asarray(params.W, np.float64)
+        sigma = _sigma_max(W)
+        rho: float | None = float(np.max(np.abs(np.linalg.eigvals(W))))
+    elif cell.name == "multiplicative_rnn":
+        if xs is None:
+            raise ValueError("the multiplicative RNN's W(x_t) depends on the input: pass xs")
+        prob = prepare(cell, params, xs, carry)
+        gates = prob.px[..., cell.hidden_size :]  # (B, T, F): x_t U_f
+        Wx = jnp.einsum("hf,btf,fk->bthk", params.W_in, gates, params.W_out)  # (B, T, H, H)
+        sigma = float(jnp.max(jnp.linalg.norm(Wx, ord=2, axis=(-2, -1))))
+        rho = None
+    else:
+        raise ValueError(f"pascanu_bound does not know the {cell.name!r} cell")
+    g = _gamma(cell, gamma)
+    eta = g * sigma
+    if eta < 1:
+        verdict, why = "vanishing", "η < 1 is sufficient for vanishing: ‖∂c_T/∂c_t‖ ≤ η^(T-t)"
+    elif eta > 1:
+        verdict, why = "may_explode", "η > 1 is necessary (not sufficient) for exploding"
+    else:
+        verdict, why = "boundary", "η = 1: neither condition is decided"
+    explanation = f"σ_max(W) = {sigma:.4g}, γ = {g:g}, η = γσ_max = {eta:.4g}: {why}"
+    if rho is not None and cell.config.get("activation") == "identity":
+        explanation += f"; linear RNN: ρ(W) = {rho:.4g} decides ({'<' if rho < 1 else '>='} 1)"
+    return PascanuBound(sigma, rho, g, eta, verdict, explanation, None)
+
+
+def pascanu_regularizer(
+    cell: Cell,
+    params: Any,
+    xs: Array,
+    carry: Any = None,
+    loss_fn: Callable[[Array], Array] | None = None,
+    *,
+    carry_grads: Array | None = None,
+    squared: bool = True,
+    reduction: str = "mean",
+    min_norm: float = 1e-20,
+) -> Array:
+    r"""Ω of Pascanu et al. (eq. 10 by default, eq. 9 with ``squared=False``), differentiable.
+
+    .. math::
+        \Omega = \sum_{k=0}^{T-1} \Big( \frac{\|v_{k+1} J_{k+1}(\theta)\|^2}
+                 {\|v_{k+1}\|^2} - 1 \Big)^2, \qquad
+        v_{k+1} = \mathrm{sg}\Big(\frac{\partial L}{\partial c_{k+1}}\Big), \quad
+        J_{k+1}(\theta) = \frac{\partial c_{k+1}}{\partial c_k}\Big|_{c_k = \mathrm{sg}(c_k)}
+
+    As in the paper, the back-propagated error v and the carries c_k are constants
+    (``jax.lax.stop_gradient``), so only the immediate dependence of the step Jacobian on the
+    parameters is differentiated; the projected inputs x_t U + b are constants too, so U and b
+    receive no gradient from Ω. (The paper's state is the pre-activation, so its σ'(x_k) is a
+    constant as well; here the carry is held fixed and the gradient also flows through the
+    activation derivatives' dependence on W.) Terms whose ‖v‖² < ``min_norm`` are skipped,
+    as in the paper's code (``bound = 1e-20``).
+
+    Use it inside any loss; a train step (loss_fn of the outputs, targets closed over)::
+
+        def objective(params, xs, targets):
+            loss = lambda ys: jnp.mean((ys[:, -1] @ V - targets) ** 2)
+            carry, ys = rj.unroll(cell, params, xs)
+            omega = pascanu_regularizer(cell, params, xs, loss_fn=loss)
+            return loss(ys) + 2.0 * omega
+
+    Args:
+        cell, params: the cell and its (differentiated) parameters.
+        xs: (B, T, D) or (T, D).
+        carry: initial carry c_0 (None: zeros).
+        loss_fn: ``ys -> scalar`` as in `loss_gradient_norms` (ys = cell outputs, batch-first).
+        carry_grads: instead of loss_fn, precomputed ∂L/∂c_t for t = 1..T as flat carries,
+            (B, T, N) or (T, N) (e.g. ``loss_gradient_norms(...).grads[..., 1:, :]``).
+        squared: eq. 10 (squared norms, the paper's code) or eq. 9 (plain norms).
+        reduction: "mean" — the average over the (example, step) terms that count, as in the
+            paper's code — or "sum" — Σ_k per sequence (eq. 9), averaged over the batch.
+        min_norm: skip terms with ‖v‖² below this.
+
+    Returns:
+        Ω, a scalar (0 when every step preserves the error's norm).
+
+    Raises:
+        ValueError: neither or both of loss_fn / carry_grads, carry_grads of the wrong shape,
+            unknown reduction, or the errors of `loss_gradient_norms`.
+
+    References:
+        Pascanu, Mikolov & Bengio, ICML 2013, section 3.3, eq. 9–10; pascanur/trainingRNNs.
+    """
+    if (loss_fn is None) == (carry_grads is None):
+        raise ValueError("pass exactly one of loss_fn and carry_grads")
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction=}")
+    const = jax.lax.stop_gradient
+    prob = prepare(cell, params, xs, carry)
+    if loss_fn is not None:
+        _, grads = carry_gradients(loss_fn, cell, const(params), prob)  # (T+1, B, N)
+        v = jnp.swapaxes(grads[1:], 0, 1)  # (B, T, N): ∂L/∂c_{k+1}
+    else:
+        v = jnp.asarray(carry_grads)
+        v = v if prob.batched else v[None]
+        want = (prob.px.shape[0], prob.T, prob.N)
+        if v.shape != want:
+            raise ValueError(
+                f"carry_grads must have shape {want[int(not prob.batched) :]}, "
+                f"got {v.shape[int(not prob.batched) :]}"
+            )
+    v = const(v)
+    states = const(batch_trajectory(prob, step_fn(cell, const(params), prob.unflatten)))
+    step = step_fn(cell, params, prob.unflatten)
+
+    def pulled_back(c_prev, px_t, v_t):  # v_{k+1} J_{k+1}(θ), (N,)
+        return jax.vjp(lambda c: step(c, px_t), c_prev)[1](v_t)[0]
+
+    u = jax.vmap(jax.vmap(pulled_back))(states[:, :-1], const(prob.px), v)  # (B, T, N)
+    num = jnp.sum(jnp.square(u), axis=-1)  # (B, T)
+    den = jnp.sum(jnp.square(v), axis=-1)  # (B, T)
+    valid = den >= min_norm
+    ratio = num / jnp.where(valid, den, 1.0)
+    ratio = ratio if squared else jnp.sqrt(ratio)
+    terms = jnp.where(valid, jnp.square(ratio - 1.0), 0.0)  # (B, T)
+    if reduction == "mean":
+        return jnp.sum(terms) / jnp.maximum(jnp.sum(valid), 1)
+    return jnp.sum(terms) / terms.shape[0]
