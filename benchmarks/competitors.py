@@ -60,7 +60,7 @@ PEERS = {
     "gru": ("flax.linen:GRUCell", "flax.nnx", "haiku", "equinox", "torch", "torch:threads=1"),
 }
 # rnnjax variants benchmarked besides the plain backends.
-RNNJAX_EXTRA = ("rnnjax:scan:unroll=4", "rnnjax:fused:unroll=4")
+RNNJAX_EXTRA = ("rnnjax:fused:unroll=4",)
 
 
 # ---------------------------------------------------------------------------------------------
