@@ -8,7 +8,7 @@
 LSTM gates are ordered (i, f, g, o) everywhere, as in PyTorch and jax.experimental.rnn.
 """
 
-from rnnjax import data, initializers, interop, losses, train
+from rnnjax import analysis, data, initializers, interop, losses, train
 from rnnjax.cells import (
     ACTIVATIONS,
     Cell,
@@ -47,6 +47,7 @@ __all__ = [
     "MultiplicativeRNNParams",
     "RNNCarry",
     "SimpleRNNParams",
+    "analysis",
     "bidirectional",
     "bits_per_char",
     "data",
