@@ -1,0 +1,97 @@
+"""The applications by name: ``rnnjax train --task NAME`` dispatches here.
+
+Each application is an `App`: ``add_arguments(parser)`` declares its flags (the common ones
+are ``--steps``, ``--out`` and ``--seed``) and ``run(args) -> result`` trains, evaluates and
+writes ``OUT/metrics.jsonl`` and ``OUT/result.json`` (+ PNGs), raising ValueError for bad
+input. Modules are imported only when their application runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import shlex
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+
+class App(NamedTuple):
+    """Attributes: add_arguments: ``parser -> None``; run: ``args -> result dict``;
+    summary: one line for ``--help``."""
+
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], dict[str, Any]]
+    summary: str
+
+
+def _lazy(module: str, summary: str) -> App:
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        importlib.import_module(f"rnnjax.models.{module}").add_arguments(parser)
+
+    def run(args: argparse.Namespace) -> dict[str, Any]:
+        return importlib.import_module(f"rnnjax.models.{module}").run(args)
+
+    return App(add_arguments, run, summary)
+
+
+APPLICATIONS: dict[str, App] = {
+    "translate": _lazy("translate", "English → Russian number words, LSTM encoder–decoder"),
+    "caption": _lazy("caption", "captions of rows of 8×8 digits, convnet + LSTM decoder"),
+    "qa": _lazy("qa", "questions about generated stories, LSTM encoder–decoder"),
+    "handwriting": _lazy("handwriting", "pen trajectories, LSTM + mixture density output"),
+    "tree": _lazy("tree", "value mod 10 of arithmetic trees, Child-Sum Tree-LSTM"),
+}
+
+
+def parser_for(name: str, prog: str = "rnnjax train") -> argparse.ArgumentParser:
+    """The argument parser of application ``name`` (ValueError if unknown)."""
+    if name not in APPLICATIONS:
+        raise ValueError(f"unknown application {name!r}; choose one of {', '.join(APPLICATIONS)}")
+    parser = argparse.ArgumentParser(
+        prog=f"{prog} --task {name}", description=APPLICATIONS[name].summary
+    )
+    parser.add_argument("--task", choices=[name], default=name, help=argparse.SUPPRESS)
+    APPLICATIONS[name].add_arguments(parser)
+    return parser
+
+
+def task_of(argv: Sequence[str]) -> str | None:
+    """The value of ``--task`` in argv (``--task NAME`` or ``--task=NAME``), if any."""
+    for i, arg in enumerate(argv):
+        if arg == "--task" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--task="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def run_application(argv: Sequence[str], prog: str = "rnnjax train") -> dict[str, Any]:
+    """Parses ``argv`` (the flags after ``train``) and runs the application it names.
+
+    Raises:
+        ValueError: unknown application or bad input (argparse errors exit with status 2).
+    """
+    argv = list(argv)
+    name = task_of(argv)
+    if name is None:
+        raise ValueError(f"--task is required; choose one of {', '.join(APPLICATIONS)}")
+    args = parser_for(name, prog).parse_args(argv)
+    args.command = shlex.join([*prog.split(), *argv])
+    return APPLICATIONS[name].run(args)
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "rnnjax train") -> int:
+    """Runs an application; bad input → one line on stderr and exit status 2."""
+    try:
+        result = run_application(sys.argv[1:] if argv is None else argv, prog)
+    except ValueError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    summary = {k: v for k, v in result["evaluation"].items() if isinstance(v, int | float)}
+    print(json.dumps({"task": result["task"], **summary, "target": result["target"]}))
+    return 0
+
+
+__all__ = ["APPLICATIONS", "App", "main", "parser_for", "run_application", "task_of"]
