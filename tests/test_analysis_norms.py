@@ -137,6 +137,22 @@ def test_lanczos_matches_svd():
         assert np.all(got >= want + np.log1p(-tol) - ulps)
 
 
+def test_lstm_closed_form_jacobian_equals_autodiff():
+    cell = rj.lstm(12)
+    params, xs, carry = _random_setup(cell, jax.random.key(11), B=2, T=15, scale=1.5)
+    fast, ref = jax.jit(
+        lambda p, x, c: tuple(
+            analysis.jacobian_norms(cell, p, x, c, jacobian=j) for j in ("closed_form", "autodiff")
+        )
+    )(params, xs, carry)
+    for got, want in zip(fast, ref, strict=True):  # float32: 1e-5 relative on the norms
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="closed-form"):
+        analysis.jacobian_norms(rj.lstm(3, peephole=True), None, xs, jacobian="closed_form")
+    with pytest.raises(ValueError, match="jacobian"):
+        analysis.jacobian_norms(cell, params, xs, jacobian="numeric")
+
+
 TANH = rj.simple_rnn(16)
 TANH_NORMS = jax.jit(lambda p, x: analysis.jacobian_norms(TANH, p, x))
 
@@ -187,21 +203,19 @@ def test_lstm_with_open_forget_gate_keeps_gradient_norm_one_over_500_steps():
 def test_batch_mean_is_the_log_of_the_mean_and_unbatched_matches():
     cell = rj.gru(5)
     params, xs, carry = _random_setup(cell, jax.random.key(8), B=3, T=12)
-    out = jax.jit(lambda p, x, c: analysis.jacobian_norms(cell, p, x, c, forward=False))(
-        params, xs, carry
-    )
+    carry_1 = jax.tree.map(lambda a: a[1], carry)
+    out, one, jacs = jax.jit(
+        lambda p, x, c, x1, c1: (
+            analysis.jacobian_norms(cell, p, x, c, forward=False),
+            analysis.jacobian_norms(cell, p, x1, c1, forward=False),
+            analysis.carry_jacobians(cell, p, x1, c1),
+        )
+    )(params, xs, carry, xs[1], carry_1)
     chex.assert_shape(out.log_backward, (3, 13))
     chex.assert_shape(out.log_backward_mean, (13,))
     assert out.log_forward is None and out.log_forward_mean is None
     mean = np.log(np.mean(np.exp(np.asarray(out.log_backward, np.float64)), axis=0))
     np.testing.assert_allclose(out.log_backward_mean, mean, rtol=1e-6, atol=1e-6)
-    carry_1 = jax.tree.map(lambda a: a[1], carry)
-    one, jacs = jax.jit(
-        lambda p, x, c: (
-            analysis.jacobian_norms(cell, p, x, c, forward=False),
-            analysis.carry_jacobians(cell, p, x, c),
-        )
-    )(params, xs[1], carry_1)
     np.testing.assert_allclose(one.log_backward, out.log_backward[1], atol=1e-6)
     np.testing.assert_allclose(one.log_backward_mean, one.log_backward, atol=1e-6)
     chex.assert_shape(jacs, (12, 5, 5))

@@ -38,12 +38,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rnnjax.analysis import _lstm_jacobian as lstm_closed_form
 from rnnjax.analysis._core import log_mean_exp, prepare, step_fn, unbatch
+from rnnjax.analysis._lstm_jacobian import StepJacobian
 from rnnjax.cells.base import Array, Cell
 
 ORDS = (2, "fro")
 LN2 = float(np.log(2.0))
 METHODS = ("auto", "lanczos", "svd")
+JACOBIANS = ("auto", "autodiff", "closed_form")
 SVD_MAX_N = 64  # method="auto" takes the exact SVD up to this carry size
 
 
@@ -109,7 +112,9 @@ def top_singular_value(
 ) -> tuple[Array, Array]:
     """σ_max(M) by restarted Golub–Kahan–Lanczos, warm-started at the unit vector u.
 
-    Each round bidiagonalises M in a Krylov space of dimension ``krylov`` started at u, takes
+    If u is already accurate (the residual test below passes for σ = ‖Mᵀu‖) that is the
+    answer. Otherwise each round bidiagonalises M in a Krylov space of dimension ``krylov``
+    started at u, takes
     the top singular triplet (σ, y, z) of the small bidiagonal matrix (Ritz value σ, vectors
     u = Uᵀy, v = Vᵀz, so M v = σ u), and restarts from u. It stops when the residual
     r = ‖Mᵀu − σ v‖ ≤ tol·σ: then σ lies within r of a singular value of M (and, the space
@@ -144,8 +149,13 @@ def top_singular_value(
         i, _, sigma, residual = state
         return (i < max_restarts) & (residual > tol * sigma)
 
-    one = jnp.ones((), M.dtype)
-    start = (jnp.zeros((), jnp.int32), u, one, jnp.full((), jnp.inf, M.dtype))
+    # round 0: the warm start itself, σ = ‖Mᵀu‖, v = Mᵀu/σ, r = ‖M v − σ u‖ — once the
+    # singular vectors have settled this already passes and no Lanczos round runs at all
+    w = u @ M  # (N,)
+    sigma0 = jnp.linalg.norm(w)
+    v0 = w / jnp.where(sigma0 > 0, sigma0, 1.0)
+    residual0 = jnp.where(sigma0 > 0, jnp.linalg.norm(M @ v0 - sigma0 * u), 0.0)
+    start = (jnp.zeros((), jnp.int32), u, sigma0, residual0)
     _, u, sigma, _ = jax.lax.while_loop(cond, round_, start)
     return sigma, u
 
@@ -181,13 +191,31 @@ def _start_vector(N: int, dtype) -> Array:
     return v / jnp.linalg.norm(v)
 
 
+def autodiff_linearisation(step: Callable) -> Callable:
+    """``(c_{t-1}, px_t) -> (c_t, StepJacobian)`` from JAX's autodiff of any flat step.
+
+    ``left(P) = P J_t`` pushes the N rows of P through the step's VJP and ``right(Q) = J_t Q``
+    the N columns of Q through its JVP; J_t itself is never formed. This is the reference
+    that the closed forms (`rnnjax.analysis._lstm_jacobian`) must equal.
+    """
+
+    def linearise(c_prev, px_t):
+        c_new, jvp = jax.linearize(lambda c_: step(c_, px_t), c_prev)
+        vjp = jax.linear_transpose(jvp, c_prev)
+        left = jax.vmap(lambda row: vjp(row)[0])  # rows of P (N, N) -> P J_t
+        right = jax.vmap(jvp, in_axes=1, out_axes=1)  # columns of Q (N, N) -> J_t Q
+        return c_new, StepJacobian(left, right)
+
+    return linearise
+
+
 def forward_log_norms(
-    step: Callable, px: Array, c0: Array, log_norm: Callable | None
+    linearise: Callable, px: Array, c0: Array, log_norm: Callable | None
 ) -> tuple[Array, Array | None]:
     """The trajectory and log ‖∂c_t/∂c_0‖ of one example in one forward scan.
 
     Args:
-        step: flat step ``(c (N,), px_t) -> c (N,)``.
+        linearise: ``(c_{t-1}, px_t) -> (c_t, StepJacobian)``.
         px: (T, G).
         c0: (N,).
         log_norm: from `_log_norm_fn`, or None to skip the forward view.
@@ -199,15 +227,14 @@ def forward_log_norms(
     if log_norm is None:
 
         def plain(c, px_t):
-            return step(c, px_t), c
+            return linearise(c, px_t)[0], c
 
         return jax.lax.scan(plain, c0, px)[1], None
 
     def body(acc, px_t):
         c, Q, e, v = acc  # (N,), (N, N) = Q̂_{t-1}, () int: Q = 2^e Q̂, (N,)
-        c_new, lin = jax.linearize(lambda c_: step(c_, px_t), c)
-        Q = jax.vmap(lin, in_axes=1, out_axes=1)(Q)  # (N, N) = J_t Q̂_{t-1}
-        Q, e = _normalise(Q, e)
+        c_new, jac = linearise(c, px_t)
+        Q, e = _normalise(jac.right(Q), e)  # (N, N) = J_t Q̂_{t-1}
         log_q, v = log_norm(Q.T, v)  # warm start on the c_0 side (right vectors of Q)
         return (c_new, Q, e, v), (c, e * LN2 + log_q)
 
@@ -216,11 +243,11 @@ def forward_log_norms(
     return states, logs
 
 
-def backward_log_norms(step: Callable, px: Array, states: Array, log_norm: Callable) -> Array:
+def backward_log_norms(linearise: Callable, px: Array, states: Array, log_norm: Callable) -> Array:
     """log ‖∂c_T/∂c_t‖ of one example for t = 0..T-1, in one reverse scan.
 
     Args:
-        step: flat step.
+        linearise: ``(c_{t-1}, px_t) -> (c_t, StepJacobian)``.
         px: (T, G).
         states: c_0..c_{T-1}, (T, N): the linearisation point of each step.
         log_norm: from `_log_norm_fn`.
@@ -233,9 +260,7 @@ def backward_log_norms(step: Callable, px: Array, states: Array, log_norm: Calla
     def body(acc, inputs):
         P, e, u = acc  # (N, N) = P̂_t, () int: P_t = 2^e P̂_t, (N,)
         c_prev, px_t = inputs  # c_{t-1}, px_t
-        _, vjp = jax.vjp(lambda c_: step(c_, px_t), c_prev)
-        P = jax.vmap(lambda row: vjp(row)[0])(P)  # (N, N) = P̂_t J_t, rows through the VJP
-        P, e = _normalise(P, e)
+        P, e = _normalise(linearise(c_prev, px_t)[1].left(P), e)  # (N, N) = P̂_t J_t
         log_p, u = log_norm(P, u)  # warm start on the c_T side (left vectors of P)
         return (P, e, u), e * LN2 + log_p
 
@@ -255,8 +280,9 @@ def jacobian_norms(
     forward: bool = True,
     method: str = "auto",
     tol: float = 1e-5,
-    krylov: int = 16,
+    krylov: int = 8,
     max_restarts: int = 20,
+    jacobian: str = "auto",
 ) -> JacobianNorms:
     r"""For every t, the norm of ∂c_T/∂c_t (and of ∂c_t/∂c_0), in log space.
 
@@ -272,8 +298,9 @@ def jacobian_norms(
     The Pascanu et al. bound reads ‖∂c_T/∂c_t‖ ≤ η^{T−t} (`pascanu_bound`); an identity
     path (the LSTM's cell state with f = 1, i = 0) keeps the norm at 1.
 
-    Cost per example: 2T products of an N×N matrix by one step's VJP/JVP (16 H³ multiply-adds
-    per step for an LSTM, N = 2H), plus the Lanczos rounds' matrix-vector products (N² each).
+    Cost per example and view: T products of an N×N matrix by one step's Jacobian — through
+    the VJP/JVP 16H³ multiply-adds per step for an LSTM (N = 2H), 8H³ with its closed-form
+    Jacobian — plus the Lanczos rounds' matrix-vector products (N² each).
 
     Args:
         cell: any `rnnjax.Cell`.
@@ -289,6 +316,10 @@ def jacobian_norms(
             below 1e-6).
         krylov: Krylov dimension of a Lanczos round.
         max_restarts: most Lanczos rounds per step.
+        jacobian: how P J_t and J_t Q are computed: "autodiff" (VJP / JVP of the step, any
+            cell), "closed_form" (the plain LSTM's J_t from its gates, half the
+            multiply-adds; `rnnjax.analysis._lstm_jacobian`) or "auto" (closed form where
+            it applies).
 
     Returns:
         `JacobianNorms` of natural-log norms indexed by t = 0..T.
@@ -308,15 +339,22 @@ def jacobian_norms(
         ICML 2013 (section 2).
     """
     _check_options(ord, method)
+    if jacobian not in JACOBIANS:
+        raise ValueError(f"unknown {jacobian=}; choose one of {JACOBIANS}")
+    if jacobian == "closed_form" and not lstm_closed_form.supports(cell):
+        raise ValueError(f"no closed-form Jacobian for this {cell.name} cell ({cell.config})")
     prob = prepare(cell, params, xs, carry)
-    step = step_fn(cell, params, prob.unflatten)
+    if jacobian != "autodiff" and lstm_closed_form.supports(cell):
+        linearise = lstm_closed_form.lstm_linearisation(params, cell.hidden_size)
+    else:
+        linearise = autodiff_linearisation(step_fn(cell, params, prob.unflatten))
     N = prob.N
     log_norm = _log_norm_fn(ord, method, tol, max_restarts, krylov, N)
     log_eye = jnp.zeros((), prob.c0.dtype) if ord == 2 else 0.5 * jnp.log(float(N))
 
     def one(px, c0):
-        states, fwd = forward_log_norms(step, px, c0, log_norm if forward else None)
-        bwd = backward_log_norms(step, px, states, log_norm)  # (T,)
+        states, fwd = forward_log_norms(linearise, px, c0, log_norm if forward else None)
+        bwd = backward_log_norms(linearise, px, states, log_norm)  # (T,)
         bwd = jnp.concatenate([bwd, log_eye[None]])  # (T+1,)
         if fwd is not None:
             fwd = jnp.concatenate([log_eye[None], fwd])  # (T+1,)
