@@ -1,28 +1,33 @@
 """The ``"pallas"`` backend: a persistent RNN kernel with the recurrent weights on chip.
 
 The whole time loop runs inside one Pallas launch (Diamos et al. 2016); so does the backward
-loop. Each program of the launch keeps its columns of W in registers for all T steps, the
-programs exchange h_t (forward) and dhw_t (backward) through global memory with one barrier
-per step, and dW = Σ_t h_{t-1}ᵀ dhw_t is a single matmul after the backward loop (Appleyard et
-al. 2016). The kernels are in `rnnjax.kernels.pallas_kernels`; this module holds the plan
-(what fits on chip), the `jax.custom_vjp` that wires them, and `persistent_rnn_reference`, the
-plain-jnp definition they must equal.
+loop. Each program of the launch loads its columns of W once and holds them on chip (as
+register values) for all T steps; the programs exchange h_t (forward) and their shares of
+dh_{t-1} (backward) through global memory with one barrier per step, and dW = Σ_t h_{t-1}ᵀ
+dhw_t is a single matmul after the backward loop (Appleyard et al. 2016). The kernels are in
+`rnnjax.kernels.pallas_kernels`; this module holds the plan (what fits on chip), the
+`jax.custom_vjp` that wires them, and `persistent_rnn_reference`, the plain-jnp definition
+they must equal.
 
 Supported: ``lstm`` (plain, peephole, coupled), ``gru`` (reset_after=True), ``simple_rnn``
 (tanh / relu / sigmoid / identity), float32 or a bfloat16 compute dtype, lengths, gradients
 with respect to params, inputs and the initial carry. Reverse and bidirectional come from the
 driver. ``unroll`` is ignored (the kernel's loop is its own); ``remat`` changes nothing: the
 kernel always stores the recurrent pre-activations and carries (like cuDNN's reserve space).
+Matmul precision follows ``jax.default_matmul_precision`` (TF32 by default on GPU, IEEE
+float32 under "highest"), as the XLA backends do.
 
-What "fits" means (per program, i.e. per SM): the resident block of W is Hp·K·hs numbers of
-the compute dtype (Hp = H rounded up to hs = 16 units per program, K gates); it must stay
-within ``RESIDENT_BYTES`` = 128 KiB, half of an H100 SM's 256 KiB register file, and the grid
+What "fits" means (per program, i.e. per SM): the resident block of W is Hp·Kp·hs numbers of
+the compute dtype (Hp = H rounded up to hs = 16 units per program, Kp = gates rounded up to a
+power of two: 4 for LSTM and GRU, 1 for the simple RNN); it must stay within
+``RESIDENT_BYTES`` = 128 KiB, half of an H100 SM's 256 KiB register file, and the grid
 (Hp/hs slices × batch blocks of 16–128 rows) must not exceed the number of SMs so that all
-programs are resident at once (the barrier needs that). On an H100 (132 SMs) in float32: LSTM
-H ≤ 512, GRU H ≤ 672, simple RNN H ≤ 2048 (also ≤ 132·16 = 2112 by the grid); bfloat16
-doubles the first two. Batch: up to 128 rows per program, i.e. B ≤ 128 · ⌊132 / (Hp/16)⌋.
-Outside these limits, and on TPU (no Mosaic-TPU kernel here), the backend raises ValueError;
-it never falls back silently.
+programs are resident at once (the barrier needs that). On an H100 (132 SMs) in float32:
+LSTM and GRU H ≤ 512, simple RNN H ≤ 2048; bfloat16 doubles the first. Batch: up to 128 rows
+per program, i.e. B ≤ 128 · ⌊132 / (Hp/16)⌋ (512 at H = 512). Outside these limits, and on
+TPU (no Mosaic-TPU kernel here), the backend raises ValueError; it never falls back silently.
+Whether ptxas keeps every resident value in registers (rather than spilling part of it to
+local memory, which is L1-cached) was not inspected: the limit is a budget, not a proof.
 
 On CPU it runs the same kernels in Pallas interpret mode automatically (slow: keep shapes tiny).
 
@@ -107,23 +112,25 @@ def make_plan(
         num_sms: streaming multiprocessors of the GPU (the grid must not exceed it).
         block_batch: batch rows per program; None picks the smallest that fits the grid.
         slice_size: hidden units per program (a multiple of 16).
-        num_warps: Triton warps; None picks 4, or 8 when W's block exceeds 64 KiB.
+        num_warps: Triton warps; None picks 4, or 8 when W's block exceeds 32 KiB.
     """
     if slice_size < 16 or slice_size % 16:
         raise ValueError(f"slice_size must be a positive multiple of 16, got {slice_size=}")
     Hp = _round_up(H, slice_size)
     kc = math.gcd(Hp, 128)
     itemsize = jnp.dtype(compute_dtype or jnp.float32).itemsize
-    resident = Hp * family.gates * slice_size * itemsize
+    gates = 1 << (family.gates - 1).bit_length()  # GRU's 3 gates are held as 4 (Triton)
+    resident = Hp * gates * slice_size * itemsize
     if resident > RESIDENT_BYTES and not interpret:
         raise ValueError(
             f"backend='pallas' keeps W on chip: a {family.name} with H={H} needs "
-            f"{resident // 1024} KiB of W per program (Hp={Hp} x {family.gates} gates x "
+            f"{resident // 1024} KiB of W per program (Hp={Hp} x {gates} gates x "
             f"{slice_size} units x {itemsize} B) but the limit is {RESIDENT_BYTES // 1024} "
             f"KiB; use a smaller H, dtype=jnp.bfloat16, or backend='scan'/'fused'"
         )
     n_slices = Hp // slice_size
     limit = num_sms if (num_sms and not interpret) else None
+    choices: tuple[int, ...]
     if block_batch is not None:
         choices = (block_batch,)
     elif limit is None:
@@ -143,9 +150,10 @@ def make_plan(
     if bB < 16 or bB & (bB - 1):
         raise ValueError(f"block_batch must be a power of two >= 16, got {bB}")
     if num_warps is None:
-        num_warps = 4 if resident <= 64 * 1024 else 8
-    return Plan(family, T, _round_up(B, bB), Hp, bB, slice_size, kc, compute_dtype, interpret,
-                num_warps)  # fmt: skip
+        num_warps = 4 if resident <= 32 * 1024 else 8
+    return Plan(
+        family, T, _round_up(B, bB), Hp, bB, slice_size, kc, compute_dtype, interpret, num_warps
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -181,9 +189,8 @@ def _persistent_fwd(plan, px, w, states0, pv, lengths):
 def _persistent_bwd(plan, res, cot):
     px, w, states0, pv, lengths, hseq, hw, seqs = res
     dhseq, dfinals = cot
-    wt = jnp.swapaxes(w, 0, 1)  # (K·Hp, Hp)
     dpx, dhw, ds0, dpv = backward_call(
-        plan, px, hw, hseq, seqs, states0, pv, wt, lengths, dhseq, list(dfinals)
+        plan, px, hw, hseq, seqs, states0, pv, w, lengths, dhseq, list(dfinals)
     )
     h_prev = jnp.concatenate([states0[0][None], hseq[:-1]], axis=0)  # (T, Bp, Hp)
     # dW = Σ_t h_{t-1}ᵀ dhw_t: one (Hp, T·Bp) x (T·Bp, K·Hp) matmul after the loop.
@@ -207,7 +214,10 @@ def persistent_rnn_reference(plan: Plan, px, w, states0, pv, lengths):
         if plan.compute_dtype is not None:
             h = h.astype(plan.compute_dtype)
         hw = jnp.dot(h, w, preferred_element_type=jnp.float32)  # (Bp, K·Hp)
-        split = lambda z: [z[:, k * Hp : (k + 1) * Hp] for k in range(fam.gates)]
+
+        def split(z):  # (Bp, K·Hp) -> K x (Bp, Hp)
+            return [z[:, k * Hp : (k + 1) * Hp] for k in range(fam.gates)]
+
         vecs = [jnp.broadcast_to(v[None], state[0].shape) for v in pv[: fam.n_params]]
         new = fam.pointwise(split(px_t), split(hw), list(state), vecs)
         valid = (t < lengths)[:, None]  # (Bp, 1)
@@ -229,7 +239,7 @@ def _platform() -> str:
 
 def _pad_gates(x: Array, K: int, H: int, Hp: int) -> Array:
     """(..., K·H) -> (..., K·Hp), padding each gate block with zeros."""
-    if H == Hp:
+    if Hp == H:
         return x
     x = x.reshape(*x.shape[:-1], K, H)
     x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, Hp - H)])
@@ -267,8 +277,18 @@ def make_pallas_backend(
         if platform == "gpu":  # all programs must be resident: at most one per SM
             num_sms = getattr(jax.devices()[0], "core_count", None) or FALLBACK_SMS
         cd = cell.config.get("dtype")
-        plan = make_plan(family, T, B, H, cd, interpret=use_interpret, num_sms=num_sms,
-                         block_batch=block_batch, slice_size=slice_size, num_warps=num_warps)  # fmt: skip
+        plan = make_plan(
+            family,
+            T,
+            B,
+            H,
+            cd,
+            interpret=use_interpret,
+            num_sms=num_sms,
+            block_batch=block_batch,
+            slice_size=slice_size,
+            num_warps=num_warps,
+        )
         Bp, Hp = plan.Bp, plan.Hp
 
         def pad_rows(x):  # (B, ...) -> (Bp, ...)

@@ -2,32 +2,37 @@
 
 One launch runs the whole time loop (Diamos et al. 2016). The grid is (slices, batch blocks):
 program (j, b) owns hidden units ``j·hs … (j+1)·hs`` of every gate for batch rows
-``b·bB … (b+1)·bB`` and keeps its columns of the recurrent matrix, W[:, gate k, slice j] for
-every gate k ((Hp, K·hs) numbers), in registers for the whole loop; W is read from memory once.
+``b·bB … (b+1)·bB`` and loads its columns of the recurrent matrix, W[:, gate k, slice j] for
+every gate k ((Hp, Kp·hs) numbers), once, before the loop, holding them as values (registers)
+for all T steps in both kernels.
 
 Forward, step t, program (j, b)::
 
     wait until every slice of batch block b has written h_{t-1}
-    hw_k  = h_{t-1}[b rows, :] @ W[:, k, j]               # (bB, hs) for each gate k
-    state = pointwise(px_t[b, k, j], hw_k, state)          # (h, c) of the slice, on chip
+    hw    = h_{t-1}[b rows, :] @ W[:, :, j]                 # (bB, Kp·hs): ONE dot, gates fused
+    state = pointwise(px_t[b, k, j], split(hw), state)      # (h, c) of the slice, on chip
     store h_t[b rows, j] (the exchange buffer is the output itself); signal "t done"
 
-Backward, step t (reverse order)::
+Backward, step t (reverse order), with the same column partition of W::
 
-    dpx_t, dhw_t, d_state_direct = vjp(pointwise)(d_state)  # the slice's own units
-    store dhw_t[b rows, k, j]; signal; wait for every slice of block b
-    dh_{t-1}[b rows, j] = d_state_direct.h + Σ_k dhw_t[b rows, k, :] @ Wᵀ[k, :, j]
+    dpx_t, dhw_t, d_direct = vjp(pointwise)(d_state)        # the slice's own units
+    share_j = Σ_k dhw_t[:, k, j] @ W[:, k, j]ᵀ              # (bB, Hp): slice j's part of dh
+    store share_j in a two-slot buffer; signal; wait for every slice of block b
+    dh_{t-1}[b rows, j] = d_direct.h + Σ_j' share_j'[:, j]
 
-dW = Σ_t h_{t-1}ᵀ dhw_t is left to one matmul outside the loop (`rnnjax.kernels.pallas`).
+The gates are fused in the forward dot and the backward dot has N = kc columns because
+Triton spreads a dot's B operand over warps along N only: a (K, 16) operand would be
+replicated in every warp (the first version did that and ran 2–4× slower). dW = Σ_t
+h_{t-1}ᵀ dhw_t is one matmul outside the loop (`rnnjax.kernels.pallas`).
 
 Synchronisation between programs is a flag per (batch block, slice) in global memory: a
 program raises its flag to the step count with an ``atomic_max`` (release, after a
 ``bar.sync`` so that the whole block's stores come first) and spins on volatile loads of its
-block's row of flags. Data is only ever read from addresses that no program has read before
-(h_t and dhw_t live at a new time index each step), so no stale L1 line can be hit. All
-programs must be resident at once: the grid is kept at or under the number of SMs and every
-program holds 1 block/SM worth of resources. A spin that exceeds ``SPIN_LIMIT`` polls gives up
-and poisons the outputs with NaN, so a broken barrier shows up as NaN rather than a hang.
+block's row of flags. h_t is read from addresses no program has read before (a new time
+index each step), and the two-slot share buffer is read with volatile (L1-bypassing) loads,
+so no stale L1 line can be hit. All programs must be resident at once: the grid is kept at
+or under the number of SMs. A spin that exceeds ``SPIN_LIMIT`` polls gives up and poisons the
+outputs with NaN, so a broken barrier shows up as NaN rather than a hang.
 
 Interpret mode (CPU, CI) cannot run programs concurrently, so there the kernel is one program
 that runs every (j, b) "program" in turn inside each phase of each step: the same slicing,
@@ -142,6 +147,11 @@ class Plan:
     num_warps: int
 
     @property
+    def gates_p2(self) -> int:
+        """Gates rounded up to a power of two (Triton splits the fused gate dot in halves)."""
+        return 1 << (self.family.gates - 1).bit_length()
+
+    @property
     def n_slices(self) -> int:
         return self.Hp // self.hs
 
@@ -167,7 +177,8 @@ def initial_flags(plan: Plan) -> Array:
 
 def _compiler_params(plan: Plan) -> Any:
     # jax >= 0.7 calls it CompilerParams, older releases TritonCompilerParams.
-    cls = getattr(plgpu, "CompilerParams", None) or getattr(plgpu, "TritonCompilerParams")
+    names = ("CompilerParams", "TritonCompilerParams")
+    cls = next(getattr(plgpu, n) for n in names if hasattr(plgpu, n))
     # num_stages=1: no software pipelining, which could hoist the next step's loads above
     # the barrier that makes them valid.
     return cls(num_warps=plan.num_warps, num_stages=1)
@@ -189,21 +200,31 @@ class _Program:
         return self.lengths > t  # (bB, 1)
 
 
-def _programs(plan: Plan, w_ref, pv_ref, len_ref, transposed: bool) -> list[_Program]:
-    """The programs this kernel instance runs: all of them in interpret mode, else its own."""
+def _programs(plan: Plan, w_ref, pv_ref, len_ref, per_gate: bool) -> list[_Program]:
+    """The programs this kernel instance runs: all of them in interpret mode, else its own.
+
+    ``w_ref`` is W in program-major order, (slices, Hp, Kp·hs): program j's columns of every
+    gate side by side. The forward keeps them fused, (kc, Kp·hs) per K-chunk, so that its one
+    dot per chunk has N = Kp·hs columns (Triton spreads a dot's B operand over warps along N
+    only); the backward keeps one (kc, hs) block per gate and chunk and multiplies by its
+    transpose (N = kc).
+    """
+    ids: list[tuple[Any, Any]]
     if plan.interpret:
         ids = [(j, b) for b in range(plan.n_blocks) for j in range(plan.n_slices)]
     else:
         ids = [(pl.program_id(0), pl.program_id(1))]
-    K, Hp, hs, kc = plan.family.gates, plan.Hp, plan.hs, plan.kc
+    K, hs, kc, nc = plan.family.gates, plan.hs, plan.kc, plan.Hp // plan.kc
     out = []
     for j, b in ids:
         rows, units = pl.ds(b * plan.bB, plan.bB), pl.ds(j * hs, hs)
-        if transposed:  # Wᵀ (K·Hp, Hp): rows of gate k, columns of slice j
-            w = [[w_ref[pl.ds(k * Hp + r * kc, kc), units] for r in range(Hp // kc)] for k in range(K)]
-        else:  # W (Hp, K·Hp): all rows, columns of gate k and slice j
-            w = [[w_ref[pl.ds(r * kc, kc), pl.ds(k * Hp + j * hs, hs)] for r in range(Hp // kc)]
-                 for k in range(K)]  # fmt: skip
+        if per_gate:
+            w = [
+                [w_ref[j, pl.ds(r * kc, kc), pl.ds(k * hs, hs)] for r in range(nc)]
+                for k in range(K)
+            ]
+        else:
+            w = [w_ref[j, pl.ds(r * kc, kc), :] for r in range(nc)]  # (kc, Kp·hs) each
         pv = [
             jnp.broadcast_to(pv_ref[p, units][None, :], (plan.bB, hs))
             for p in range(plan.family.n_params)
@@ -217,10 +238,12 @@ def _gate_cols(plan: Plan, k: int, prog: _Program) -> Any:
     return pl.ds(k * plan.Hp + prog.j * plan.hs, plan.hs)
 
 
-def _dot(x: Array, w: Array, plan: Plan) -> Array:
+def _dot(x: Array, w: Array, plan: Plan, transpose_w: bool = False) -> Array:
+    """x @ w (or x @ wᵀ) with float32 accumulation, operands in the compute dtype."""
     if plan.compute_dtype is not None:
         x = x.astype(plan.compute_dtype)
-    return jnp.dot(x, w, preferred_element_type=jnp.float32)
+    dims = (((1,), (1 if transpose_w else 0,)), ((), ()))
+    return jax.lax.dot_general(x, w, dims, preferred_element_type=jnp.float32)
 
 
 def _signal(plan: Plan, flags_ref, prog: _Program, value) -> None:
@@ -264,22 +287,22 @@ def _forward_kernel(*refs, plan: Plan, save: bool):
     pv_ref, len_ref, _ = next(it), next(it), next(it)
     hseq_ref = next(it)
     final_refs = [next(it) for _ in range(S - 1)]
-    hw_ref = next(it) if save else None
+    hw_ref: Any = next(it) if save else None
     sseq_refs = [next(it) for _ in range(S - 1)] if save else []
     flags_ref = next(it)
-    progs = _programs(plan, w_ref, pv_ref, len_ref, transposed=False)
+    progs = _programs(plan, w_ref, pv_ref, len_ref, per_gate=False)
 
     def step(prog: _Program, t, prev_t, state: list, ok) -> list:
-        hw: list = [None] * K
+        fused: Any = None
         for r in range(plan.Hp // kc):
             cols = pl.ds(r * kc, kc)
             if prev_t is None:
                 h_chunk = s0_refs[0][prog.rows, cols]  # (bB, kc)
             else:
                 h_chunk = hseq_ref[prev_t, prog.rows, cols]  # (bB, kc)
-            for k in range(K):
-                y = _dot(h_chunk, prog.weights[k][r], plan)  # (bB, hs)
-                hw[k] = y if hw[k] is None else hw[k] + y
+            y = _dot(h_chunk, prog.weights[r], plan)  # (bB, Kp·hs)
+            fused = y if fused is None else fused + y
+        hw = jnp.split(fused, plan.gates_p2, axis=1)[:K] if K > 1 else [fused]  # (bB, hs)
         px = [px_ref[t, prog.rows, _gate_cols(plan, k, prog)] for k in range(K)]  # (bB, hs)
         new = fam.pointwise(px, hw, state, prog.pv)
         valid = prog.valid(t)
@@ -320,19 +343,19 @@ def _backward_kernel(*refs, plan: Plan):
     px_ref, hw_ref, hseq_ref = next(it), next(it), next(it)
     sseq_refs = [next(it) for _ in range(S - 1)]
     s0_refs = [next(it) for _ in range(S)]
-    pv_ref, wt_ref, len_ref = next(it), next(it), next(it)
+    pv_ref, w_ref, len_ref = next(it), next(it), next(it)
     dhseq_ref = next(it)
     dfinal_refs = [next(it) for _ in range(S - 1)]
     _ = next(it)
     dpx_ref = next(it)
     dhw_ref = dpx_ref if fam.tied else next(it)
     ds0_refs = [next(it) for _ in range(S)]
-    dpv_ref = next(it)
-    flags_ref = next(it)
-    progs = _programs(plan, wt_ref, pv_ref, len_ref, transposed=True)
+    dpv_ref, part_ref, flags_ref = next(it), next(it), next(it)
+    progs = _programs(plan, w_ref, pv_ref, len_ref, per_gate=True)
 
-    def phase_a(prog: _Program, t, prev_t, cot: list, dpv: list):
-        """The slice's own units: vjp of the pointwise step; stores dpx_t and dhw_t."""
+    def phase_a(prog: _Program, t, prev_t, slot, cot: list, dpv: list):
+        """The slice's own units: vjp of the pointwise step, then this slice's share of
+        dh_{t-1} for ALL units, Σ_k dhw_t[:, k, j] @ W[:, k, j]ᵀ, stored for the others."""
         cols = [_gate_cols(plan, k, prog) for k in range(K)]
         px = [px_ref[t, prog.rows, c] for c in cols]  # (bB, hs) each
         hw = [hw_ref[t, prog.rows, c] for c in cols]
@@ -346,31 +369,43 @@ def _backward_kernel(*refs, plan: Plan):
         dpx, dhw, dprev, dpv_t = vjp(cot)
         valid = prog.valid(t)
         zero = jnp.zeros_like(cot[0])
+        dpx = [jnp.where(valid, d, zero) for d in dpx]
+        dhw = dpx if fam.tied else [jnp.where(valid, d, zero) for d in dhw]
         for k in range(K):
-            dpx_ref[t, prog.rows, cols[k]] = jnp.where(valid, dpx[k], zero)
+            dpx_ref[t, prog.rows, cols[k]] = dpx[k]
             if not fam.tied:
-                dhw_ref[t, prog.rows, cols[k]] = jnp.where(valid, dhw[k], zero)
+                dhw_ref[t, prog.rows, cols[k]] = dhw[k]
+        for r in range(plan.Hp // kc):
+            part = None
+            for k in range(K):
+                y = _dot(dhw[k], prog.weights[k][r], plan, transpose_w=True)  # (bB, kc)
+                part = y if part is None else part + y
+            part_ref[slot, prog.j, prog.rows, pl.ds(r * kc, kc)] = part
         dprev = [jnp.where(valid, d, c) for d, c in zip(dprev, cot, strict=True)]
         dpv = [a + jnp.where(valid, d, zero) for a, d in zip(dpv, dpv_t, strict=True)]
         return dprev, dpv
 
-    def phase_b(prog: _Program, t, dprev: list) -> list:
-        """dh_{t-1} for the slice: Σ_k dhw_t[:, k, :] @ Wᵀ[k, :, j], all slices' dhw_t."""
+    def phase_b(prog: _Program, slot, dprev: list) -> list:
+        """dh_{t-1} of the slice's units: its direct term plus every slice's share."""
         dh = dprev[0]
-        for k in range(K):
-            for r in range(plan.Hp // kc):
-                g = dhw_ref[t, prog.rows, pl.ds(k * plan.Hp + r * kc, kc)]  # (bB, kc)
-                dh = dh + _dot(g, prog.weights[k][r], plan)
+        for jj in range(plan.n_slices):
+            ref = part_ref.at[slot, jj, prog.rows, prog.units]
+            # volatile (relaxed, gpu scope): never a stale L1 line from two steps ago.
+            share = ref[...] if plan.interpret else plgpu.load(ref, volatile=True)
+            dh = dh + share
         return [dh, *dprev[1:]]
 
     def step(t, prev_t, s, carry):
         cots, dpvs, ok = carry
-        outs = [phase_a(p, t, prev_t, c, d) for p, c, d in zip(progs, cots, dpvs, strict=True)]
+        slot = s % 2 if isinstance(s, int) else jax.lax.rem(s, jnp.int32(2))
+        outs = [
+            phase_a(p, t, prev_t, slot, c, d) for p, c, d in zip(progs, cots, dpvs, strict=True)
+        ]
         for p in progs:
             _signal(plan, flags_ref, p, s + 1)
         for p in progs:
             ok = _wait(plan, flags_ref, p, s + 1, ok)
-        cots = [phase_b(p, t, o[0]) for p, o in zip(progs, outs, strict=True)]
+        cots = [phase_b(p, slot, o[0]) for p, o in zip(progs, outs, strict=True)]
         return cots, [o[1] for o in outs], ok
 
     zeros = jnp.zeros((plan.bB, plan.hs), jnp.float32)
@@ -386,6 +421,14 @@ def _backward_kernel(*refs, plan: Plan):
             dpv_ref[i, p.rows, p.units] = dpv[i]
 
 
+def program_major(plan: Plan, w: Array) -> Array:
+    """W (Hp, K·Hp) -> (slices, Hp, Kp·hs): each program's gate columns side by side."""
+    K, Kp, Hp, hs, ns = plan.family.gates, plan.gates_p2, plan.Hp, plan.hs, plan.n_slices
+    w = w.reshape(Hp, K, ns, hs)
+    w = jnp.pad(w, [(0, 0), (0, Kp - K), (0, 0), (0, 0)])  # (Hp, Kp, ns, hs)
+    return jnp.transpose(w, (2, 0, 1, 3)).reshape(ns, Hp, Kp * hs)
+
+
 def forward_call(plan: Plan, px, w, states0, pv, lengths, *, save: bool):
     """Runs the forward kernel; returns (hseq, finals, hw, state_seqs) (last two if save)."""
     S, T, Bp, Hp, G = plan.family.states, plan.T, plan.Bp, plan.Hp, plan.family.gates * plan.Hp
@@ -396,7 +439,7 @@ def forward_call(plan: Plan, px, w, states0, pv, lengths, *, save: bool):
         out_shape += [jax.ShapeDtypeStruct((T, Bp, G), f32)] + [seq] * (S - 1)
     flags = initial_flags(plan)
     out_shape.append(jax.ShapeDtypeStruct(flags.shape, flags.dtype))
-    inputs = [px, w, *states0, pv, lengths, flags]
+    inputs = [px, program_major(plan, w), *states0, pv, lengths, flags]
     outs = pl.pallas_call(
         functools.partial(_forward_kernel, plan=plan, save=save),
         out_shape=out_shape,
@@ -412,7 +455,7 @@ def forward_call(plan: Plan, px, w, states0, pv, lengths, *, save: bool):
     return hseq, finals, outs[S], outs[S + 1 : 2 * S]
 
 
-def backward_call(plan: Plan, px, hw, hseq, state_seqs, states0, pv, wt, lengths, dhseq, dfin):
+def backward_call(plan: Plan, px, hw, hseq, state_seqs, states0, pv, w, lengths, dhseq, dfin):
     """Runs the backward kernel; returns (dpx, dhw, dstates0, dpv_partial)."""
     fam = plan.family
     S, T, Bp, Hp, G = fam.states, plan.T, plan.Bp, plan.Hp, fam.gates * plan.Hp
@@ -421,9 +464,11 @@ def backward_call(plan: Plan, px, hw, hseq, state_seqs, states0, pv, wt, lengths
     out_shape = [gseq] + ([] if fam.tied else [gseq])
     out_shape += [jax.ShapeDtypeStruct((Bp, Hp), f32)] * S
     out_shape.append(jax.ShapeDtypeStruct((max(fam.n_params, 1), Bp, Hp), f32))
+    out_shape.append(jax.ShapeDtypeStruct((2, plan.n_slices, Bp, Hp), f32))  # shares of dh
     flags = initial_flags(plan)
     out_shape.append(jax.ShapeDtypeStruct(flags.shape, flags.dtype))
-    inputs = [px, hw, hseq, *state_seqs, *states0, pv, wt, lengths, dhseq, *dfin, flags]
+    wp = program_major(plan, w)
+    inputs = [px, hw, hseq, *state_seqs, *states0, pv, wp, lengths, dhseq, *dfin, flags]
     outs = pl.pallas_call(
         functools.partial(_backward_kernel, plan=plan),
         out_shape=out_shape,
