@@ -39,6 +39,7 @@ TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--hidden": ("hidden", int, "units per layer (default 64 for tasks, 128 for text)"),
     "--layers": ("layers", int, "stacked layers (default 1)"),
     "--init": ("init", str, "Simple RNN init scheme: sigmoid, basic_tanh, smart_tanh, irnn"),
+    "--forget-bias": ("forget_bias", float, "LSTM: initial forget-gate bias (default 1)"),
     "--embed": ("embed", int, "character embedding size (default 32)"),
     "--dropout": ("dropout", float, "dropout between layers (default 0)"),
     "--backend": ("backend", str, "unroll backend (default scan)"),
@@ -167,19 +168,11 @@ def _sample(args) -> int:
 
 
 def _add_grads(sub) -> None:
-    try:
-        from rnnjax.analysis.command import add_grads_arguments, run_grads
-    except ImportError:
-        p = sub.add_parser("grads", help="gradient report (needs rnnjax.analysis.command)")
-        p.set_defaults(func=_no_grads)
-        return
+    from rnnjax.analysis.command import add_grads_arguments, run_grads
+
     p = sub.add_parser("grads", help="gradient-flow report of a cell (rnnjax.analysis)")
     add_grads_arguments(p)
     p.set_defaults(func=run_grads)
-
-
-def _no_grads(args) -> int:
-    raise ValueError("this installation has no rnnjax.analysis.command (the gradient report)")
 
 
 def _add_demo(sub) -> None:

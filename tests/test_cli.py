@@ -81,6 +81,8 @@ def test_task_training_from_the_command_line(capsys, tmp_path):
         ("sample --run /no/such/run", "does not exist"),
         ("train --resume --out /no/such/run", "does not exist"),
         ("frobnicate", "invalid choice"),
+        ("grads --hidden 0 --out runs/g", "--hidden must be >= 1"),
+        ("grads --cell foo --out runs/g", "invalid choice"),
     ],
 )
 def test_bad_arguments(capsys, tmp_path, monkeypatch, command, match):

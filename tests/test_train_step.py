@@ -23,11 +23,13 @@ from rnnjax.train import (
 )
 from rnnjax.train.step import omega_schedule
 
+KEY = jax.random.key(0)  # the seed key a task run passes as the step's data
+
 
 def _task_setup(cell="lstm", T=10, H=8, omega=None):
     task = make_task("adding", T)
     model = task_model(task, build_cells(cell, H))
-    return task, model, task_objective(model, task, seed=0, batch_size=16, omega_weight=omega)
+    return task, model, task_objective(model, task, batch_size=16, omega_weight=omega)
 
 
 def test_loss_decreases_on_adding():
@@ -38,7 +40,7 @@ def test_loss_decreases_on_adding():
     step = jax.jit(make_train_step(objective, optimizer))
     losses = []
     for _ in range(80):
-        state, metrics = step(state, ())
+        state, metrics = step(state, KEY)
         losses.append(float(metrics["loss"]))
     assert int(state.step) == 80 and int(state.skipped) == 0
     assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:5])
@@ -48,19 +50,19 @@ def test_clipping_statistics_and_update_norm():
     """Pascanu's Algorithm 1: with SGD(lr=1) the update has norm min(‖g‖, threshold)."""
     _, model, objective = _task_setup()
     params = model.init(jax.random.key(1))
-    grads = jax.jit(jax.grad(lambda p: objective.loss(p, (), (), jnp.int32(0), None)[0]))(params)
+    grads = jax.jit(jax.grad(lambda p: objective.loss(p, (), KEY, jnp.int32(0), None)[0]))(params)
     norm = float(optax.tree.norm(grads))
     for threshold, fired in [(norm / 10, True), (norm * 10, False)]:
         optimizer = make_optimizer("sgd", 1.0, clip_norm=threshold)
         state = init_state(params, optimizer, ())
-        new, metrics = jax.jit(make_train_step(objective, optimizer))(state, ())
+        new, metrics = jax.jit(make_train_step(objective, optimizer))(state, KEY)
         delta = jax.tree.map(lambda a, b: a - b, new.params, params)
         np.testing.assert_allclose(metrics["grad_norm"], norm, rtol=1e-5)
         assert float(metrics["clipped"]) == float(fired)
         np.testing.assert_allclose(optax.tree.norm(delta), min(norm, threshold), rtol=1e-5)
     optimizer = make_optimizer("sgd", 1.0)  # no clipping: the norm is still reported
     state = init_state(params, optimizer, ())
-    _, metrics = jax.jit(make_train_step(objective, optimizer))(state, ())
+    _, metrics = jax.jit(make_train_step(objective, optimizer))(state, KEY)
     np.testing.assert_allclose(metrics["grad_norm"], norm, rtol=1e-5)
     assert float(metrics["clipped"]) == 0.0
 
@@ -141,7 +143,7 @@ def test_omega_is_added_with_its_schedule():
     _, _, plain = _task_setup("simple_rnn", H=6)
     params = model.init(jax.random.key(2))
     step = jnp.int32(1)
-    total, (_, metrics) = jax.jit(objective.loss)(params, (), (), step, None)
+    total, (_, metrics) = jax.jit(objective.loss)(params, (), KEY, step, None)
     batch = task.batch(0, 1, 16)
 
     def loss_of_outputs(ys):
@@ -153,8 +155,8 @@ def test_omega_is_added_with_its_schedule():
     np.testing.assert_allclose(metrics["omega"], omega, rtol=1e-5)
     assert float(omega) > 0
     np.testing.assert_allclose(total, metrics["loss"] + 1.0 * omega, rtol=1e-5)
-    g_omega = jax.jit(jax.grad(lambda p: objective.loss(p, (), (), step, None)[0]))(params)
-    g_plain = jax.jit(jax.grad(lambda p: plain.loss(p, (), (), step, None)[0]))(params)
+    g_omega = jax.jit(jax.grad(lambda p: objective.loss(p, (), KEY, step, None)[0]))(params)
+    g_plain = jax.jit(jax.grad(lambda p: plain.loss(p, (), KEY, step, None)[0]))(params)
     assert not np.allclose(g_omega.rnn[0].W, g_plain.rnn[0].W)
     np.testing.assert_allclose(g_omega.out.V, g_plain.out.V, rtol=1e-5)  # Ω: recurrent only
 

@@ -95,14 +95,17 @@ class Task(NamedTuple):
     criterion: str
     correct_fn: Callable[[Array, TaskBatch], Array]
 
-    def batch(self, seed: int, step: Array | int, batch_size: int) -> TaskBatch:
-        """The training batch of ``step``: a pure function of ``(seed, step)``."""
-        key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), _TRAIN_STREAM), step)
+    def batch(self, seed: int | Array, step: Array | int, batch_size: int) -> TaskBatch:
+        """The training batch of ``step``: a pure function of ``(seed, step)``.
+
+        ``seed`` is an int or the key ``jax.random.key(seed)`` (which may be traced).
+        """
+        key = jax.random.fold_in(jax.random.fold_in(_root(seed), _TRAIN_STREAM), step)
         return self.generate(key, batch_size)
 
-    def test_batch(self, seed: int, index: Array | int, size: int) -> TaskBatch:
+    def test_batch(self, seed: int | Array, index: Array | int, size: int) -> TaskBatch:
         """Test batch ``index``: ``size`` fresh sequences from a stream no training step uses."""
-        key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), _TEST_STREAM), index)
+        key = jax.random.fold_in(jax.random.fold_in(_root(seed), _TEST_STREAM), index)
         return self.generate(key, size)
 
     def loss(self, outputs: Array, batch: TaskBatch) -> Array:
@@ -121,6 +124,10 @@ class Task(NamedTuple):
     def correct(self, outputs: Array, batch: TaskBatch) -> Array:
         """bool (B,): which sequences meet the papers' success criterion."""
         return self.correct_fn(outputs, batch)
+
+
+def _root(seed: int | Array) -> Array:
+    return jax.random.key(seed) if isinstance(seed, int) else seed
 
 
 def _steps(B: int, L: int) -> Array:

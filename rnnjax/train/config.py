@@ -40,6 +40,7 @@ class RunConfig:
     hidden: Any = None  # int; None: the default of the run's kind
     layers: int = 1
     init: str | None = None
+    forget_bias: float | None = None
     embed: int = 32
     dropout: float = 0.0
     backend: str = "scan"

@@ -61,7 +61,7 @@ class Setup(NamedTuple):
     model: Model
     objective: Objective
     optimizer: Any
-    data: Any  # the training streams (B, N) of a text run, () for a task
+    data: Any  # the training streams (B, N) of a text run, None for a task
     task: Task | None
     text: TextData | None
     evaluate: Any
@@ -82,7 +82,7 @@ def setup(
         mesh: the device mesh of a data-parallel run (task batches are split over it).
     """
     config = config.resolved()
-    cells = build_cells(config.cell, config.hidden, config.layers, config.init)
+    cells = build_cells(config.cell, config.hidden, config.layers, config.init, config.forget_bias)
     optimizer = make_optimizer(config.optimizer, config.lr, config.clip, config.momentum)
     omega = omega_schedule(config.omega, config.omega_decay)
     assert config.batch_size is not None
@@ -93,9 +93,9 @@ def setup(
         if mesh is not None:
             rows = parallel.batch_sharded(mesh)
             shard = partial(jax.lax.with_sharding_constraint, shardings=rows)
-        objective = task_objective(model, task, config.seed, config.batch_size, omega, shard)
+        objective = task_objective(model, task, config.batch_size, omega, shard)
         evaluate = task_evaluator(model, task, config.seed, config.eval_size)
-        return Setup(config, model, objective, optimizer, (), task, None, evaluate)
+        return Setup(config, model, objective, optimizer, None, task, None, evaluate)
     assert config.corpus is not None
     data = prepare_text(
         load_corpus(config.corpus) if text is None else text,
@@ -119,7 +119,7 @@ def restore_run(out: str) -> tuple[RunConfig, Model, TrainState, Vocab | None]:
     """
     run = RunDir(out)
     config = run.read_config()
-    cells = build_cells(config.cell, config.hidden, config.layers, config.init)
+    cells = build_cells(config.cell, config.hidden, config.layers, config.init, config.forget_bias)
     vocab = None
     if config.task is not None:
         model = task_model(make_task(config.task, config.T, config.definition), cells)
@@ -154,6 +154,7 @@ def train(
     progress: TextIO | None = sys.stderr,
     text: str | None = None,
     time_limit: float | None = None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, Any]:
     """Trains (or resumes) the run in directory ``out``.
 
@@ -166,7 +167,10 @@ def train(
         progress: where the progress bar goes (None: silent).
         text: the corpus text, if already loaded.
         time_limit: stop (checkpoint and evaluate) at the first log point after this many
-            seconds of training, even before ``config.steps`` (a fixed CPU budget).
+            seconds of training, even before ``config.steps`` (a fixed time budget).
+        clock: the clock of ``time_limit``: wall time by default; ``time.process_time``
+            counts the CPU time of this process instead (a CPU budget that load from other
+            processes does not shrink).
 
     Returns:
         A summary: the last training record, the final evaluation, ``n_params``,
@@ -194,7 +198,8 @@ def train(
     run.write_config(config, s.text.vocab if s.text is not None else None)
     n_params = count_params(state.params)
     log = MetricsLog(run.metrics_path)
-    return _loop(s, state, step_fn, data, checkpoints, log, progress, n_params, time_limit)
+    budget = None if time_limit is None else (time_limit, clock)
+    return _loop(s, state, step_fn, data, checkpoints, log, progress, n_params, budget)
 
 
 def sharded_step(s: Setup, mesh: Mesh) -> tuple[Callable, TrainState, Any, TrainState]:
@@ -214,7 +219,10 @@ def sharded_step(s: Setup, mesh: Mesh) -> tuple[Callable, TrainState, Any, Train
     shardings = TrainState._make([rep, rep, rep, rows, rep, rep])
     state = init_state(params, s.optimizer, s.objective.initial_carry(params))
     state = parallel.place(state, shardings)
-    data = parallel.shard_rows(s.data, mesh) if config.kind == "text" else ()
+    if config.kind == "text":
+        data = parallel.shard_rows(s.data, mesh)
+    else:
+        data = parallel.place(jax.random.key(config.seed), rep)
     step_fn = make_train_step(
         s.objective,
         s.optimizer,
@@ -222,7 +230,7 @@ def sharded_step(s: Setup, mesh: Mesh) -> tuple[Callable, TrainState, Any, Train
         max_bad_steps=config.max_bad_steps,
         dropout=config.dropout > 0,
     )
-    in_shardings = (shardings, rows if config.kind == "text" else rep)
+    in_shardings = (shardings, rows if config.kind == "text" else rep)  # streams or seed key
     jitted = jax.jit(step_fn, in_shardings=in_shardings, out_shardings=(shardings, rep))
     return jitted, state, data, shardings
 
@@ -240,16 +248,18 @@ def _check_halted(state: TrainState, step: int, config: RunConfig, checkpoints) 
 
 
 def _loop(
-    s: Setup, state, step_fn, data, checkpoints, log, progress, n_params, time_limit
+    s: Setup, state, step_fn, data, checkpoints, log, progress, n_params, budget
 ) -> dict[str, Any]:
     config = s.config
     start = int(state.step)
     total = config.steps
-    bar = Progress(total, config.cell, progress, start=start, time_limit=time_limit)
+    limit, clock = budget if budget is not None else (None, None)
+    bar = Progress(total, config.cell, progress, start, limit, clock or time.perf_counter)
     log.write({"event": "resume" if start else "start", "step": start, "n_params": n_params})
     buffer: list[dict] = []
     record: dict[str, Any] = {}
     t0 = t_log = time.perf_counter()
+    c0 = clock() if clock is not None else 0.0
     step, timed_steps, train_time = start, 0, 0.0
     evaluation: dict[str, float] = {}
     try:
@@ -257,9 +267,8 @@ def _loop(
             state, metrics = step_fn(state, data)
             buffer.append(metrics)
             step += 1
-            if time_limit is not None and step % config.log_every == 0:
-                out_of_time = time.perf_counter() - t0 > time_limit
-                total = step if out_of_time else total
+            if clock is not None and step % config.log_every == 0 and clock() - c0 > limit:
+                total = step  # the time budget is spent: stop here
             do_eval = step % config.eval_every == 0 or step == total
             do_save = step % config.checkpoint_every == 0 or step == total
             if step % config.log_every == 0 or do_eval or do_save:

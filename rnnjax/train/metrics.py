@@ -83,6 +83,7 @@ class Progress:
         stream: where to write (default stderr); None silences it.
         start: the step the run starts from (a resumed run).
         time_limit: the run's time budget in seconds, if any (the bar then shows time).
+        clock: the clock of the budget.
     """
 
     def __init__(
@@ -92,17 +93,18 @@ class Progress:
         stream: TextIO | None = sys.stderr,
         start: int = 0,
         time_limit: float | None = None,
+        clock=time.perf_counter,
     ):
         self.total, self.label, self.stream, self.start = total, label, stream, start
-        self.time_limit = time_limit
+        self.time_limit, self.clock = time_limit, clock
         self.tty = bool(stream is not None and getattr(stream, "isatty", lambda: False)())
-        self.t0 = time.perf_counter()
+        self.t0 = clock()
         self._last_line = -1
 
     def update(self, step: int, record: dict[str, Any]) -> None:
         if self.stream is None:
             return
-        elapsed = time.perf_counter() - self.t0
+        elapsed = self.clock() - self.t0
         frac = min(1.0, step / max(self.total, 1))
         if self.time_limit is not None:
             frac = max(frac, min(1.0, elapsed / self.time_limit))

@@ -6,10 +6,10 @@ checkpointed and resumed bit for bit::
     objective = text_objective(model, batch_size=32, window=64, n_windows=n)  # or a task
     optimizer = make_optimizer("adam", 1e-3, clip_norm=1.0)
     step = make_train_step(objective, optimizer, seed=0)
-    state, metrics = jax.jit(step)(state, data)                 # data: the streams, or ()
+    state, metrics = jax.jit(step)(state, data)   # data: the text streams, or the seed key
 
 The batch of a step is a function of ``state.step`` only (tasks draw it from
-``jax.random.fold_in(seed, step)``, text reads window ``step mod n_windows``), so a resumed run
+``fold_in(key(seed), step)``, text reads window ``step mod n_windows``), so a resumed run
 sees exactly the batches the uninterrupted run would have seen.
 
 Non-finite loss or gradient: the update is dropped (params and optimiser state unchanged),
@@ -113,12 +113,15 @@ def _with_omega(model: Model, omega_weight: OmegaWeight | None):
 def task_objective(
     model: Model,
     task: Task,
-    seed: int,
     batch_size: int,
     omega_weight: OmegaWeight | None = None,
     shard_batch: Callable[[Any], Any] | None = None,
 ) -> Objective:
     """Fresh task sequences every step; metrics: ``accuracy`` (the share meeting the criterion).
+
+    The step's ``data`` is the run's seed key ``jax.random.key(seed)``: batch s is
+    ``task.batch(key, s, batch_size)`` (a traced key, so runs of several seeds share one
+    compiled step, and can be vmapped).
 
     With ``omega_weight`` the loss gets ``omega_weight(step) · Ω`` (Pascanu et al. eq. 10).
     The batch is generated inside the step; ``shard_batch`` (a sharding constraint) splits it
@@ -127,8 +130,8 @@ def task_objective(
     add_omega = _with_omega(model, omega_weight)
 
     def loss(params, carry, data, step, key):
-        del carry, data
-        batch = task.batch(seed, step, batch_size)
+        del carry
+        batch = task.batch(data, step, batch_size)
         if shard_batch is not None:
             batch = shard_batch(batch)
 

@@ -1,0 +1,150 @@
+"""Character-level language model on the embedded corpus (Python's help text): validation bits
+per character of an LSTM and a Simple RNN after the same CPU budget.
+
+    python benchmarks/char_lm.py                 # MINUTES of CPU time per model
+    python benchmarks/char_lm.py --minutes 1     # a shorter budget
+    python benchmarks/char_lm.py --quick         # smoke run (not recorded)
+
+The budget is CPU time of this process (``time.process_time``), so other jobs on a shared
+machine do not shrink it. Both models have the same hidden size, embedding, window, batch and
+optimiser; the table gives their sizes, the steps each reached, validation BPC on the last 10 %
+of the corpus (never trained on), and a sample.
+
+Writes benchmarks/results/char_lm.json and char_lm.md, with the command that made them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+
+from rnnjax.data import default_corpus
+from rnnjax.train import RunConfig, read_metrics, sample, setup, train
+
+# ---- settings -------------------------------------------------------------------------------
+MINUTES = 10.0  # CPU minutes per model
+CELLS = ("lstm", "simple_rnn")
+SETTINGS = dict(
+    corpus="default",
+    hidden=256,
+    layers=1,
+    embed=32,
+    window=100,
+    batch_size=32,
+    optimizer="adam",
+    lr=2e-3,
+    clip=1.0,
+    steps=10**7,
+    eval_every=1000,
+    checkpoint_every=10**7,
+    log_every=50,
+)
+PROMPT = "def "
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def run(cell: str, seconds: float, text: str, out: Path) -> dict:
+    config = RunConfig(cell=cell, **SETTINGS)
+    t0, c0 = time.perf_counter(), time.process_time()
+    summary = train(config, str(out / cell), text=text, time_limit=seconds, clock=time.process_time)
+    cpu, wall = time.process_time() - c0, time.perf_counter() - t0
+    state = summary.pop("state")
+    s = setup(config, text=text)
+    assert s.text is not None
+    curve = [r for r in read_metrics(out / cell / "metrics.jsonl") if r.get("split") == "val"]
+    text_sample = sample(s.model, state.params, s.text.vocab, PROMPT, 400, temperature=0.7)
+    return dict(
+        cell=cell,
+        n_params=summary["n_params"],
+        steps=summary["step"],
+        val_bpc=summary["eval"]["bpc"],
+        train_bpc=summary["train"]["bpc"],
+        clip_rate=summary["train"]["clip_rate"],
+        steps_per_s=summary["steps_per_s"],
+        cpu_s=cpu,
+        wall_s=wall,
+        val_curve=[(r["step"], r["bpc"]) for r in curve],
+        sample=PROMPT + text_sample,
+    )
+
+
+def markdown(rows: list[dict], command: str, minutes: float, n_chars: int) -> str:
+    lines = [
+        "# Character-level language model on the embedded corpus",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Corpus: Python's help text (`pydoc_data.topics`, {n_chars:,} characters), last 10 % "
+        f"held out. Budget: {minutes:g} CPU minutes per model (process time). Machine: "
+        f"{platform.machine()}, {jax.device_count()} {jax.default_backend()} device(s), "
+        f"jax {jax.__version__}.",
+        f"Settings: {json.dumps({k: v for k, v in SETTINGS.items() if k != 'steps'})}.",
+        "",
+        "| model | parameters | steps | characters seen | train bpc | validation bpc | "
+        "clip rate | CPU s | wall s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        seen = r["steps"] * SETTINGS["batch_size"] * SETTINGS["window"]
+        lines.append(
+            f"| {r['cell']} | {r['n_params']:,} | {r['steps']:,} | {seen:,} | "
+            f"{r['train_bpc']:.3f} | **{r['val_bpc']:.3f}** | {r['clip_rate']:.1%} | "
+            f"{r['cpu_s']:.0f} | {r['wall_s']:.0f} |"
+        )
+    for r in rows:
+        lines += [
+            "",
+            f"Sample from the {r['cell']} (temperature 0.7):",
+            "",
+            "```",
+            r["sample"],
+            "```",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=MINUTES, help="CPU minutes per model")
+    parser.add_argument("--quick", action="store_true", help="smoke run (not recorded)")
+    args = parser.parse_args(argv)
+    command = "python benchmarks/char_lm.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    seconds = 5.0 if args.quick else 60 * args.minutes
+    text = default_corpus()
+    out = Path(tempfile.mkdtemp(prefix="char_lm_"))
+    try:
+        rows = []
+        for cell in CELLS:
+            rows.append(run(cell, seconds, text, out))
+            r = rows[-1]
+            print(
+                f"{cell}: {r['steps']} steps, validation {r['val_bpc']:.3f} bits/char, "
+                f"{r['n_params']:,} parameters, {r['cpu_s']:.0f} CPU s",
+                flush=True,
+            )
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    if args.quick:
+        return 0
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "char_lm.json").write_text(
+        json.dumps(
+            dict(command=command, settings=SETTINGS, minutes=args.minutes, rows=rows), indent=1
+        )
+        + "\n"
+    )
+    (RESULTS / "char_lm.md").write_text(markdown(rows, command, args.minutes, len(text)))
+    print(f"wrote {RESULTS / 'char_lm.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
