@@ -27,7 +27,7 @@ import numpy as np
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyz"
 CHAR_ID = {c: i + 1 for i, c in enumerate(ALPHABET)}  # 0 pads the character sequences
-SPACING = 0.12  # distance between resampled points along an outline, in font units (em)
+SPACING = 0.15  # distance between resampled points along an outline, in font units (em)
 SCALE = 0.1  # offsets are divided by this, so that they are of order one
 FONT = "DejaVu Sans"
 

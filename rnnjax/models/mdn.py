@@ -154,9 +154,8 @@ def window_cell(hidden: int, mixtures: int, chars: Array, char_mask: Array):
         abk = h @ params.W_win  # (B, 3K)
         alpha, beta, kappa_hat = jnp.split(jnp.exp(abk + expand(params.b_win, abk)), 3, -1)
         kappa = carry.kappa + KAPPA_STEP * kappa_hat  # (B, K)
-        phi = jnp.sum(
-            alpha[..., None] * jnp.exp(-beta[..., None] * jnp.square(kappa[..., None] - u)), axis=-2
-        )  # (B, U)
+        gap = kappa[..., None] - expand(u, kappa[..., None])  # (B, K, U): κ_k − u
+        phi = jnp.sum(alpha[..., None] * jnp.exp(-beta[..., None] * jnp.square(gap)), -2)  # (B, U)
         phi = jnp.where(char_mask, phi, 0.0)
         w = jnp.einsum("...u,...uv->...v", phi, chars)  # (B, V)
         return WindowCarry(lstm_carry, kappa, w), jnp.concatenate([h, w], axis=-1)

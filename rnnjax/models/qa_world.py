@@ -56,7 +56,7 @@ _WEIGHTS = {"move": 3.0, "meet": 1.0, "fetch": 2.0, "drop": 1.0, "place": 1.5}
 class _World:
     """The true state: where each person is, what each carries, where loose objects lie."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.room: dict[str, str] = {}  # person -> room (once mentioned with a room)
         self.carrying: dict[str, str | None] = dict.fromkeys(PEOPLE)
         self.lying: dict[str, str] = {}  # object -> room, for objects on the floor

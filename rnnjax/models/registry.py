@@ -45,13 +45,18 @@ APPLICATIONS: dict[str, App] = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr and exit status 2 (as the ``rnnjax`` command)."""
+
+    def error(self, message: str) -> Any:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def parser_for(name: str, prog: str = "rnnjax train") -> argparse.ArgumentParser:
     """The argument parser of application ``name`` (ValueError if unknown)."""
     if name not in APPLICATIONS:
         raise ValueError(f"unknown application {name!r}; choose one of {', '.join(APPLICATIONS)}")
-    parser = argparse.ArgumentParser(
-        prog=f"{prog} --task {name}", description=APPLICATIONS[name].summary
-    )
+    parser = _Parser(prog=f"{prog} --task {name}", description=APPLICATIONS[name].summary)
     parser.add_argument("--task", choices=[name], default=name, help=argparse.SUPPRESS)
     APPLICATIONS[name].add_arguments(parser)
     return parser
@@ -86,8 +91,10 @@ def main(argv: Sequence[str] | None = None, prog: str = "rnnjax train") -> int:
     """Runs an application; bad input → one line on stderr and exit status 2."""
     try:
         result = run_application(sys.argv[1:] if argv is None else argv, prog)
+    except SystemExit as exit_:  # usage errors (status 2) and --help (status 0)
+        return int(exit_.code or 0)
     except ValueError as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
+        print(f"{prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     summary = {k: v for k, v in result["evaluation"].items() if isinstance(v, int | float)}
     print(json.dumps({"task": result["task"], **summary, "target": result["target"]}))

@@ -10,9 +10,9 @@ its children's states (Tai, Socher & Manning 2015, eq. 2–8)::
     f_jk = σ(x_j U⁽ᶠ⁾ + h_k W⁽ᶠ⁾ + b⁽ᶠ⁾)               (one forget gate per child)
     c_j = i_j ⊙ u_j + Σ_k f_jk ⊙ c_k,    h_j = o_j ⊙ tanh(c_j)
 
-The task: expression trees over the digits 0–9 with ``+`` and ``*`` nodes of 2 or 3 children
-(both operations are commutative, as the child sum is), labelled with their value mod 10;
-trained on shallow trees and tested on deeper ones.
+The task: expression trees over the digits 0–9 with ``+`` and ``*`` nodes of 2 (or 3)
+children — both operations are commutative, as the child sum is — labelled with their value
+mod 10; trained on shallow trees and tested on deeper ones (`rnnjax.models.tree`).
 
 Batching: trees of different shapes are flattened into padded node tables laid out by height
 (`TreeBatch`) and computed level by level — the leaves of every tree at once, then all nodes
@@ -57,6 +57,7 @@ class TreeBatch(NamedTuple):
             leaves); the same for every tree (unused slots have token 0).
         root: (B,) the slot of each tree's root.
         label: (B,) the tree's value mod 10.
+        values: (B, P) the value mod 10 of the subtree under each slot; −1 in unused slots.
     """
 
     tokens: Any
@@ -64,6 +65,7 @@ class TreeBatch(NamedTuple):
     height: Any
     root: Any
     label: Any
+    values: Any
 
 
 def level_widths(batch: TreeBatch) -> tuple[int, ...]:
@@ -184,6 +186,7 @@ def batch_trees(trees: list[Any], max_children: int = 3) -> TreeBatch:
         np.repeat(np.repeat(np.arange(levels), widths)[None], B, 0).astype(np.int32),
         np.zeros((B,), np.int32),
         np.zeros((B,), np.int32),
+        np.full((B, P), -1, np.int32),
     )
     for b, ((tokens, children), (root, height)) in enumerate(zip(tables, checked, strict=True)):
         if max(map(len, children)) > max_children:
@@ -195,8 +198,9 @@ def batch_trees(trees: list[Any], max_children: int = 3) -> TreeBatch:
         for j, s in slot.items():
             out.tokens[b, s] = TOKEN_ID[tokens[j]]
             out.children[b, s, : len(children[j])] = [slot[k] for k in children[j]]
+            out.values[b, s] = _table_value(tokens, children, j)
         out.root[b] = slot[root]
-        out.label[b] = _table_value(tokens, children, root)
+        out.label[b] = out.values[b, slot[root]]
     return out
 
 
@@ -224,11 +228,16 @@ class TreeLSTMParams(NamedTuple):
     c: Array
 
 
-def init_params(key, hidden: int, embed: int = 32) -> TreeLSTMParams:
-    """Parameters of a Child-Sum Tree-LSTM with H = hidden, D = embed."""
+def init_params(key, hidden: int, embed: int = 32, forget_bias: float = 1.0) -> TreeLSTMParams:
+    """Parameters of a Child-Sum Tree-LSTM with H = hidden, D = embed.
+
+    ``forget_bias`` is the initial b⁽ᶠ⁾. With the child sum, c_j adds up Σ_k f_jk ⊙ c_k, so at
+    f ≈ σ(1) the cell state grows with the size of the subtree; a negative value starts
+    each node from (mostly) its own candidate instead.
+    """
     H, D = check_positive("hidden", hidden), check_positive("embed", embed)
     k = jax.random.split(key, 5)
-    b = jnp.zeros((4 * H,), jnp.float32).at[3 * H :].set(1.0)  # (4H,) forget bias 1
+    b = jnp.zeros((4 * H,), jnp.float32).at[3 * H :].set(forget_bias)  # (4H,)
     rec = initializers.default_recurrent_init
     return TreeLSTMParams(
         E=jax.random.normal(k[0], (len(TOKENS), D), jnp.float32),
@@ -253,7 +262,9 @@ def node_update(params: TreeLSTMParams, px: Array, h_kids: Array, c_kids: Array)
     return jax.nn.sigmoid(o) * jnp.tanh(c), c
 
 
-def apply(params: TreeLSTMParams, batch: TreeBatch, widths: tuple[int, ...]) -> Array:
+def apply(
+    params: TreeLSTMParams, batch: TreeBatch, widths: tuple[int, ...], every_node: bool = False
+) -> Array:
     """Log-probabilities (B, 10) of each tree's value, computed level by level.
 
     Level l computes the W_l nodes of height l of every tree at once, from the states of
@@ -264,6 +275,8 @@ def apply(params: TreeLSTMParams, batch: TreeBatch, widths: tuple[int, ...]) -> 
         params: `TreeLSTMParams`.
         batch: a `TreeBatch` (jax or numpy arrays).
         widths: the static layout of the batch, `level_widths(batch)`.
+        every_node: return the log-probabilities (B, P, 10) of the value of every slot's
+            subtree instead (Tai et al. put a classifier on every node).
     """
     tokens = jnp.asarray(batch.tokens)
     px = params.E[tokens] @ params.U  # (B, P, 4H): the input side, hoisted out of the loop
@@ -288,8 +301,9 @@ def apply(params: TreeLSTMParams, batch: TreeBatch, widths: tuple[int, ...]) -> 
         h_new, c_new = node_update(params, px[:, lo : lo + W], h_kids, c_kids)  # (B, W, H)
         h = jnp.concatenate([h, h_new], axis=1)  # (B, lo + W, H)
         c = jnp.concatenate([c, c_new], axis=1)
-    h_root = jnp.take_along_axis(h, jnp.asarray(batch.root)[:, None, None], axis=1)[:, 0]
-    logits = h_root @ params.V  # (B, 10)
+    if not every_node:
+        h = jnp.take_along_axis(h, jnp.asarray(batch.root)[:, None, None], axis=1)[:, 0]
+    logits = h @ params.V  # (B, 10) or (B, P, 10)
     return jax.nn.log_softmax(logits + expand(params.c, logits), axis=-1)
 
 

@@ -1,0 +1,125 @@
+"""Full-budget runs of the lecture's applications, measured against their targets.
+
+Runs ``rnnjax train --task NAME`` for each application (or the ones named) with the settings
+below, each capped at BUDGET_MINUTES of training CPU time, and collects the results into
+``benchmarks/results/applications.json`` (one entry per application; running one updates only
+its entry), a table ``applications.md`` and the figures ``applications_<name>.png``::
+
+    .venv/bin/python benchmarks/applications.py              # all five, one after another
+    .venv/bin/python benchmarks/applications.py caption qa   # some
+
+Run directories (checkpoints, metrics.jsonl) go to ``runs/applications/<name>`` (git-ignored).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+RUNS = ROOT / "runs" / "applications"
+BUDGET_MINUTES = 9.0  # training CPU time (--cpu-minutes); data and evaluation come on top
+SEED = 0
+SETTINGS = {  # flags beyond --task, --out, --seed, --cpu-minutes (defaults: `rnnjax train -h`)
+    "translate": ["--steps", "600"],
+    "caption": ["--steps", "3000"],
+    "qa": ["--steps", "2500"],
+    "handwriting": ["--steps", "1000"],
+    "tree": ["--steps", "3000"],
+}
+FIGURES = {"caption": "caption_samples.png", "handwriting": "handwriting_samples.png"}
+
+
+def run_one(name: str) -> dict:
+    out = RUNS / name
+    if out.exists():
+        shutil.rmtree(out)
+    flags = ["--task", name, *SETTINGS[name], "--out", str(out.relative_to(ROOT))]
+    flags += ["--seed", str(SEED), "--cpu-minutes", str(BUDGET_MINUTES), "--quiet"]
+    command = ["rnnjax", "train", *flags]
+    print("$", " ".join(command), flush=True)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "rnnjax.cli", "train", *flags], cwd=ROOT)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        raise SystemExit(f"{name}: exit status {proc.returncode}")
+    result = json.loads((out / "result.json").read_text())
+    result["command"] = " ".join(command)
+    result["total_wall_s"] = round(wall, 1)
+    result["total_cpu_s"] = round(
+        after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 1
+    )
+    if name in FIGURES:
+        figure = RESULTS / f"applications_{name}.png"
+        shutil.copyfile(out / FIGURES[name], figure)
+        result["evaluation"]["figure"] = str(figure.relative_to(ROOT))
+    return result
+
+
+HEADLINE = {  # application -> (figure label, key in the evaluation)
+    "translate": ("exact match, held-out numbers (greedy)", "exact_match_greedy"),
+    "caption": ("exact caption, held-out compositions", "exact_caption"),
+    "qa": ("exact answer, held-out stories", "exact_answer"),
+    "handwriting": ("validation NLL per point, synthesis", "val_nll_per_point_synthesis"),
+    "tree": ("accuracy on deeper held-out trees", "accuracy_deeper"),
+}
+
+
+def table(results: dict) -> str:
+    lines = [
+        "| application | command | training | measured | target |",
+        "|---|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        label, key = HEADLINE[name]
+        value = r["evaluation"][key]
+        shown = f"{value:.3f}" if name == "handwriting" else f"{100 * value:.1f} %"
+        target = r["target"]
+        goal = (
+            f"≥ {100 * target['threshold']:.0f} %: {'met' if target['met'] else '**missed**'}"
+            if target
+            else "no target (figure)"
+        )
+        t = r["training"]
+        lines.append(
+            f"| {name} | `{r['command']}` | {t['steps_done']} steps, {t['train_wall_s']:.0f} s "
+            f"train / {r['total_wall_s']:.0f} s total wall, {r['total_cpu_s']:.0f} s CPU | "
+            f"{label}: {shown} | {goal} |"
+        )
+    machine = next(iter(results.values()))["machine"] if results else {}
+    return (
+        "# Applications: full-budget results\n\n"
+        f"Produced by `benchmarks/applications.py` on {machine.get('device', '?')} "
+        f"({machine.get('cpu_count', '?')} cores, shared), python {platform.python_version()}, "
+        f"jax {machine.get('jax', '?')}; training capped at {BUDGET_MINUTES} CPU minutes.\n\n"
+        + "\n".join(lines)
+        + "\n"
+    )
+
+
+def main(names: list[str]) -> None:
+    unknown = sorted(set(names) - set(SETTINGS))
+    if unknown:
+        raise SystemExit(f"unknown application(s) {unknown}; choose from {list(SETTINGS)}")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / "applications.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
+    for name in names or list(SETTINGS):
+        results[name] = run_one(name)
+        results = {k: results[k] for k in SETTINGS if k in results}
+        path.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+        (RESULTS / "applications.md").write_text(table(results))
+        print(table({name: results[name]}).splitlines()[-1], flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
