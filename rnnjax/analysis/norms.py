@@ -12,8 +12,10 @@ and the forward view how far the initial carry still matters,
 
 Both are accumulated in **one pass each** (a reverse ``lax.scan`` for P, the forward scan that
 also computes the trajectory for Q): T products of an N×N matrix by one Jacobian, where the
-naïve way — one product chain per t — would cost T(T−1)/2. J_t is never formed: the rows of
-P_t are pushed through the step's VJP and the columns of Q_{t-1} through its JVP.
+naïve way — one product chain per t — would cost T(T−1)/2. With autodiff J_t is never
+formed: the rows of P_t are pushed through the step's VJP and the columns of Q_{t-1} through
+its JVP; for the plain LSTM its closed-form J_t (`rnnjax.analysis._lstm_jacobian`) halves
+the multiply-adds.
 
 Norms of such products leave float32's range quickly (0.5^200 ≈ 6e-61, 1.5^200 ≈ 2e35), so
 the matrix is kept normalised: after every step P̂ ← P̂ J · 2^{-e} with the integer e chosen
@@ -22,11 +24,10 @@ is exact and the exponents add exactly, so the only rounding is that of the prod
 themselves; no intermediate leaves float32's range unless a single step's Jacobian does.
 
 The spectral norm σ_max(P̂_t) is found by restarted Golub–Kahan–Lanczos warm-started from
-the previous step's singular vector (P_{t-1} = P_t J_t changes P_t's left singular vectors
-little, so one or two rounds per step usually suffice); it stops on a residual test
-(`top_singular_value`). ``method="svd"`` computes σ_max exactly with an SVD at every step
-instead: the readable reference, and the default for N <= 64 — for N = 512 one SVD on the
-CPU costs ~20 times the N×N product itself.
+the previous step's top singular vector (P_{t-1} = P_t J_t keeps the left side of P_t), and
+stops on a residual test that bounds its error (`top_singular_value`). ``method="svd"``
+computes σ_max exactly with an SVD at every step instead: the readable reference, and the
+default for N <= 64 — for N = 512 one SVD on the CPU costs ~20 times the N×N product.
 """
 
 from __future__ import annotations
@@ -112,13 +113,12 @@ def top_singular_value(
 ) -> tuple[Array, Array]:
     """σ_max(M) by restarted Golub–Kahan–Lanczos, warm-started at the unit vector u.
 
-    If u is already accurate (the residual test below passes for σ = ‖Mᵀu‖) that is the
-    answer. Otherwise each round bidiagonalises M in a Krylov space of dimension ``krylov``
-    started at u, takes
+    Each round bidiagonalises M in a Krylov space of dimension ``krylov`` started at u, takes
     the top singular triplet (σ, y, z) of the small bidiagonal matrix (Ritz value σ, vectors
-    u = Uᵀy, v = Vᵀz, so M v = σ u), and restarts from u. It stops when the residual
+    u = Uᵀy, v = Vᵀz, so that M v = σ u), and restarts from u. It stops when the residual
     r = ‖Mᵀu − σ v‖ ≤ tol·σ: then σ lies within r of a singular value of M (and, the space
-    being grown from the previous step's top vector, of the top one). Lanczos needs about
+    being grown from the previous step's top vector, of the top one). If the warm start is
+    already that accurate (v = Mᵀu/‖Mᵀu‖, r = ‖M v − σ u‖) no round runs. Lanczos needs about
     √(1/gap) products where power iteration needs 1/gap, which matters for the nearly
     orthogonal Jacobians of well-conditioned cells (clustered singular values).
 
@@ -149,8 +149,7 @@ def top_singular_value(
         i, _, sigma, residual = state
         return (i < max_restarts) & (residual > tol * sigma)
 
-    # round 0: the warm start itself, σ = ‖Mᵀu‖, v = Mᵀu/σ, r = ‖M v − σ u‖ — once the
-    # singular vectors have settled this already passes and no Lanczos round runs at all
+    # round 0: the warm start itself, σ = ‖Mᵀu‖, v = Mᵀu/σ, r = ‖M v − σ u‖
     w = u @ M  # (N,)
     sigma0 = jnp.linalg.norm(w)
     v0 = w / jnp.where(sigma0 > 0, sigma0, 1.0)

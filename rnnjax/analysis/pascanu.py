@@ -198,9 +198,14 @@ def pascanu_bound(
         if xs is None:
             raise ValueError("the multiplicative RNN's W(x_t) depends on the input: pass xs")
         prob = prepare(cell, params, xs, carry)
-        gates = prob.px[..., cell.hidden_size :]  # (B, T, F): x_t U_f
-        Wx = jnp.einsum("hf,btf,fk->bthk", params.W_in, gates, params.W_out)  # (B, T, H, H)
-        sigma = float(jnp.max(jnp.linalg.norm(Wx, ord=2, axis=(-2, -1))))
+        gates = np.asarray(prob.px[..., cell.hidden_size :], np.float64)  # (B, T, F): x_t U_f
+        W_in, W_out = np.asarray(params.W_in, np.float64), np.asarray(params.W_out, np.float64)
+        sigma = max(  # one example at a time: (T, H, H) matrices W(x_t), exact SVDs (LAPACK)
+            float(
+                np.linalg.norm(np.einsum("hf,tf,fk->thk", W_in, g, W_out), 2, axis=(-2, -1)).max()
+            )
+            for g in gates
+        )
         rho = None
     else:
         raise ValueError(f"pascanu_bound does not know the {cell.name!r} cell")
