@@ -32,10 +32,10 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
 	$(BIN)/python benchmarks/bench_speed.py
 
-# On a CUDA machine: Pallas vs scan correctness, then the GPU timing table (see
-# benchmarks/results/gpu_notes.md for how the committed H100 figures were produced).
-bench-gpu: $(STAMP)
-	$(BIN)/python benchmarks/bench_gpu.py
+# On a CUDA machine, with the machine's own CUDA-enabled JAX (the .venv holds the CPU build):
+# Pallas vs scan correctness, then the GPU timing table (benchmarks/results/gpu_notes.md).
+bench-gpu:
+	PYTHONPATH=. $(PYTHON) benchmarks/bench_gpu.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
