@@ -44,6 +44,11 @@ def _norm_panel(ax, t, per_example, mean, title, label, reference=None) -> None:
     if reference is not None:
         values, ref_label = reference
         ax.plot(t, values, "--", color="tab:red", lw=1.5, label=ref_label)
+    data = _finite(per_example)
+    if np.any(np.isfinite(data)):  # frame the measurement; a loose bound may leave the panel
+        lo, hi = np.nanmin(data), np.nanmax(data)
+        pad = max(0.3 * (hi - lo), 0.5)
+        ax.set_ylim(lo - pad, hi + pad)
     ax.set(title=title, xlabel="t")
     _power_axis(ax, label)
     ax.legend(fontsize=8, loc="best")
@@ -58,7 +63,9 @@ def _references(report: Report) -> tuple[tuple | None, tuple | None]:
         label = f"Pascanu bound η^{{·}}, η = γσ_max = {b.eta:.3g}"
     elif b is not None and b.gate is not None:
         step = b.gate.mean_log * LOG10E
-        label = f"{b.gate.gate}-gate path, geometric mean {10**step:.3g} per step"
+        label = (
+            f"{b.gate.gate}-gate path alone, ≈{10**step:.3g}^{{·}} (not a bound: other paths add)"
+        )
     else:
         return None, None
     return ((T - t) * step, label.replace("{·}", "{T−t}")), (t * step, label.replace("{·}", "{t}"))
@@ -103,7 +110,14 @@ def plot_report(report: Report):
     ax = axes[0, 2]
     if report.log10_loss_grad is not None:
         mean = np.log10(np.mean(10.0 ** np.clip(report.log10_loss_grad, -300, 300), axis=0))
-        _norm_panel(ax, t, report.log10_loss_grad, mean, "Loss gradient at each carry", "‖∂L/∂c_t‖")
+        _norm_panel(
+            ax,
+            t,
+            report.log10_loss_grad,
+            mean,
+            "Gradient of the whole loss at each carry",
+            "‖∂L/∂c_t‖",
+        )
     else:
         ax.axis("off")
 
@@ -118,7 +132,7 @@ def plot_report(report: Report):
         )
         fig.colorbar(image, ax=ax, label="log₁₀ ‖∂L_t/∂c_τ‖")
         ax.set(
-            title="How far back each loss term reaches",
+            title="How far back each loss term reaches (blank: τ > t)",
             xlabel="carry c_τ (τ)",
             ylabel="loss term L_t (t)",
         )
