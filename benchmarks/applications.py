@@ -1,6 +1,7 @@
 """Full-budget runs of the lecture's applications, measured against their targets.
 
-Runs ``rnnjax train --task NAME`` for each application (or the ones named) with the settings
+Runs ``rnnjax train --task NAME`` for each application (or the ones named) — through
+``python -m rnnjax.models``, the entry that command dispatches to — with the settings
 below, each capped at BUDGET_MINUTES of training CPU time, and collects the results into
 ``benchmarks/results/applications.json`` (one entry per application; running one updates only
 its entry), a table ``applications.md`` and the figures ``applications_<name>.png``::
@@ -47,7 +48,8 @@ def run_one(name: str) -> dict:
     print("$", " ".join(command), flush=True)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "rnnjax.cli", "train", *flags], cwd=ROOT)
+    entry = [sys.executable, "-m", "rnnjax.models"]  # = rnnjax train --task ...
+    proc = subprocess.run([*entry, *flags], cwd=ROOT)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
