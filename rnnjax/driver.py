@@ -68,16 +68,16 @@ def unroll(
         (4, 10, 32)
     """
     run = get_backend(backend)
-    xs = _check_inputs(params, xs)
-    batch_shape = _batch_shape(xs, time_major)
+    xs = check_inputs(params, xs)
+    batch_shape = batch_shape_of(xs, time_major)
     T = xs.shape[0] if (time_major or xs.ndim == 2) else xs.shape[1]
     if T == 0:
         raise ValueError(f"xs has no time steps: {xs.shape=} gives T=0")
     if isinstance(unroll, bool) or not isinstance(unroll, int) or unroll < 1:
         raise ValueError(f"unroll must be a positive int, got {unroll=}")
     if lengths is not None:
-        lengths = _check_lengths(lengths, batch_shape, T)
-    carry = _check_carry(cell, params, carry, batch_shape)
+        lengths = check_lengths(lengths, batch_shape, T)
+    carry = check_carry(cell, params, carry, batch_shape)
 
     xs_tm = xs if (time_major or xs.ndim == 2) else jnp.swapaxes(xs, 0, 1)  # (T, *batch, D)
     if reverse:
@@ -111,7 +111,7 @@ def reverse_within_lengths(xs: Array, lengths: Array | None) -> Array:
     return jnp.take_along_axis(xs, source[..., None], axis=0)
 
 
-def _check_inputs(params: Any, xs: Any) -> Array:
+def check_inputs(params: Any, xs: Any) -> Array:
     """Checks rank, dtype and feature size of xs against the cell's parameters."""
     xs = jnp.asarray(xs) if not isinstance(xs, jax.Array) else xs
     if xs.ndim not in (2, 3):
@@ -133,13 +133,13 @@ def _check_inputs(params: Any, xs: Any) -> Array:
     return xs
 
 
-def _batch_shape(xs: Array, time_major: bool) -> tuple[int, ...]:
+def batch_shape_of(xs: Array, time_major: bool) -> tuple[int, ...]:
     if xs.ndim == 2:
         return ()
     return (xs.shape[1],) if time_major else (xs.shape[0],)
 
 
-def _check_lengths(lengths: Any, batch_shape: tuple[int, ...], T: int) -> Array:
+def check_lengths(lengths: Any, batch_shape: tuple[int, ...], T: int) -> Array:
     """Checks that lengths is int with the batch shape and (when concrete) within [0, T]."""
     lengths = jnp.asarray(lengths)
     if not jnp.issubdtype(lengths.dtype, jnp.integer):
@@ -158,7 +158,7 @@ def _check_lengths(lengths: Any, batch_shape: tuple[int, ...], T: int) -> Array:
     return lengths
 
 
-def _check_carry(cell: Cell, params: Any, carry: Any, batch_shape: tuple[int, ...]) -> Any:
+def check_carry(cell: Cell, params: Any, carry: Any, batch_shape: tuple[int, ...]) -> Any:
     """Returns the initial carry, checking a given one against the cell's own structure."""
     if carry is None:
         return cell.initial_carry(params, batch_shape)

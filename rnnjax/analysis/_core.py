@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rnnjax.cells.base import Array, Cell
-from rnnjax.driver import _check_carry, _check_inputs
+from rnnjax.driver import check_carry, check_inputs
 
 
 class Problem(NamedTuple):
@@ -83,13 +83,13 @@ def prepare(cell: Cell, params: Any, xs: Any, carry: Any = None) -> Problem:
         ValueError: xs not (B, T, D) / (T, D) floats, T = 0, features that do not match the
             params, or a carry whose structure or shapes do not match the cell.
     """
-    xs = _check_inputs(params, xs)
+    xs = check_inputs(params, xs)
     batched = xs.ndim == 3
     T = xs.shape[-2]
     if T == 0:
         raise ValueError(f"xs has no time steps: {xs.shape=} gives T=0")
     batch_shape = (xs.shape[0],) if batched else ()
-    carry = _check_carry(cell, params, carry, batch_shape)
+    carry = check_carry(cell, params, carry, batch_shape)
     c0 = flatten_carry(carry)  # (B, N) or (N,)
     unflatten = carry_unflattener(carry)
     if not batched:
