@@ -72,7 +72,7 @@ def check_backend(name, backend, key, dtype=None, rtol=1e-5, **options):
     assert_close(got, want, rtol)
 
 
-@pytest.mark.parametrize("name", ["simple_rnn", "lstm", "gru"])
+@pytest.mark.parametrize("name", ["lstm", "gru"])
 def test_fused_equals_scan(name, rng):
     check_backend(name, "fused", rng)
 
