@@ -14,9 +14,13 @@ from conftest import CELL_FACTORIES, random_like
 import rnnjax as rj
 from rnnjax.kernels import BACKENDS
 from rnnjax.kernels.auto import TABLE, choose_backend
+from rnnjax.kernels.fused import supports
 
 B, T, D, H = 3, 7, 4, 5
-FUSED_CELLS = [name for name in CELL_FACTORIES if name != "multiplicative_rnn"]
+FUSED_CELLS = [name for name, make_cell in CELL_FACTORIES.items() if supports(make_cell(H))]
+
+
+assert "multiplicative_rnn" not in FUSED_CELLS and len(FUSED_CELLS) >= 8
 
 
 def make(name, key, dtype=None):
