@@ -24,6 +24,7 @@ import ctypes
 import functools
 import hashlib
 import os
+import platform
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -38,14 +39,23 @@ SOURCE = Path(__file__).with_name("fused_cpu.cc")
 KERNELS = ("RnnjaxLstmForward", "RnnjaxLstmBackward", "RnnjaxGruForward", "RnnjaxGruBackward")
 
 
+def _cpu_flags() -> bytes:
+    """The CPU's feature flags (Linux), so that a shared cache never serves a foreign build."""
+    try:
+        with open("/proc/cpuinfo", "rb") as f:
+            return next((line for line in f if line.startswith(b"flags")), b"")
+    except OSError:
+        return platform.machine().encode()
+
+
 @functools.cache
 def _library() -> str | None:
     """Compiles and registers the kernels once; returns an error message or None."""
     try:
-        code = SOURCE.read_bytes()
+        key = SOURCE.read_bytes() + _cpu_flags()  # -march=native: one build per CPU kind
         cache = Path(os.environ.get("RNNJAX_CACHE", Path.home() / ".cache" / "rnnjax"))
         cache.mkdir(parents=True, exist_ok=True)
-        lib = cache / f"fused_cpu_{hashlib.sha256(code).hexdigest()[:16]}.so"
+        lib = cache / f"fused_cpu_{hashlib.sha256(key).hexdigest()[:16]}.so"
         if not lib.exists():
             tmp = lib.with_suffix(f".{os.getpid()}.tmp")
             cmd = ["g++", "-O3", "-march=native", "-std=c++17", "-shared", "-fPIC"]
