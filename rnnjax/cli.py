@@ -46,6 +46,7 @@ TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--optimizer": ("optimizer", str, "adam (default), sgd, rmsprop or adagrad"),
     "--lr": ("lr", float, "learning rate (default 1e-3 for tasks, 2e-3 for text)"),
     "--momentum": ("momentum", float, "momentum of sgd / rmsprop (default 0)"),
+    "--lr-decay": ("lr_decay", float, "lr multiplied by this every 1000 steps (default 1)"),
     "--clip": ("clip", float, "global-norm clipping threshold (default 1; 0 = off)"),
     "--omega": ("omega", float, "weight of Pascanu's regulariser Ω (default 0 = off)"),
     "--omega-decay": ("omega_decay", float, "Ω weight multiplied by this every step (default 1)"),

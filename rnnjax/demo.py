@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rnnjax.analysis import jacobian_norms
 from rnnjax.data.text import default_corpus
 from rnnjax.train import RunConfig, read_metrics, sample, setup, train
 
@@ -63,8 +64,6 @@ def _prepare(out: Path) -> None:
 
 def _gradient_lags(setup_, params, T: int = 101, rows: int = 8) -> dict[int, float]:
     """‖∂c_T/∂c_t‖₂ of the first layer at T − t = lag, mean over ``rows`` validation windows."""
-    from rnnjax.analysis import jacobian_norms
-
     model, val = setup_.model, setup_.text.val
     tokens = jnp.asarray(val[:rows, :T])  # (rows, T)
     xs = model.features(params, tokens)  # (rows, T, E)

@@ -47,6 +47,7 @@ class RunConfig:
     optimizer: str = "adam"
     lr: Any = None  # float; None: the default of the run's kind
     momentum: float = 0.0
+    lr_decay: float = 1.0
     clip: float | None = 1.0
     omega: float = 0.0
     omega_decay: float = 1.0
@@ -120,6 +121,8 @@ class RunConfig:
                 raise ValueError(f"{name} must be in [{low}, {high}), got {name}={value}")
         if self.lr is not None and not self.lr > 0:
             raise ValueError(f"lr must be > 0, got lr={self.lr}")
+        if not 0 < self.lr_decay <= 1:
+            raise ValueError(f"lr_decay must be in (0, 1], got lr_decay={self.lr_decay}")
         if self.clip is not None and not self.clip > 0:
             raise ValueError(f"clip must be > 0 (or omitted), got clip={self.clip}")
         if self.omega < 0 or not 0 < self.omega_decay <= 1:

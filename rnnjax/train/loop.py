@@ -67,6 +67,23 @@ class Setup(NamedTuple):
     evaluate: Any
 
 
+def build_model(config: RunConfig, vocab_size: int | None = None) -> tuple[Model, Task | None]:
+    """The model a (resolved) config describes, and its task (None for a text run)."""
+    cells = build_cells(config.cell, config.hidden, config.layers, config.init, config.forget_bias)
+    if config.task is not None:
+        task = make_task(config.task, config.T, config.definition)
+        return task_model(task, cells, backend=config.backend), task
+    if vocab_size is None:
+        raise ValueError("a text model needs the vocabulary size")
+    return char_model(vocab_size, cells, config.embed, config.dropout, config.backend), None
+
+
+def _optimizer(config: RunConfig):
+    return make_optimizer(
+        config.optimizer, config.lr, config.clip, config.momentum, config.lr_decay
+    )
+
+
 def setup(
     config: RunConfig,
     vocab: Vocab | None = None,
@@ -82,13 +99,11 @@ def setup(
         mesh: the device mesh of a data-parallel run (task batches are split over it).
     """
     config = config.resolved()
-    cells = build_cells(config.cell, config.hidden, config.layers, config.init, config.forget_bias)
-    optimizer = make_optimizer(config.optimizer, config.lr, config.clip, config.momentum)
+    optimizer = _optimizer(config)
     omega = omega_schedule(config.omega, config.omega_decay)
-    assert config.batch_size is not None
     if config.task is not None:
-        task = make_task(config.task, config.T, config.definition)
-        model = task_model(task, cells, backend=config.backend)
+        model, task = build_model(config)
+        assert task is not None
         shard = None
         if mesh is not None:
             rows = parallel.batch_sharded(mesh)
@@ -104,7 +119,7 @@ def setup(
         config.val_fraction,
         vocab,
     )
-    model = char_model(data.vocab.size, cells, config.embed, config.dropout, config.backend)
+    model, _ = build_model(config, data.vocab.size)
     n = num_windows(data.train, config.window)
     objective = text_objective(model, config.batch_size, config.window, n, omega)
     evaluate = text_evaluator(model, data.val, config.window)
@@ -119,23 +134,15 @@ def restore_run(out: str) -> tuple[RunConfig, Model, TrainState, Vocab | None]:
     """
     run = RunDir(out)
     config = run.read_config()
-    cells = build_cells(config.cell, config.hidden, config.layers, config.init, config.forget_bias)
-    vocab = None
-    if config.task is not None:
-        model = task_model(make_task(config.task, config.T, config.definition), cells)
-        carry: Any = ()
-    else:
-        vocab = run.read_vocab()
-        model = char_model(vocab.size, cells, config.embed, backend=config.backend)
+    vocab = run.read_vocab() if config.task is None else None
+    model, task = build_model(config, None if vocab is None else vocab.size)
     params = model.init(jax.random.key(config.seed))
-    if config.task is None:
-        carry = model.initial_carry(params, (config.batch_size,))
-    optimizer = make_optimizer(config.optimizer, config.lr, config.clip, config.momentum)
+    carry = () if task is not None else model.initial_carry(params, (config.batch_size,))
     checkpoints = run.checkpointer(config.keep)
     try:
         if checkpoints.latest_step() is None:
             raise ValueError(f"run {out} has no checkpoint yet")
-        state = checkpoints.restore(init_state(params, optimizer, carry))
+        state = checkpoints.restore(init_state(params, _optimizer(config), carry))
     finally:
         checkpoints.close()
     return config, model, state, vocab
@@ -181,12 +188,14 @@ def train(
         TrainingHaltedError: after ``max_bad_steps`` non-finite steps in a row.
     """
     run = RunDir(out)
+    primary = jax.process_index() == 0  # several hosts: one writes the files, all train
     if resume:
         saved = run.read_config()
         config = RunConfig(**{**saved.__dict__, "steps": config.steps or saved.steps})
         vocab = run.read_vocab() if saved.corpus is not None else None
     else:
-        run.check_new()
+        if primary:
+            run.check_new()
         vocab = None
     mesh = parallel.make_mesh(devices)
     s = setup(config, vocab, text, mesh)
@@ -195,10 +204,12 @@ def train(
     checkpoints = run.checkpointer(config.keep)
     if resume and checkpoints.latest_step() is not None:
         state = parallel.place(checkpoints.restore(state), shardings)
-    run.write_config(config, s.text.vocab if s.text is not None else None)
+    if primary:
+        run.write_config(config, s.text.vocab if s.text is not None else None)
     n_params = count_params(state.params)
     log = MetricsLog(run.metrics_path)
     budget = None if time_limit is None else (time_limit, clock)
+    progress = progress if primary else None
     return _loop(s, state, step_fn, data, checkpoints, log, progress, n_params, budget)
 
 
@@ -305,6 +316,7 @@ def _loop(
 __all__ = [
     "Setup",
     "TrainingHaltedError",
+    "build_model",
     "count_params",
     "restore_run",
     "setup",

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from rnnjax.analysis import clip_by_global_norm_with_stats, clip_stats, pascanu_regularizer
 from rnnjax.cells.base import Array
 from rnnjax.data.tasks import Task
 from rnnjax.data.text import bptt_window
@@ -99,7 +100,6 @@ def _with_omega(model: Model, omega_weight: OmegaWeight | None):
             f"the Pascanu regulariser is defined for one recurrent layer, the model has "
             f"{len(model.stack.cells)} (use --layers 1 with --omega)"
         )
-    from rnnjax.analysis import pascanu_regularizer
 
     def add(loss, metrics, params, xs, carry, step, loss_of_outputs):
         omega = pascanu_regularizer(
@@ -194,7 +194,11 @@ def text_objective(
 
 
 def make_optimizer(
-    name: str, learning_rate: float, clip_norm: float | None = None, momentum: float = 0.0
+    name: str,
+    learning_rate: float,
+    clip_norm: float | None = None,
+    momentum: float = 0.0,
+    decay: float = 1.0,
 ) -> optax.GradientTransformation:
     """``optax.chain(clip_by_global_norm_with_stats(clip_norm), <name>(learning_rate))``.
 
@@ -206,6 +210,7 @@ def make_optimizer(
         learning_rate: the step size.
         clip_norm: threshold of Pascanu's Algorithm 1 on the global norm (None: no clipping).
         momentum: for "sgd" and "rmsprop".
+        decay: the learning rate is multiplied by this every 1000 steps (1: constant).
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
@@ -213,11 +218,12 @@ def make_optimizer(
         raise ValueError(f"learning rate must be > 0, got lr={learning_rate}")
     if clip_norm is not None and not clip_norm > 0:
         raise ValueError(f"clip norm must be > 0 (or None for no clipping), got {clip_norm=}")
-    opt = OPTIMIZERS[name](learning_rate, momentum)
+    if not 0 < decay <= 1:
+        raise ValueError(f"learning-rate decay must be in (0, 1], got {decay=}")
+    rate = learning_rate if decay == 1 else optax.exponential_decay(learning_rate, 1000, decay)
+    opt = OPTIMIZERS[name](rate, momentum)
     if clip_norm is None:
         return opt
-    from rnnjax.analysis import clip_by_global_norm_with_stats
-
     return optax.chain(clip_by_global_norm_with_stats(clip_norm), opt)
 
 
@@ -285,8 +291,6 @@ def make_train_step(
 
 def _clip_report(grads: Any, opt_state: Any) -> tuple[Array, Array]:
     """(‖g‖ before clipping, whether clipping fired) from the clipping's own record."""
-    from rnnjax.analysis import clip_stats
-
     try:
         stats = clip_stats(opt_state)
     except ValueError:  # no clipping in this optimiser
