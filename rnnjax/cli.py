@@ -30,7 +30,8 @@ TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
         "task",
         str,
         "a long-range task: adding, multiplication, temporal_order, "
-        "temporal_order_3bit, permutation, memorisation, copy",
+        "temporal_order_3bit, permutation, memorisation, copy; or an application with its "
+        "own flags (rnnjax train --task NAME -h): translate, caption, qa, handwriting, tree",
     ),
     "--T": ("T", int, "task length parameter (default 100)"),
     "--definition": ("definition", str, "adding only: hochreiter (default) or pascanu"),
@@ -205,6 +206,13 @@ def _one_line(err: Exception) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"]:  # the applications (rnnjax.models) parse their own flags
+        from rnnjax.models.registry import APPLICATIONS, task_of
+        from rnnjax.models.registry import main as run_application
+
+        if task_of(argv[1:]) in APPLICATIONS:
+            return run_application(argv[1:])
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exit_:  # usage errors (status 2) and --help (status 0)
