@@ -76,9 +76,7 @@ def check_backend(cell, args, backend="pallas", tol=1e-5, **options):
     assert rel_err(grads_p, grads_s) <= tol, rel_err(grads_p, grads_s)
 
 
-@pytest.mark.parametrize(
-    "name", ["lstm", "lstm_peephole", "lstm_coupled", "gru", "simple_rnn"]
-)
+@pytest.mark.parametrize("name", ["lstm", "lstm_peephole", "lstm_coupled", "gru", "simple_rnn"])
 def test_equals_scan_with_lengths(rng, name):
     cell = CELL_FACTORIES[name](8)
     check_backend(cell, problem(rng, cell, B=3, T=4, D=4))
