@@ -76,11 +76,47 @@ HEADLINE = {  # application -> (figure label, key in the evaluation)
 }
 
 
+def details(name: str, ev: dict) -> str:
+    """The secondary figures of an application, one line."""
+    pct = lambda x: f"{100 * x:.1f} %"  # noqa: E731
+    if name == "translate":
+        return (
+            f"beam {ev['beam_size']}: {pct(ev['exact_match_beam'])} exact; BLEU greedy "
+            f"{ev['bleu_greedy']:.4f}, beam {ev['bleu_beam']:.4f}; {ev['test_numbers']} held-out "
+            f"numbers, by digits {ev['test_numbers_by_digits']}"
+        )
+    if name == "caption":
+        return (
+            f"beam {ev['beam_size']}: {pct(ev['exact_caption_beam'])}; digit accuracy "
+            f"{pct(ev['digit_accuracy'])}; {ev['test_compositions']} compositions of "
+            f"{ev['test_digit_images']} held-out digit images"
+        )
+    if name == "qa":
+        kinds = ", ".join(f"{k} {pct(v)}" for k, v in ev["exact_answer_by_kind"].items())
+        return f"{ev['test_stories']} held-out stories; by question: {kinds}"
+    if name == "handwriting":
+        return (
+            f"unconditional {ev['val_nll_per_point_unconditional']:.3f}, synthesis "
+            f"{ev['val_nll_per_point_synthesis']:.3f} ({ev['units']}; {ev['val_words']} "
+            f"held-out words, {ev['val_points']} points)"
+        )
+    heights = [int(k.rsplit("_", 1)[1]) for k in ev if k.startswith("accuracy_height_")]
+    return (
+        "by height (majority baseline): "
+        + ", ".join(
+            f"{h}: {pct(ev[f'accuracy_height_{h}'])} ({pct(ev[f'majority_baseline_height_{h}'])})"
+            for h in sorted(heights)
+        )
+        + f"; trained on heights {ev['train_heights']}"
+    )
+
+
 def table(results: dict) -> str:
     lines = [
         "| application | command | training | measured | target |",
         "|---|---|---|---|---|",
     ]
+    notes, figures = [], []
     for name, r in results.items():
         label, key = HEADLINE[name]
         value = r["evaluation"][key]
@@ -92,11 +128,17 @@ def table(results: dict) -> str:
             else "no target (figure)"
         )
         t = r["training"]
+        steps = f"{t['steps_done']} steps"
+        if "unconditional" in t:
+            steps = f"2 models × {t['unconditional']['steps_done']} steps"
         lines.append(
-            f"| {name} | `{r['command']}` | {t['steps_done']} steps, {t['train_wall_s']:.0f} s "
-            f"train / {r['total_wall_s']:.0f} s total wall, {r['total_cpu_s']:.0f} s CPU | "
+            f"| {name} | `{r['command']}` | {steps}, {t['train_wall_s']:.0f} s train / "
+            f"{r['total_wall_s']:.0f} s total wall, {r['total_cpu_s']:.0f} s CPU | "
             f"{label}: {shown} | {goal} |"
         )
+        notes.append(f"- **{name}**: {details(name, r['evaluation'])}")
+        if "figure" in r["evaluation"] and name in FIGURES:
+            figures.append(f"![{name}]({Path(r['evaluation']['figure']).name})")
     machine = next(iter(results.values()))["machine"] if results else {}
     return (
         "# Applications: full-budget results\n\n"
@@ -104,6 +146,10 @@ def table(results: dict) -> str:
         f"({machine.get('cpu_count', '?')} cores, shared), python {platform.python_version()}, "
         f"jax {machine.get('jax', '?')}; training capped at {BUDGET_MINUTES} CPU minutes.\n\n"
         + "\n".join(lines)
+        + "\n\n"
+        + "\n".join(notes)
+        + "\n\n"
+        + "\n\n".join(figures)
         + "\n"
     )
 
@@ -120,8 +166,12 @@ def main(names: list[str]) -> None:
         results = {k: results[k] for k in SETTINGS if k in results}
         path.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
         (RESULTS / "applications.md").write_text(table(results))
-        print(table({name: results[name]}).splitlines()[-1], flush=True)
+        print(table({name: results[name]}).splitlines()[5], flush=True)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    if sys.argv[1:] == ["--table"]:  # rewrite applications.md from applications.json
+        saved = json.loads((RESULTS / "applications.json").read_text())
+        (RESULTS / "applications.md").write_text(table(saved))
+    else:
+        main(sys.argv[1:])

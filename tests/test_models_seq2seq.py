@@ -170,6 +170,14 @@ def test_common_flags_are_checked(tmp_path, capsys):
     assert "not an empty directory" in capsys.readouterr().err
     assert main(["--task", "tree", "--steps", "0", "--out", str(tmp_path / "a")]) == 2
     assert "--steps must be a positive integer" in capsys.readouterr().err
+    # the rnnjax command hands the applications to the registry: same one-line errors
+    from rnnjax.cli import main as cli
+
+    assert cli(["train", "--task", "qa", "--lr", "-1", "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["rnnjax train: error: --lr must be > 0, got -1.0"]
+    assert cli(["train", "--task", "caption", "--out", str(tmp_path / "c"), "--bogus"]) == 2
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
 
 
 def run_tiny(task, out, **flags):

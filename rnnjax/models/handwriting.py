@@ -11,9 +11,9 @@ models with a mixture-density output (`mdn`):
 Both are scored by the validation negative log-likelihood per point (nats, offsets in units
 of `handwriting_data.SCALE` em) on held-out words, and sampled into a PNG.
 
-Command::
+Two models are trained: ``--steps`` is per model, ``--cpu-minutes`` is shared (half each)::
 
-    rnnjax train --task handwriting --steps 2000 --out runs/handwriting
+    rnnjax train --task handwriting --steps 1000 --out runs/handwriting
 """
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ def render(path: Path, rows: list[tuple[str, list[tuple[str, np.ndarray]]]]) -> 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_common_arguments(parser, steps=2000, batch_size=32, lr=3e-3, hidden=96)
+    add_common_arguments(parser, steps=1000, batch_size=32, lr=3e-3, hidden=96)
     parser.add_argument("--components", type=int, default=10, help="mixture components (10)")
     parser.add_argument("--window", type=int, default=5, help="window Gaussians K (5)")
     parser.add_argument("--bias", type=float, default=0.5, help="sampling bias (0.5)")

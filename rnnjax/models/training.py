@@ -91,7 +91,6 @@ def fit(
     args: argparse.Namespace,
     *,
     label: str,
-    warmup: int = 0,
 ) -> tuple[Any, dict[str, Any]]:
     """Trains ``params`` for ``args.steps`` steps of Adam with a cosine-decayed step size.
 
@@ -101,7 +100,6 @@ def fit(
         data: arrays the loss draws its batches from (passed to the jitted step).
         args: the parsed flags (`add_common_arguments`).
         label: the progress label.
-        warmup: linear warm-up steps of the learning rate.
 
     Returns:
         ``(params, summary)``: the trained params and the training summary (steps done,
@@ -109,12 +107,8 @@ def fit(
     """
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    schedule = optax.warmup_cosine_decay_schedule(
-        0.0 if warmup else args.lr,
-        args.lr,
-        max(warmup, 1),
-        max(args.steps, warmup + 1),
-        end_value=0.05 * args.lr,
+    schedule = optax.warmup_cosine_decay_schedule(  # lr, cosine-decayed to lr / 20
+        args.lr, args.lr, 1, max(args.steps, 1), end_value=0.05 * args.lr
     )
     optimizer = optax.chain(clip_by_global_norm_with_stats(args.clip), optax.adam(schedule))
 

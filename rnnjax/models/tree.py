@@ -83,7 +83,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="held-out heights, all deeper than training (5 6)",
     )
     parser.add_argument("--train-size", type=int, default=50_000, help="training trees")
-    parser.add_argument("--test-size", type=int, default=2000, help="test trees per height")
+    parser.add_argument(
+        "--test-size",
+        type=int,
+        default=2000,
+        help="test trees per deeper height (2000; 500 per seen height)",
+    )
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -115,7 +120,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     evaluation: dict[str, Any] = {"train_heights": heights, "test_heights": args.test_heights}
     correct_deeper = []
     for h in [*heights, *args.test_heights]:
-        n = args.test_size if h > args.train_height else 500
+        n = args.test_size if h > args.train_height else min(500, args.test_size)
         trees = make_trees(TEST_SEED + h, n, [h], args.three)
         labels = np.asarray([evaluate_tree(t) for t in trees])
         correct = predict(params, trees) == labels
