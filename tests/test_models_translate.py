@@ -52,6 +52,7 @@ def test_translate_trains_and_decodes(tmp_path):
         "met": ev["exact_match_greedy"] >= 0.95,
     }
     assert (out / "checkpoints").is_dir()
+    assert ev["example"]["english"] == "three hundred and twelve"
 
 
 def test_translate_refuses_empty_and_unknown_sentences():
