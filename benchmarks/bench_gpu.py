@@ -14,7 +14,7 @@ One run does it all on the GPU at hand:
 
 Results: ``<out>/gpu_<card>.json`` and ``.md`` (the card is named in both).
 
-    PYTHONPATH=. python benchmarks/bench_gpu.py --out $OUT            # everything
+    PYTHONPATH=. python benchmarks/bench_gpu.py --out DIR             # everything
     PYTHONPATH=. python benchmarks/bench_gpu.py --only check            # correctness only
     PYTHONPATH=. python benchmarks/bench_gpu.py --cells lstm --shapes S --libs pallas,torch
 """
