@@ -1,6 +1,7 @@
 """A run killed with SIGKILL at a random step and resumed ends with exactly the parameters of an
 uninterrupted run (same machine, same seed): compared bit for bit."""
 
+import json
 import os
 import random
 import signal
@@ -19,7 +20,7 @@ FLAGS = dict(
     cell="lstm",
     hidden=8,
     batch_size=8,
-    steps=1000,
+    steps=2000,
     checkpoint_every=100,
     log_every=25,
     eval_every=10**6,
@@ -39,16 +40,30 @@ def _finished_checkpoints(out):
     return [p for p in folder.iterdir() if p.name.isdigit()] if folder.is_dir() else []
 
 
+def _logged_step(out):
+    """The last training step in the metrics log (a line still being written is skipped)."""
+    path = out / "metrics.jsonl"
+    steps = [0]
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                steps.append(int(json.loads(line).get("step", 0)))
+            except (ValueError, AttributeError):
+                continue
+    return max(steps)
+
+
 def test_sigkill_at_a_random_step_then_resume_is_exact(tmp_path):
     out = tmp_path / "killed"
+    # a random step after the first checkpoint and well before the end, however fast the machine
+    target = random.randrange(FLAGS["checkpoint_every"] + 1, FLAGS["steps"] // 3)
     proc = subprocess.Popen(_cli_args(out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 240
-        while not _finished_checkpoints(out):  # wait for the first checkpoint
+        while not (_finished_checkpoints(out) and _logged_step(out) >= target):
             assert proc.poll() is None, proc.stderr.read().decode()
-            assert time.monotonic() < deadline, "no checkpoint within 4 minutes"
-            time.sleep(0.05)
-        time.sleep(random.uniform(0.0, 0.8))  # then kill at a random moment
+            assert time.monotonic() < deadline, f"step {target} not reached within 4 minutes"
+            time.sleep(0.01)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
