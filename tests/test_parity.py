@@ -221,7 +221,9 @@ def test_pytorch_modules_forward_and_input_gradients(name, rng):
     ys, vjp = jax.vjp(forward, xs)
     (dxs,) = vjp(jnp.cos(ys))
     chex.assert_trees_all_close(ys, y_t.detach().numpy(), **TOL)
-    chex.assert_trees_all_close(dxs, x_t.grad.numpy(), rtol=1e-5, atol=1e-5)
+    # float32 sums of many terms: the error scales with the largest entry, not each entry
+    want = x_t.grad.numpy()
+    chex.assert_trees_all_close(dxs, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
 def test_from_torch_rejects_what_it_cannot_convert():
