@@ -12,8 +12,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rnnjax.cells.base import Array, Cell
+from rnnjax.cells import checks
+from rnnjax.cells.base import Array, Cell, carry_dtype
 from rnnjax.kernels import get_backend
+from rnnjax.kernels.base import problem_of
 
 
 def unroll(
@@ -27,38 +29,63 @@ def unroll(
     time_major: bool = False,
     unroll: int = 1,
     remat: bool = False,
-    backend: str = "scan",
+    backend: str = "auto",
 ) -> tuple[Any, Array]:
     r"""Runs ``cell`` over a sequence: c_t = h(x_t, c_{t-1}; θ) for t = 1..T.
 
     The input projection ``cell.project`` runs once over the whole sequence (one matmul of
     (T·B, D) by (D, G)); only ``cell.recur`` runs inside the loop.
 
+    Backends (how the loop runs; never what it computes — every one equals ``"scan"``,
+    outputs and gradients):
+
+    - ``"auto"`` (default): the fastest backend whose support predicate accepts the cell, the
+      shape, the dtype and the device (`rnnjax.kernels.auto`);
+    - ``"scan"``: `lax.scan` over ``cell.recur``, any cell; the readable reference;
+    - ``"fused"``: one custom_vjp over the loop, derived from the cell's structured form;
+    - ``"fused_cpu"``: the plain LSTM / GRU loop as one C++ call (CPU, small batch);
+    - ``"associative"``: parallel prefix scan for cells linear in the carry;
+    - ``"pallas"``: persistent GPU kernel with W on chip (interpret mode on CPU: slow),
+      derived from the cell; ``"pallas_verified"``: its GPU-verified per-family form.
+
+    An explicit backend that cannot run the cell raises a ValueError with the reason.
+
+    Dtypes: carries and outputs have dtype ``jnp.result_type(xs, *float params)``
+    (`rnnjax.cells.base.carry_dtype`): float32 by default, float64 for float64 inputs
+    under ``jax_enable_x64``, bfloat16 for bfloat16 inputs and params; a given carry is
+    cast to it.
+
+    Padding: with ``lengths`` the padded steps are masked *before* the loop (their inputs
+    are replaced by zeros), so NaN or inf in padding changes neither the outputs nor any
+    gradient.
+
     Args:
         cell: a `Cell` (e.g. ``rj.lstm(64)``).
-        params: the cell's parameters.
+        params: the cell's parameters (checked against ``cell.init``'s structure and shapes).
         xs: float inputs, (B, T, D) batch-first (default), (T, B, D) with ``time_major``, or
             (T, D) for one unbatched sequence.
         carry: initial carry; None means ``cell.initial_carry`` (zeros).
         lengths: optional int (B,) (or a scalar for one sequence): the number of valid steps.
             Outputs at t >= length are zero and the final carry is each sequence's carry at
-            its last valid step.
+            its last valid step. Concrete lengths outside [0, T] raise; under ``jit`` the
+            values cannot be checked, and a length above T acts as T, one below 0 as 0.
         reverse: run from the end of each sequence to its start. With ``lengths`` each sequence
             is reversed within its own length (padding stays at the end); outputs are returned
             in input order either way, so y_t is the state after reading x_T..x_t.
         time_major: xs and ys are (T, B, ·) instead of (B, T, ·).
         unroll: loop steps per iteration (trades compile time for per-step overhead).
-        remat: recompute each step in the backward pass instead of storing its intermediates,
-            so BPTT memory is O(T·carry) instead of O(T·activations).
-        backend: "scan" (reference), or a fast backend registered in `rnnjax.kernels`.
+        remat: store only the carries for the backward pass and recompute each step
+            (memory O(T·carry) instead of O(T·activations)); backends that already store
+            only compact residuals refuse it, and ``"auto"`` then picks ``"scan"``.
+        backend: one of the names above.
 
     Returns:
         ``(final_carry, ys)``; ys has the layout of xs with H features.
 
     Raises:
-        ValueError: for a wrong rank, dtype or feature size of xs, T = 0, lengths out of
-            [0, T] or of the wrong shape, a carry that does not match the cell, or an unknown
-            backend.
+        ValueError: for a wrong rank, dtype or feature size of xs, T = 0, concrete lengths out
+            of [0, T] or of the wrong shape, params or a carry that do not match the cell, an
+            unknown backend, or a backend that does not support the cell (with the reason).
 
     Example:
         >>> cell = rj.lstm(32)
@@ -69,6 +96,7 @@ def unroll(
     """
     run = get_backend(backend)
     xs = check_inputs(params, xs)
+    checks.check_params(cell, params, xs.shape[-1])
     batch_shape = batch_shape_of(xs, time_major)
     T = xs.shape[0] if (time_major or xs.ndim == 2) else xs.shape[1]
     if T == 0:
@@ -77,13 +105,21 @@ def unroll(
         raise ValueError(f"unroll must be a positive int, got {unroll=}")
     if lengths is not None:
         lengths = check_lengths(lengths, batch_shape, T)
-    carry = check_carry(cell, params, carry, batch_shape)
+    dtype = carry_dtype(params, xs.dtype)
+    carry = check_carry(cell, params, carry, batch_shape, dtype)
 
     xs_tm = xs if (time_major or xs.ndim == 2) else jnp.swapaxes(xs, 0, 1)  # (T, *batch, D)
+    if lengths is not None:  # padding never reaches the loop: NaN there stays harmless
+        valid = jnp.arange(T).reshape((T,) + (1,) * lengths.ndim) < lengths[None]  # (T, *b)
+        xs_tm = jnp.where(valid[..., None], xs_tm, jnp.zeros_like(xs_tm))
     if reverse:
         xs_tm = reverse_within_lengths(xs_tm, lengths)
     px = cell.project(params, xs_tm)  # (T, *batch, G)
-    final_carry, ys = run(cell, params, px, carry, lengths, unroll=unroll, remat=remat)
+    problem = problem_of(cell, params, px, carry, remat)
+    support = run.supports(cell, problem)
+    if not support:
+        raise ValueError(support.reason)
+    final_carry, ys = run.run(cell, params, px, carry, lengths, unroll=unroll, remat=remat)
     if reverse:
         ys = reverse_within_lengths(ys, lengths)  # (T, *batch, H), back in input order
     if not (time_major or xs.ndim == 2):
@@ -119,18 +155,7 @@ def check_inputs(params: Any, xs: Any) -> Array:
             f"xs must be (B, T, D), (T, B, D) with time_major, or (T, D); got rank "
             f"{xs.ndim} with {xs.shape=}"
         )
-    if not jnp.issubdtype(xs.dtype, jnp.floating):
-        raise ValueError(
-            f"xs must be a float array but has {xs.dtype=}; embed integer tokens first "
-            f"(rnnjax.layers.embedding) or cast with xs.astype(jnp.float32)"
-        )
-    U = getattr(params, "U", None)
-    if U is not None and xs.shape[-1] != U.shape[0]:
-        raise ValueError(
-            f"xs has {xs.shape[-1]} features (xs.shape={xs.shape}) but the cell's params were "
-            f"built for input_size={U.shape[0]}"
-        )
-    return xs
+    return checks.check_features(params, xs, "xs")
 
 
 def batch_shape_of(xs: Array, time_major: bool) -> tuple[int, ...]:
@@ -158,19 +183,8 @@ def check_lengths(lengths: Any, batch_shape: tuple[int, ...], T: int) -> Array:
     return lengths
 
 
-def check_carry(cell: Cell, params: Any, carry: Any, batch_shape: tuple[int, ...]) -> Any:
+def check_carry(
+    cell: Cell, params: Any, carry: Any, batch_shape: tuple[int, ...], dtype: Any = None
+) -> Any:
     """Returns the initial carry, checking a given one against the cell's own structure."""
-    if carry is None:
-        return cell.initial_carry(params, batch_shape)
-    expected = jax.eval_shape(lambda: cell.initial_carry(params, batch_shape))
-    want = jax.tree.structure(expected)
-    got = jax.tree.structure(carry)
-    if str(want) != str(got):
-        raise ValueError(f"carry has structure {got} but the {cell.name} cell expects {want}")
-    for e, c in zip(jax.tree.leaves(expected), jax.tree.leaves(carry), strict=True):
-        if tuple(e.shape) != tuple(jnp.shape(c)):
-            raise ValueError(
-                f"carry leaf has shape {tuple(jnp.shape(c))} but the {cell.name} cell expects "
-                f"{tuple(e.shape)} for batch shape {batch_shape}"
-            )
-    return carry
+    return checks.check_carry(cell, params, carry, batch_shape, dtype)

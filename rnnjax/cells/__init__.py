@@ -1,34 +1,46 @@
 """Recurrent cells: one family per module, each a factory returning a `Cell`."""
 
-from rnnjax.cells.base import ACTIVATIONS, Cell, LSTMCarry, RNNCarry
-from rnnjax.cells.gru import GRUParams, gru
+from rnnjax.cells.base import ACTIVATIONS, Cell, LSTMCarry, RNNCarry, Structure, make_cell
+from rnnjax.cells.gru import GRUConfig, GRUParams, gru
 from rnnjax.cells.linear import (
     DiagonalLinearRNNParams,
+    LinearCellConfig,
     MinGRUParams,
     MinLSTMParams,
     diagonal_linear_rnn,
     min_gru,
     min_lstm,
 )
-from rnnjax.cells.lstm import LSTMParams, lstm
-from rnnjax.cells.multiplicative import MultiplicativeRNNParams, multiplicative_rnn
-from rnnjax.cells.simple_rnn import SimpleRNNParams, simple_rnn
+from rnnjax.cells.lstm import LSTMConfig, LSTMParams, lstm
+from rnnjax.cells.multiplicative import (
+    MultiplicativeRNNConfig,
+    MultiplicativeRNNParams,
+    multiplicative_rnn,
+)
+from rnnjax.cells.simple_rnn import SimpleRNNConfig, SimpleRNNParams, simple_rnn
 
 __all__ = [
     "ACTIVATIONS",
     "Cell",
     "DiagonalLinearRNNParams",
+    "GRUConfig",
     "GRUParams",
     "LSTMCarry",
+    "LSTMConfig",
     "LSTMParams",
+    "LinearCellConfig",
     "MinGRUParams",
     "MinLSTMParams",
+    "MultiplicativeRNNConfig",
     "MultiplicativeRNNParams",
     "RNNCarry",
+    "SimpleRNNConfig",
     "SimpleRNNParams",
+    "Structure",
     "diagonal_linear_rnn",
     "gru",
     "lstm",
+    "make_cell",
     "min_gru",
     "min_lstm",
     "multiplicative_rnn",

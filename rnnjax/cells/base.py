@@ -13,18 +13,54 @@ hyper-parameters (like an optax ``GradientTransformation``)::
 Cells are written for one example; any leading axes are batch axes (``vmap`` works too).
 ``project`` is the input-side affine map, applied to a whole sequence in one matmul so that
 only ``recur`` runs inside the time loop (the hoisting that cuDNN does, Appleyard et al. 2016).
+
+The structured form
+-------------------
+Most recurrent cells take one step as "the previous output times a recurrent matrix, then
+element-wise maths". Such a cell says so with a `Structure` (``cell.structure``), and its
+``recur`` is *defined* from it (`structured_recur`)::
+
+    hw_t          = h_{t-1} W                                   (…, K·H): ONE matmul
+    carry_t, y_t  = pointwise(unit_params, carry_{t-1}, px_t, hw_t)
+
+where px_t and hw_t are passed to ``pointwise`` as tuples of K gate blocks of shape (…, H)
+(block k is columns k·H … (k+1)·H of px_t and of W), ``unit_params`` is a tuple of per-unit
+vectors of shape (H,) (peepholes, a recurrent bias, layer-norm gains, …), and the first
+leaf of the carry is h_t, which is also the output y_t. Every fast backend
+(`rnnjax.kernels`) and the analysis tools derive their forward and backward from these
+pieces — the backward step is the VJP of ``pointwise``, dW = Σ_t h_{t-1}ᵀ dhw_t is one matmul
+after the loop — so a cell written by a user in the structured form gets the fast paths
+without kernel code (see tests/test_custom_cell.py). A cell without a structure (the
+multiplicative RNN, whose W depends on x_t; any cell that only gives ``recur``) runs on the
+``"scan"`` backend, and the fast backends refuse it with the reason.
+
+``Structure.elementwise`` promises more: output unit u reads only unit u of every gate block,
+of every carry leaf and of every unit parameter (true of the Simple RNN, LSTM, GRU). Kernels
+that split the hidden units across programs (``"pallas"``) and the closed-form Jacobians of
+`rnnjax.analysis` need it; a cell whose pointwise mixes units (a layer norm over H) sets it
+to False and still runs on ``"fused"``.
+
+Dtypes
+------
+``param_dtype`` (float32 by default) is the dtype of the parameters; ``dtype`` is an optional
+compute dtype for the matmuls (e.g. bfloat16 operands, accumulated in the result dtype).
+Carries and outputs take ``jnp.result_type`` of the inputs and the parameters
+(`carry_dtype`): float32 params and inputs give float32, float64 inputs under x64 give
+float64, bfloat16 params with bfloat16 inputs give bfloat16.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
 
 Array = jax.Array
 PRNGKey = jax.Array
+Params = Any  # a NamedTuple of arrays
+Carry = Any  # a NamedTuple of (..., H) arrays, h first
 Initializer = Callable[..., Array]
 
 
@@ -50,6 +86,102 @@ class LSTMCarry(NamedTuple):
     c: Array
 
 
+# ---------------------------------------------------------------------------------------------
+# The function fields, typed (optax-style Protocols)
+# ---------------------------------------------------------------------------------------------
+
+
+class InitFn(Protocol):
+    def __call__(self, key: PRNGKey, input_size: int) -> Params:
+        """``(key, input_size D) -> params``."""
+        ...
+
+
+class InitialCarryFn(Protocol):
+    def __call__(self, params: Params, batch_shape: tuple[int, ...] = ()) -> Carry:
+        """``(params, batch_shape) -> carry`` of zeros, leaves (*batch_shape, H)."""
+        ...
+
+
+class ProjectFn(Protocol):
+    def __call__(self, params: Params, xs: Array) -> Array:
+        """``(params, xs (..., D)) -> px (..., G)``: the input side, hoisted out of the loop."""
+        ...
+
+
+class RecurFn(Protocol):
+    def __call__(self, params: Params, carry: Carry, px_t: Array) -> tuple[Carry, Array]:
+        """``(params, carry, px_t (..., G)) -> (carry, y_t (..., H))``: one step."""
+        ...
+
+
+class StepFn(Protocol):
+    def __call__(self, params: Params, carry: Carry, x_t: Array) -> tuple[Carry, Array]:
+        """``(params, carry, x_t (..., D)) -> (carry, y_t)`` = recur ∘ project."""
+        ...
+
+
+class RecurrentWeightsFn(Protocol):
+    def __call__(self, params: Params) -> Array | None:
+        """``params -> W`` (H, K·H), or None for a cell without a recurrent matrix."""
+        ...
+
+
+class UnitParamsFn(Protocol):
+    def __call__(self, params: Params) -> tuple[Array, ...]:
+        """``params -> (v_1, …, v_P)``, each (H,): the per-unit vectors ``pointwise`` reads."""
+        ...
+
+
+class PointwiseFn(Protocol):
+    def __call__(
+        self,
+        unit_params: tuple[Array, ...],
+        carry: Carry,
+        px: tuple[Array, ...],
+        hw: tuple[Array, ...] | None,
+    ) -> tuple[Carry, Array]:
+        """``(unit_params, carry_{t-1}, px_t blocks, hw_t blocks) -> (carry_t, y_t = h_t)``."""
+        ...
+
+
+class LinearCoefficientsFn(Protocol):
+    def __call__(
+        self, unit_params: tuple[Array, ...], px: tuple[Array, ...]
+    ) -> tuple[Array, Array]:
+        """``(unit_params, px blocks) -> (a, b)`` with ``h_t = a ⊙ h_{t-1} + b``."""
+        ...
+
+
+class Structure(NamedTuple):
+    """The structured form of a cell's step (see the module docstring).
+
+    Attributes:
+        gates: K, the number of (…, H) blocks of px_t and of hw_t = h_{t-1} W.
+        recurrent_weights: ``params -> W`` (H, K·H), or None: the cell has no recurrent
+            matmul (hw is then None; the linear-in-carry cells).
+        unit_params: ``params -> tuple`` of (H,) vectors read by ``pointwise``.
+        pointwise: ``(unit_params, carry, px, hw) -> (carry, y)``: everything after the
+            recurrent matmul; y must be the carry's first leaf (h).
+        tied: per gate block, True where px_k and hw_k enter ``pointwise`` only as their sum
+            px_k + hw_k (then a backward saves the sum and d px_k = d hw_k).
+        elementwise: output unit u reads only unit u of every block, carry leaf and unit
+            parameter (kernels that split units across programs need it).
+        compute_dtype: operand dtype of the recurrent matmul (None: the result dtype).
+        linear_coefficients: for cells linear in the carry, ``(unit_params, px) -> (a, b)``
+            with ``h_t = a ⊙ h_{t-1} + b`` (the associative scan reads it); else None.
+    """
+
+    gates: int
+    recurrent_weights: RecurrentWeightsFn
+    unit_params: UnitParamsFn
+    pointwise: PointwiseFn
+    tied: tuple[bool, ...]
+    elementwise: bool = True
+    compute_dtype: Any = None
+    linear_coefficients: LinearCoefficientsFn | None = None
+
+
 class Cell(NamedTuple):
     """A recurrent cell as pure functions (see the module docstring).
 
@@ -59,37 +191,81 @@ class Cell(NamedTuple):
         project: ``(params, xs) -> px``; xs (..., D) -> px (..., G), hoisted out of the loop.
         recur: ``(params, carry, px_t) -> (carry, y_t)``; one step given the projected input.
         step: ``(params, carry, x_t) -> (carry, y_t)`` = recur ∘ project.
-        name: the family: "simple_rnn", "lstm", "gru", "multiplicative_rnn", ...
+        name: a label for reports ("lstm", "gru", …); nothing dispatches on it.
         hidden_size: H, the size of the output y_t.
-        config: the hyper-parameters the factory closed over (read by kernels and analysis).
+        config: the hyper-parameters the factory closed over (a frozen dataclass).
+        structure: the structured form of ``recur`` (`Structure`), or None.
     """
 
-    init: Callable[..., Any]
-    initial_carry: Callable[..., Any]
-    project: Callable[..., Array]
-    recur: Callable[..., tuple[Any, Array]]
-    step: Callable[..., tuple[Any, Array]]
+    init: InitFn
+    initial_carry: InitialCarryFn
+    project: ProjectFn
+    recur: RecurFn
+    step: StepFn
     name: str
     hidden_size: int
-    config: dict[str, Any]
+    config: Any
+    structure: Structure | None = None
+
+
+def split_blocks(a: Array, gates: int) -> tuple[Array, ...]:
+    """(…, K·H) -> K blocks of (…, H) (gate-major columns)."""
+    return tuple(jnp.split(a, gates, axis=-1)) if gates > 1 else (a,)
+
+
+def structured_recur(structure: Structure) -> RecurFn:
+    """``recur`` defined from a `Structure`: hw = h_{t-1} W, then ``pointwise``.
+
+    This is the readable reference every fast backend equals.
+    """
+    K = structure.gates
+
+    def recur(params: Params, carry: Carry, px: Array) -> tuple[Carry, Array]:
+        W = structure.recurrent_weights(params)
+        hw = None
+        if W is not None:
+            h = jax.tree.leaves(carry)[0]  # (..., H)
+            hw = split_blocks(matmul(h, W, structure.compute_dtype), K)  # K x (..., H)
+        up = structure.unit_params(params)
+        return structure.pointwise(up, carry, split_blocks(px, K), hw)
+
+    return recur
 
 
 def make_cell(
     *,
     name: str,
     hidden_size: int,
-    config: dict[str, Any],
-    init: Callable[..., Any],
-    initial_carry: Callable[..., Any],
-    project: Callable[..., Array],
-    recur: Callable[..., tuple[Any, Array]],
+    config: Any,
+    init: InitFn,
+    initial_carry: InitialCarryFn,
+    project: ProjectFn,
+    recur: RecurFn | None = None,
+    structure: Structure | None = None,
 ) -> Cell:
-    """Builds a `Cell`, deriving ``step = recur ∘ project``."""
+    """Builds a `Cell`, deriving ``step = recur ∘ project`` (and ``recur`` from ``structure``).
 
-    def step(params, carry, x_t):
-        return recur(params, carry, project(params, x_t))
+    Give either ``recur`` (any cell; it runs on the ``"scan"`` backend) or ``structure`` (the
+    structured form; ``recur`` is derived from it and the fast backends apply).
+    """
+    if (recur is None) == (structure is None):
+        raise ValueError("make_cell needs exactly one of recur= and structure=")
+    if structure is not None:
+        if len(structure.tied) != structure.gates:
+            raise ValueError(
+                f"Structure.tied has {len(structure.tied)} entries for {structure.gates} gates"
+            )
+        recur = structured_recur(structure)
+    assert recur is not None
+    run = recur
 
-    return Cell(
+    def step(params: Params, carry: Carry, x_t: Array) -> tuple[Carry, Array]:
+        from rnnjax.cells.checks import check_step  # checks imports this module
+
+        carry, x_t = check_step(cell, params, carry, x_t)
+        return run(params, carry, project(params, x_t))
+
+    cell = Cell(
         init=init,
         initial_carry=initial_carry,
         project=project,
@@ -97,8 +273,20 @@ def make_cell(
         step=step,
         name=name,
         hidden_size=hidden_size,
-        config=dict(config),
+        config=config,
+        structure=structure,
     )
+    return cell
+
+
+def carry_dtype(params: Params, xs_dtype: Any) -> Any:
+    """The dtype of carries and outputs: ``jnp.result_type`` of the inputs and float params."""
+    floats = [
+        leaf.dtype
+        for leaf in jax.tree.leaves(params)
+        if hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.floating)
+    ]
+    return jnp.result_type(xs_dtype, *floats)
 
 
 def check_positive(name: str, value: int) -> int:
@@ -118,37 +306,49 @@ def check_compute_dtype(dtype: Any) -> Any:
     return dtype
 
 
+def check_param_dtype(dtype: Any) -> Any:
+    """Validates a ``param_dtype`` (a floating dtype; float32 by default)."""
+    dtype = jnp.dtype(jnp.float32 if dtype is None else dtype)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(f"param_dtype must be a floating dtype, got {dtype=}")
+    return dtype
+
+
 def matmul(a: Array, w: Array, compute_dtype: Any = None) -> Array:
-    """``a @ w`` with optional low-precision operands and float32 accumulation.
+    """``a @ w`` with optional low-precision operands, accumulated in the result dtype.
 
     Args:
         a: (..., K) activations.
-        w: (K, N) weights, stored float32.
-        compute_dtype: e.g. ``jnp.bfloat16`` to run the matmul in bfloat16; None keeps float32.
+        w: (K, N) weights.
+        compute_dtype: e.g. ``jnp.bfloat16`` to run the matmul on bfloat16 operands; None
+            multiplies in ``jnp.result_type(a, w)``.
 
     Returns:
-        (..., N) float32.
+        (..., N) of dtype ``jnp.result_type(a, w)``.
     """
     if compute_dtype is None:
         return a @ w
+    out = jnp.result_type(a, w)
     return jnp.matmul(
-        a.astype(compute_dtype), w.astype(compute_dtype), preferred_element_type=jnp.float32
+        a.astype(compute_dtype), w.astype(compute_dtype), preferred_element_type=out
     )
 
 
-def gate_blocks(init_fn: Initializer, key: PRNGKey, rows: int, cols: int, gates: int) -> Array:
+def gate_blocks(
+    init_fn: Initializer, key: PRNGKey, rows: int, cols: int, gates: int, dtype: Any = jnp.float32
+) -> Array:
     """Initialises a (rows, gates·cols) matrix one (rows, cols) gate block at a time.
 
     Orthogonal and identity initialisers are meant for each square recurrent block, not for
     the concatenation of all gates, so the recurrent matrices are built block by block.
     """
     keys = jax.random.split(key, gates)
-    return jnp.concatenate([init_fn(k, (rows, cols), jnp.float32) for k in keys], axis=-1)
+    return jnp.concatenate([init_fn(k, (rows, cols), dtype) for k in keys], axis=-1)
 
 
-def zeros_carry(batch_shape: tuple[int, ...], hidden_size: int) -> Array:
-    """A float32 zero state of shape (*batch_shape, hidden_size)."""
-    return jnp.zeros((*tuple(batch_shape), hidden_size), jnp.float32)
+def zeros_carry(batch_shape: tuple[int, ...], hidden_size: int, dtype: Any = jnp.float32) -> Array:
+    """A zero state of shape (*batch_shape, hidden_size)."""
+    return jnp.zeros((*tuple(batch_shape), hidden_size), dtype)
 
 
 # name -> (function, γ = sup |σ'(x)|, the constant of Pascanu et al.'s bound)
@@ -177,6 +377,15 @@ def resolve_activation(activation: str | Callable[[Array], Array]) -> tuple[str,
         if activation is fn:
             name = known
     return name, activation
+
+
+def sigmoid(x: Array) -> Array:
+    """σ(x) = ½·tanh(x/2) + ½ (equal to ``jax.nn.sigmoid`` to float rounding).
+
+    Written with tanh because XLA:CPU's tanh is a fast vectorised polynomial and its logistic
+    is not: inside a time loop the gate non-linearities cost more than the matmul.
+    """
+    return 0.5 * jnp.tanh(0.5 * x) + 0.5
 
 
 def expand(v: Any, like: Array) -> Array:

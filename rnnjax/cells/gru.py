@@ -1,10 +1,13 @@
 """Gated Recurrent Unit (Cho et al. 2014) with PyTorch / cuDNN semantics by default.
 
-Gate order is **(r, z, n)** — reset, update, candidate — as in PyTorch.
+Gate order is **(r, z, n)** — reset, update, candidate — as in PyTorch. The GRU's equations
+are written once, here (`gru_pointwise` for the PyTorch form, the ``recur`` of ``reset_after
+=False`` for Cho et al.'s form).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple
 
 import jax
@@ -15,12 +18,15 @@ from rnnjax.cells.base import (
     Array,
     Cell,
     RNNCarry,
+    Structure,
     check_compute_dtype,
+    check_param_dtype,
     check_positive,
     expand,
     gate_blocks,
     make_cell,
     matmul,
+    sigmoid,
     zeros_carry,
 )
 
@@ -42,6 +48,33 @@ class GRUParams(NamedTuple):
     b_hn: Array | None = None
 
 
+@dataclasses.dataclass(frozen=True)
+class GRUConfig:
+    """Hyper-parameters of `gru` (see its docstring)."""
+
+    hidden_size: int
+    reset_after: bool = True
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+
+def gru_pointwise(unit_params, carry: RNNCarry, px, hw):
+    r"""The GRU's step after the recurrent matmul (``reset_after=True``, PyTorch / cuDNN).
+
+    .. math::
+        r = \sigma(px_r + hw_r), \quad z = \sigma(px_z + hw_z), \quad
+        n = \tanh(px_n + r \odot (hw_n + b_{hn})), \quad h_t = (1 - z) \odot n + z \odot h_{t-1}
+    """
+    (b_hn,) = unit_params
+    px_r, px_z, px_n = px  # (..., H) each
+    hw_r, hw_z, hw_n = hw
+    r = sigmoid(px_r + hw_r)
+    z = sigmoid(px_z + hw_z)
+    n = jnp.tanh(px_n + r * (hw_n + expand(b_hn, hw_n)))  # (..., H)
+    h = (1.0 - z) * n + z * carry.h  # (..., H)
+    return RNNCarry(h), h
+
+
 def gru(
     hidden_size: int,
     reset_after: bool = True,
@@ -50,6 +83,7 @@ def gru(
     recurrent_init=initializers.default_recurrent_init,
     bias_init=initializers.default_bias_init,
     dtype: Any = None,
+    param_dtype: Any = jnp.float32,
 ) -> Cell:
     r"""The GRU.
 
@@ -62,12 +96,17 @@ def gru(
               \quad\text{(reset\_after=False: Cho et al. 2014)} \\
         h_t &= (1 - z_t) \odot n_t + z_t \odot h_{t-1}
 
+    The PyTorch form is one recurrent matmul followed by element-wise maths (the structured
+    form every fast backend runs). Cho et al.'s form multiplies r_t ⊙ h_{t-1} by W⁽ⁿ⁾, a second
+    matmul that depends on the first one's result, so it runs on ``backend="scan"`` only.
+
     Args:
         hidden_size: H.
         reset_after: apply the reset gate after the recurrent matmul (default, as PyTorch)
             or before it (Cho et al. 2014).
         input_init, recurrent_init, bias_init: initialisers of U, W (per gate block), biases.
         dtype: optional compute dtype of the matmuls.
+        param_dtype: dtype of the parameters (default float32).
 
     Returns:
         A `Cell` whose carry is ``RNNCarry(h)``.
@@ -76,49 +115,53 @@ def gru(
         Cho et al., "Learning phrase representations using RNN encoder-decoder for
         statistical machine translation", 2014.
     """
-    H = check_positive("hidden_size", hidden_size)
-    compute_dtype = check_compute_dtype(dtype)
+    config = GRUConfig(
+        hidden_size=check_positive("hidden_size", hidden_size),
+        reset_after=bool(reset_after),
+        dtype=check_compute_dtype(dtype),
+        param_dtype=check_param_dtype(param_dtype),
+    )
+    H, cd, pdt = config.hidden_size, config.dtype, config.param_dtype
 
     def init(key, input_size: int) -> GRUParams:
         D = check_positive("input_size", input_size)
         k_u, k_w, k_b, k_bn = jax.random.split(key, 4)
         return GRUParams(
-            U=gate_blocks(input_init, k_u, D, H, 3),  # (D, 3H)
-            W=gate_blocks(recurrent_init, k_w, H, H, 3),  # (H, 3H)
-            b=bias_init(k_b, (3 * H,), jnp.float32),  # (3H,)
-            b_hn=bias_init(k_bn, (H,), jnp.float32) if reset_after else None,  # (H,)
+            U=gate_blocks(input_init, k_u, D, H, 3, pdt),  # (D, 3H)
+            W=gate_blocks(recurrent_init, k_w, H, H, 3, pdt),  # (H, 3H)
+            b=bias_init(k_b, (3 * H,), pdt),  # (3H,)
+            b_hn=bias_init(k_bn, (H,), pdt) if reset_after else None,  # (H,)
         )
 
     def initial_carry(params: GRUParams, batch_shape=()) -> RNNCarry:
-        del params
-        return RNNCarry(zeros_carry(batch_shape, H))
+        return RNNCarry(zeros_carry(batch_shape, H, params.W.dtype))
 
     def project(params: GRUParams, xs: Array) -> Array:
-        xu = matmul(xs, params.U, compute_dtype)  # (..., 3H)
+        xu = matmul(xs, params.U, cd)  # (..., 3H)
         return xu + expand(params.b, xu)
+
+    common = dict(
+        name="gru", hidden_size=H, config=config, init=init, initial_carry=initial_carry
+    )
+    if reset_after:
+        structure = Structure(
+            gates=3,
+            recurrent_weights=lambda params: params.W,
+            unit_params=lambda params: (params.b_hn,),
+            pointwise=gru_pointwise,
+            tied=(True, True, False),
+            compute_dtype=cd,
+        )
+        return make_cell(project=project, structure=structure, **common)
 
     def recur(params: GRUParams, carry: RNNCarry, px: Array):
         h_prev = carry.h  # (..., H)
         px_r, px_z, px_n = jnp.split(px, 3, axis=-1)  # (..., H) each
-        if reset_after:
-            hw_r, hw_z, hw_n = jnp.split(matmul(h_prev, params.W, compute_dtype), 3, axis=-1)
-            r = jax.nn.sigmoid(px_r + hw_r)
-            z = jax.nn.sigmoid(px_z + hw_z)
-            n = jnp.tanh(px_n + r * (hw_n + expand(params.b_hn, hw_n)))  # (..., H)
-        else:
-            hw_r, hw_z = jnp.split(matmul(h_prev, params.W[:, : 2 * H], compute_dtype), 2, -1)
-            r = jax.nn.sigmoid(px_r + hw_r)
-            z = jax.nn.sigmoid(px_z + hw_z)
-            n = jnp.tanh(px_n + matmul(r * h_prev, params.W[:, 2 * H :], compute_dtype))
+        hw_r, hw_z = jnp.split(matmul(h_prev, params.W[:, : 2 * H], cd), 2, -1)
+        r = sigmoid(px_r + hw_r)
+        z = sigmoid(px_z + hw_z)
+        n = jnp.tanh(px_n + matmul(r * h_prev, params.W[:, 2 * H :], cd))  # (..., H)
         h = (1.0 - z) * n + z * h_prev  # (..., H)
         return RNNCarry(h), h
 
-    return make_cell(
-        name="gru",
-        hidden_size=H,
-        config=dict(reset_after=reset_after, dtype=compute_dtype),
-        init=init,
-        initial_carry=initial_carry,
-        project=project,
-        recur=recur,
-    )
+    return make_cell(project=project, recur=recur, **common)

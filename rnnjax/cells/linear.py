@@ -6,9 +6,10 @@ h ↦ a_t ⊙ h + b_t (``backend="associative"``, O(log T) depth) instead of T s
 Each cell here also runs step by step (``backend="scan"``, through its ``recur``): the two
 forms compute the same thing.
 
-The contract with the associative backend: ``cell.config["linear_coefficients"]`` is a
-function ``(params, px) -> (a, b)`` mapping projected inputs (..., G) to the coefficients
-(..., H) of every step, so that ``recur(params, h, px_t)`` equals ``a_t ⊙ h + b_t``.
+The contract with the associative backend: the cell's `rnnjax.cells.base.Structure` has no
+recurrent matrix and a ``linear_coefficients(unit_params, px) -> (a, b)`` mapping the
+projected input's gate blocks to the coefficients (..., H) of every step; ``pointwise`` (and
+so ``recur``) is *defined* as ``a_t ⊙ h + b_t`` from them, so the two forms cannot differ.
 
 - `diagonal_linear_rnn`: h_t = a ⊙ h_{t-1} + x_t U + b with a learned, input-independent
   decay a = sigmoid(ν) ∈ (0, 1) per unit (ν unconstrained, so a stays in (0, 1) and the
@@ -29,6 +30,7 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple
 
 import jax
@@ -39,7 +41,9 @@ from rnnjax.cells.base import (
     Array,
     Cell,
     RNNCarry,
+    Structure,
     check_compute_dtype,
+    check_param_dtype,
     check_positive,
     expand,
     make_cell,
@@ -86,30 +90,52 @@ class MinLSTMParams(NamedTuple):
     b: Array
 
 
-def _linear_cell(name, H, blocks, init, coefficients, compute_dtype, **config) -> Cell:
-    """A cell with ``recur(h, px) = a ⊙ h + b`` from ``coefficients(params, px) = (a, b)``."""
+@dataclasses.dataclass(frozen=True)
+class LinearCellConfig:
+    """Hyper-parameters of the linear-in-carry cells (``blocks``: gate blocks of px)."""
+
+    hidden_size: int
+    blocks: int
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    decay_min: float | None = None
+    decay_max: float | None = None
+
+
+def _linear_cell(name, config: LinearCellConfig, init, coefficients, unit_params) -> Cell:
+    """A cell with ``recur(h, px) = a ⊙ h + b`` from ``coefficients(unit_params, px) = (a, b)``."""
+    H = config.hidden_size
 
     def initial_carry(params, batch_shape=()) -> RNNCarry:
-        del params
-        return RNNCarry(zeros_carry(batch_shape, H))
+        return RNNCarry(zeros_carry(batch_shape, H, params.U.dtype))
 
     def project(params, xs: Array) -> Array:
-        xu = matmul(xs, params.U, compute_dtype)  # (..., blocks·H)
+        xu = matmul(xs, params.U, config.dtype)  # (..., blocks·H)
         return xu + expand(params.b, xu)
 
-    def recur(params, carry: RNNCarry, px: Array):
-        a, b = coefficients(params, px)  # (..., H) each
+    def pointwise(up, carry: RNNCarry, px, hw):
+        del hw  # no recurrent matrix
+        a, b = coefficients(up, px)  # (..., H) each
         h = a * carry.h + b  # (..., H)
         return RNNCarry(h), h
 
+    structure = Structure(
+        gates=config.blocks,
+        recurrent_weights=lambda params: None,
+        unit_params=unit_params,
+        pointwise=pointwise,
+        tied=(True,) * config.blocks,
+        compute_dtype=config.dtype,
+        linear_coefficients=coefficients,
+    )
     return make_cell(
         name=name,
         hidden_size=H,
-        config=dict(config, dtype=compute_dtype, linear_coefficients=coefficients, blocks=blocks),
+        config=config,
         init=init,
         initial_carry=initial_carry,
         project=project,
-        recur=recur,
+        structure=structure,
     )
 
 
@@ -121,6 +147,7 @@ def diagonal_linear_rnn(
     input_init=initializers.default_input_init,
     bias_init=initializers.default_bias_init,
     dtype: Any = None,
+    param_dtype: Any = jnp.float32,
 ) -> Cell:
     r"""A diagonal linear RNN: a per-unit leaky integrator of the projected input.
 
@@ -132,36 +159,47 @@ def diagonal_linear_rnn(
             (0 < decay_min <= decay_max < 1); a close to 1 remembers for about 1/(1 − a) steps.
         input_init, bias_init: initialisers of U and b.
         dtype: optional compute dtype of the input matmul.
+        param_dtype: dtype of the parameters (default float32).
 
     Returns:
         A `Cell` with carry ``RNNCarry(h)``, output h_t, and
-        ``config["linear_coefficients"](params, px) = (a, px)``.
+        ``structure.linear_coefficients(unit_params, px) = (a, px)``.
 
     Example:
         >>> cell = diagonal_linear_rnn(64)
         >>> params = cell.init(jax.random.key(0), input_size=8)
         >>> carry, ys = rj.unroll(cell, params, xs, backend="associative")
     """
-    H = check_positive("hidden_size", hidden_size)
-    compute_dtype = check_compute_dtype(dtype)
     if not 0.0 < decay_min <= decay_max < 1.0:
         raise ValueError(f"need 0 < decay_min <= decay_max < 1, got {decay_min=}, {decay_max=}")
+    config = LinearCellConfig(
+        hidden_size=check_positive("hidden_size", hidden_size),
+        blocks=1,
+        dtype=check_compute_dtype(dtype),
+        param_dtype=check_param_dtype(param_dtype),
+        decay_min=float(decay_min),
+        decay_max=float(decay_max),
+    )
+    H, pdt = config.hidden_size, config.param_dtype
 
     def init(key, input_size: int) -> DiagonalLinearRNNParams:
         D = check_positive("input_size", input_size)
         k_u, k_b, k_a = jax.random.split(key, 3)
-        a = jax.random.uniform(k_a, (H,), jnp.float32, decay_min, decay_max)  # (H,)
+        a = jax.random.uniform(k_a, (H,), pdt, decay_min, decay_max)  # (H,)
         return DiagonalLinearRNNParams(
-            U=input_init(k_u, (D, H), jnp.float32),  # (D, H)
-            b=bias_init(k_b, (H,), jnp.float32),  # (H,)
+            U=input_init(k_u, (D, H), pdt),  # (D, H)
+            b=bias_init(k_b, (H,), pdt),  # (H,)
             nu=jnp.log(a) - jnp.log1p(-a),  # (H,): logit(a)
         )
 
-    def coefficients(params, px):
-        a = jnp.broadcast_to(jax.nn.sigmoid(params.nu), px.shape)  # (..., H)
-        return a, px
+    def coefficients(unit_params, px):
+        (nu,), (px_h,) = unit_params, px
+        a = jnp.broadcast_to(expand(jax.nn.sigmoid(nu), px_h), px_h.shape)  # (..., H)
+        return a, px_h
 
-    return _linear_cell("diagonal_linear_rnn", H, 1, init, coefficients, compute_dtype)
+    return _linear_cell(
+        "diagonal_linear_rnn", config, init, coefficients, lambda params: (params.nu,)
+    )
 
 
 def min_gru(
@@ -170,6 +208,7 @@ def min_gru(
     input_init=initializers.default_input_init,
     bias_init=initializers.default_bias_init,
     dtype: Any = None,
+    param_dtype: Any = jnp.float32,
 ) -> Cell:
     r"""minGRU (Feng et al. 2024): a GRU whose gate and candidate do not see h_{t-1}.
 
@@ -184,6 +223,7 @@ def min_gru(
         hidden_size: H.
         input_init, bias_init: initialisers of U (D, 2H) and b (2H,).
         dtype: optional compute dtype of the input matmul.
+        param_dtype: dtype of the parameters (default float32).
 
     Returns:
         A `Cell` with carry ``RNNCarry(h)`` and output h_t.
@@ -191,23 +231,27 @@ def min_gru(
     References:
         Feng et al., "Were RNNs all we needed?", 2024 (section 3.1).
     """
-    H = check_positive("hidden_size", hidden_size)
-    compute_dtype = check_compute_dtype(dtype)
+    config = LinearCellConfig(
+        hidden_size=check_positive("hidden_size", hidden_size),
+        blocks=2,
+        dtype=check_compute_dtype(dtype),
+        param_dtype=check_param_dtype(param_dtype),
+    )
+    H, pdt = config.hidden_size, config.param_dtype
 
     def init(key, input_size: int) -> MinGRUParams:
         D = check_positive("input_size", input_size)
         k_u, k_b = jax.random.split(key)
         return MinGRUParams(
-            U=input_init(k_u, (D, 2 * H), jnp.float32), b=bias_init(k_b, (2 * H,), jnp.float32)
+            U=input_init(k_u, (D, 2 * H), pdt), b=bias_init(k_b, (2 * H,), pdt)
         )
 
-    def coefficients(params, px):
-        del params
-        k, h_tilde = jnp.split(px, 2, axis=-1)  # (..., H) each
+    def coefficients(unit_params, px):
+        k, h_tilde = px  # (..., H) each
         z = jax.nn.sigmoid(k)
         return 1.0 - z, z * h_tilde
 
-    return _linear_cell("min_gru", H, 2, init, coefficients, compute_dtype)
+    return _linear_cell("min_gru", config, init, coefficients, lambda params: ())
 
 
 def min_lstm(
@@ -216,6 +260,7 @@ def min_lstm(
     input_init=initializers.default_input_init,
     bias_init=initializers.default_bias_init,
     dtype: Any = None,
+    param_dtype: Any = jnp.float32,
 ) -> Cell:
     r"""minLSTM (Feng et al. 2024): forget and input gates from x_t only, normalised to sum 1.
 
@@ -232,6 +277,7 @@ def min_lstm(
         hidden_size: H.
         input_init, bias_init: initialisers of U (D, 3H) and b (3H,).
         dtype: optional compute dtype of the input matmul.
+        param_dtype: dtype of the parameters (default float32).
 
     Returns:
         A `Cell` with carry ``RNNCarry(h)`` and output h_t.
@@ -239,21 +285,25 @@ def min_lstm(
     References:
         Feng et al., "Were RNNs all we needed?", 2024 (section 3.2).
     """
-    H = check_positive("hidden_size", hidden_size)
-    compute_dtype = check_compute_dtype(dtype)
+    config = LinearCellConfig(
+        hidden_size=check_positive("hidden_size", hidden_size),
+        blocks=3,
+        dtype=check_compute_dtype(dtype),
+        param_dtype=check_param_dtype(param_dtype),
+    )
+    H, pdt = config.hidden_size, config.param_dtype
 
     def init(key, input_size: int) -> MinLSTMParams:
         D = check_positive("input_size", input_size)
         k_u, k_b = jax.random.split(key)
         return MinLSTMParams(
-            U=input_init(k_u, (D, 3 * H), jnp.float32), b=bias_init(k_b, (3 * H,), jnp.float32)
+            U=input_init(k_u, (D, 3 * H), pdt), b=bias_init(k_b, (3 * H,), pdt)
         )
 
-    def coefficients(params, px):
-        del params
-        kf, ki, h_tilde = jnp.split(px, 3, axis=-1)  # (..., H) each
+    def coefficients(unit_params, px):
+        kf, ki, h_tilde = px  # (..., H) each
         # f/(f+i) = 1/(1 + i/f) = sigmoid(log i − log f): no division, stable for any logits.
         log_ratio = jax.nn.log_sigmoid(ki) - jax.nn.log_sigmoid(kf)
         return jax.nn.sigmoid(-log_ratio), jax.nn.sigmoid(log_ratio) * h_tilde
 
-    return _linear_cell("min_lstm", H, 3, init, coefficients, compute_dtype)
+    return _linear_cell("min_lstm", config, init, coefficients, lambda params: ())

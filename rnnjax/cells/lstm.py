@@ -2,10 +2,15 @@
 
 Gate order is **(i, f, g, o)** — input, forget, candidate (c̃), output — the same as PyTorch
 and ``jax.experimental.rnn``. The coupled variant has no input gate: its order is (f, g, o).
+
+This module is the one place where the LSTM's equations are written (`lstm_pointwise`); every
+backend of `rnnjax.unroll` and the analysis tools derive from it through the cell's
+`rnnjax.cells.base.Structure`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple
 
 import jax
@@ -16,12 +21,15 @@ from rnnjax.cells.base import (
     Array,
     Cell,
     LSTMCarry,
+    Structure,
     check_compute_dtype,
+    check_param_dtype,
     check_positive,
     expand,
     gate_blocks,
     make_cell,
     matmul,
+    sigmoid,
     zeros_carry,
 )
 
@@ -45,6 +53,56 @@ class LSTMParams(NamedTuple):
     p_o: Array | None = None
 
 
+@dataclasses.dataclass(frozen=True)
+class LSTMConfig:
+    """Hyper-parameters of `lstm` (see its docstring)."""
+
+    hidden_size: int
+    peephole: bool = False
+    coupled: bool = False
+    forget_bias: float = 1.0
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    @property
+    def gates(self) -> int:
+        """K: 4 gate blocks, 3 when coupled."""
+        return 3 if self.coupled else 4
+
+
+def lstm_pointwise(config: LSTMConfig):
+    r"""The LSTM's step after the recurrent matmul (the one definition of its maths).
+
+    With z_k = px_k + hw_k (gate blocks (i, f, g, o)) and peepholes p (zero without):
+
+    .. math::
+        f_t = \sigma(z_f + p_f c_{t-1}), \quad i_t = \sigma(z_i + p_i c_{t-1})
+              \ (\text{coupled: } 1 - f_t), \quad \tilde c_t = \tanh(z_g) \\
+        c_t = f_t c_{t-1} + i_t \tilde c_t, \quad
+        o_t = \sigma(z_o + p_o c_t), \quad m_t = o_t \tanh(c_t)
+    """
+    peephole, coupled = config.peephole, config.coupled
+
+    def pointwise(unit_params, carry: LSTMCarry, px, hw):
+        z = [a + b for a, b in zip(px, hw, strict=True)]  # K x (..., H)
+        zi, zf, zg, zo = [None, *z] if coupled else z
+        c_prev = carry.c
+        if peephole:
+            p_i, p_f, p_o = (None, *unit_params) if coupled else unit_params
+            zf = zf + expand(p_f, zf) * c_prev
+        f = sigmoid(zf)
+        if coupled:
+            i = 1.0 - f
+        else:
+            i = sigmoid(zi + expand(p_i, zi) * c_prev if peephole else zi)
+        c = f * c_prev + i * jnp.tanh(zg)  # (..., H)
+        o = sigmoid(zo + expand(p_o, zo) * c if peephole else zo)
+        h = o * jnp.tanh(c)  # (..., H)
+        return LSTMCarry(h, c), h
+
+    return pointwise
+
+
 def lstm(
     hidden_size: int,
     peephole: bool = False,
@@ -56,6 +114,7 @@ def lstm(
     bias_init=initializers.default_bias_init,
     peephole_init=jax.nn.initializers.zeros,
     dtype: Any = None,
+    param_dtype: Any = jnp.float32,
 ) -> Cell:
     r"""The LSTM of the lecture (Hochreiter & Schmidhuber 1997, with a forget gate).
 
@@ -81,6 +140,7 @@ def lstm(
         input_init, recurrent_init, bias_init: initialisers of U, W (per gate block) and b.
         peephole_init: initialiser of the peephole vectors (default zeros).
         dtype: optional compute dtype of the matmuls (e.g. ``jnp.bfloat16``).
+        param_dtype: dtype of the parameters (default float32).
 
     Returns:
         A `Cell` whose carry is ``LSTMCarry(h=m_t, c=c_t)`` and whose output is m_t.
@@ -97,25 +157,31 @@ def lstm(
         Gers & Schmidhuber, "Recurrent nets that time and count", 2000 (peepholes).
         Greff et al., "LSTM: A search space odyssey", 2017 (coupled gates).
     """
-    H = check_positive("hidden_size", hidden_size)
-    compute_dtype = check_compute_dtype(dtype)
-    gates = 3 if coupled else 4
+    config = LSTMConfig(
+        hidden_size=check_positive("hidden_size", hidden_size),
+        peephole=bool(peephole),
+        coupled=bool(coupled),
+        forget_bias=float(forget_bias),
+        dtype=check_compute_dtype(dtype),
+        param_dtype=check_param_dtype(param_dtype),
+    )
+    H, K, pdt = config.hidden_size, config.gates, config.param_dtype
     forget_slot = 0 if coupled else 1
 
     def init(key, input_size: int) -> LSTMParams:
         D = check_positive("input_size", input_size)
         k_u, k_w, k_b, k_p = jax.random.split(key, 4)
-        b = bias_init(k_b, (gates * H,), jnp.float32)  # (G,)
+        b = bias_init(k_b, (K * H,), pdt)  # (G,)
         b = b.at[forget_slot * H : (forget_slot + 1) * H].add(forget_bias)
-        peep = [None, None, None]
+        peep: list[Array | None] = [None, None, None]
         if peephole:
             k_pi, k_pf, k_po = jax.random.split(k_p, 3)
-            peep = [peephole_init(k, (H,), jnp.float32) for k in (k_pi, k_pf, k_po)]
+            peep = [peephole_init(k, (H,), pdt) for k in (k_pi, k_pf, k_po)]
             if coupled:
                 peep[0] = None
         return LSTMParams(
-            U=gate_blocks(input_init, k_u, D, H, gates),  # (D, G)
-            W=gate_blocks(recurrent_init, k_w, H, H, gates),  # (H, G)
+            U=gate_blocks(input_init, k_u, D, H, K, pdt),  # (D, G)
+            W=gate_blocks(recurrent_init, k_w, H, H, K, pdt),  # (H, G)
             b=b,
             p_i=peep[0],
             p_f=peep[1],
@@ -123,37 +189,30 @@ def lstm(
         )
 
     def initial_carry(params: LSTMParams, batch_shape=()) -> LSTMCarry:
-        del params
-        return LSTMCarry(zeros_carry(batch_shape, H), zeros_carry(batch_shape, H))
+        dt = params.W.dtype
+        return LSTMCarry(zeros_carry(batch_shape, H, dt), zeros_carry(batch_shape, H, dt))
 
     def project(params: LSTMParams, xs: Array) -> Array:
-        xu = matmul(xs, params.U, compute_dtype)  # (..., G)
+        xu = matmul(xs, params.U, config.dtype)  # (..., G)
         return xu + expand(params.b, xu)
 
-    def recur(params: LSTMParams, carry: LSTMCarry, px: Array):
-        z = px + matmul(carry.h, params.W, compute_dtype)  # (..., G)
-        if coupled:
-            zf, zg, zo = jnp.split(z, 3, axis=-1)  # (..., H) each
-        else:
-            zi, zf, zg, zo = jnp.split(z, 4, axis=-1)  # (..., H) each
-        if peephole:
-            zf = zf + expand(params.p_f, zf) * carry.c
-        f = jax.nn.sigmoid(zf)
-        if coupled:
-            i = 1.0 - f
-        else:
-            i = jax.nn.sigmoid(zi + expand(params.p_i, zi) * carry.c if peephole else zi)
-        c = f * carry.c + i * jnp.tanh(zg)  # (..., H)
-        o = jax.nn.sigmoid(zo + expand(params.p_o, zo) * c if peephole else zo)
-        h = o * jnp.tanh(c)  # (..., H)
-        return LSTMCarry(h, c), h
+    def unit_params(params: LSTMParams) -> tuple[Array, ...]:
+        return tuple(p for p in (params.p_i, params.p_f, params.p_o) if p is not None)
 
+    structure = Structure(
+        gates=K,
+        recurrent_weights=lambda params: params.W,
+        unit_params=unit_params,
+        pointwise=lstm_pointwise(config),
+        tied=(True,) * K,
+        compute_dtype=config.dtype,
+    )
     return make_cell(
         name="lstm",
         hidden_size=H,
-        config=dict(peephole=peephole, coupled=coupled, dtype=compute_dtype),
+        config=config,
         init=init,
         initial_carry=initial_carry,
         project=project,
-        recur=recur,
+        structure=structure,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -14,6 +15,7 @@ from rnnjax.cells.base import (
     Cell,
     RNNCarry,
     check_compute_dtype,
+    check_param_dtype,
     check_positive,
     expand,
     make_cell,
@@ -41,6 +43,17 @@ class MultiplicativeRNNParams(NamedTuple):
     b: Array
 
 
+@dataclasses.dataclass(frozen=True)
+class MultiplicativeRNNConfig:
+    """Hyper-parameters of `multiplicative_rnn`."""
+
+    hidden_size: int
+    factors: int
+    activation: str = "tanh"
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+
 def multiplicative_rnn(
     hidden_size: int,
     factors: int,
@@ -50,6 +63,7 @@ def multiplicative_rnn(
     factor_init=jax.nn.initializers.lecun_normal(),
     bias_init=initializers.default_bias_init,
     dtype: Any = None,
+    param_dtype: Any = jnp.float32,
 ) -> Cell:
     r"""The mRNN: each input selects its own recurrent matrix W(x_t) — the lecture's
     "multiplicative interactions".
@@ -59,7 +73,8 @@ def multiplicative_rnn(
         h_t &= \sigma(x_t U + h_{t-1} W(x_t) + b)
 
     (row-vector convention; the factorisation keeps the parameter count at
-    D·H + D·F + 2·H·F instead of D·H² for a full tensor).
+    D·H + D·F + 2·H·F instead of D·H² for a full tensor). W(x_t) changes every step, so the
+    cell has no structured form (`rnnjax.cells.base.Structure`): it runs on ``"scan"``.
 
     Args:
         hidden_size: H.
@@ -67,6 +82,7 @@ def multiplicative_rnn(
         activation: σ (default tanh).
         input_init, factor_init, bias_init: initialisers of U / U_f, W_in / W_out and b.
         dtype: optional compute dtype of the matmuls.
+        param_dtype: dtype of the parameters (default float32).
 
     Returns:
         A `Cell` whose carry is ``RNNCarry(h)``.
@@ -74,25 +90,29 @@ def multiplicative_rnn(
     References:
         Sutskever, Martens & Hinton, "Generating text with recurrent neural networks", 2011.
     """
-    H = check_positive("hidden_size", hidden_size)
-    F = check_positive("factors", factors)
     act_name, act = resolve_activation(activation)
-    compute_dtype = check_compute_dtype(dtype)
+    config = MultiplicativeRNNConfig(
+        hidden_size=check_positive("hidden_size", hidden_size),
+        factors=check_positive("factors", factors),
+        activation=act_name,
+        dtype=check_compute_dtype(dtype),
+        param_dtype=check_param_dtype(param_dtype),
+    )
+    H, F, compute_dtype, pdt = config.hidden_size, config.factors, config.dtype, config.param_dtype
 
     def init(key, input_size: int) -> MultiplicativeRNNParams:
         D = check_positive("input_size", input_size)
         k_u, k_uf, k_wi, k_wo, k_b = jax.random.split(key, 5)
         return MultiplicativeRNNParams(
-            U=input_init(k_u, (D, H), jnp.float32),  # (D, H)
-            U_f=input_init(k_uf, (D, F), jnp.float32),  # (D, F)
-            W_in=factor_init(k_wi, (H, F), jnp.float32),  # (H, F)
-            W_out=factor_init(k_wo, (F, H), jnp.float32),  # (F, H)
-            b=bias_init(k_b, (H,), jnp.float32),  # (H,)
+            U=input_init(k_u, (D, H), pdt),  # (D, H)
+            U_f=input_init(k_uf, (D, F), pdt),  # (D, F)
+            W_in=factor_init(k_wi, (H, F), pdt),  # (H, F)
+            W_out=factor_init(k_wo, (F, H), pdt),  # (F, H)
+            b=bias_init(k_b, (H,), pdt),  # (H,)
         )
 
     def initial_carry(params: MultiplicativeRNNParams, batch_shape=()) -> RNNCarry:
-        del params
-        return RNNCarry(zeros_carry(batch_shape, H))
+        return RNNCarry(zeros_carry(batch_shape, H, params.W_in.dtype))
 
     def project(params: MultiplicativeRNNParams, xs: Array) -> Array:
         U = jnp.concatenate([params.U, params.U_f], axis=-1)  # (D, H + F)
@@ -109,7 +129,7 @@ def multiplicative_rnn(
     return make_cell(
         name="multiplicative_rnn",
         hidden_size=H,
-        config=dict(activation=act_name, factors=F, dtype=compute_dtype),
+        config=config,
         init=init,
         initial_carry=initial_carry,
         project=project,

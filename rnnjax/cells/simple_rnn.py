@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 
 from rnnjax import initializers
 from rnnjax.cells.base import (
     Array,
     Cell,
     RNNCarry,
+    Structure,
     check_compute_dtype,
+    check_param_dtype,
     check_positive,
     expand,
     make_cell,
@@ -36,6 +40,16 @@ class SimpleRNNParams(NamedTuple):
     b: Array
 
 
+@dataclasses.dataclass(frozen=True)
+class SimpleRNNConfig:
+    """Hyper-parameters of `simple_rnn`; ``activation`` is the σ's name (or its __name__)."""
+
+    hidden_size: int
+    activation: str = "tanh"
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+
 def simple_rnn(
     hidden_size: int,
     activation: str | Callable[[Array], Array] = "tanh",
@@ -44,6 +58,7 @@ def simple_rnn(
     recurrent_init=initializers.default_recurrent_init,
     bias_init=initializers.default_bias_init,
     dtype: Any = None,
+    param_dtype: Any = jnp.float32,
 ) -> Cell:
     r"""The Simple RNN: one memory vector, one non-linearity.
 
@@ -54,8 +69,8 @@ def simple_rnn(
         activation: σ: "tanh" (default), "sigmoid", "relu", "identity" or a function.
         input_init, recurrent_init, bias_init: ``jax.nn.initializers``-style functions for
             U, W and b (see `rnnjax.initializers` for Pascanu's schemes and IRNN).
-        dtype: optional compute dtype of the matmuls (e.g. ``jnp.bfloat16``); params and the
-            carry stay float32.
+        dtype: optional compute dtype of the matmuls (e.g. ``jnp.bfloat16``).
+        param_dtype: dtype of the parameters (default float32).
 
     Returns:
         A `Cell` whose carry is ``RNNCarry(h)`` with h = c_t of shape (..., H).
@@ -69,37 +84,50 @@ def simple_rnn(
     References:
         Elman, "Finding structure in time", 1990.
     """
-    H = check_positive("hidden_size", hidden_size)
     act_name, act = resolve_activation(activation)
-    compute_dtype = check_compute_dtype(dtype)
+    config = SimpleRNNConfig(
+        hidden_size=check_positive("hidden_size", hidden_size),
+        activation=act_name,
+        dtype=check_compute_dtype(dtype),
+        param_dtype=check_param_dtype(param_dtype),
+    )
+    H, pdt = config.hidden_size, config.param_dtype
 
     def init(key, input_size: int) -> SimpleRNNParams:
         D = check_positive("input_size", input_size)
         k_u, k_w, k_b = jax.random.split(key, 3)
         return SimpleRNNParams(
-            U=input_init(k_u, (D, H), jax.numpy.float32),  # (D, H)
-            W=recurrent_init(k_w, (H, H), jax.numpy.float32),  # (H, H)
-            b=bias_init(k_b, (H,), jax.numpy.float32),  # (H,)
+            U=input_init(k_u, (D, H), pdt),  # (D, H)
+            W=recurrent_init(k_w, (H, H), pdt),  # (H, H)
+            b=bias_init(k_b, (H,), pdt),  # (H,)
         )
 
     def initial_carry(params: SimpleRNNParams, batch_shape=()) -> RNNCarry:
-        del params
-        return RNNCarry(zeros_carry(batch_shape, H))
+        return RNNCarry(zeros_carry(batch_shape, H, params.W.dtype))
 
     def project(params: SimpleRNNParams, xs: Array) -> Array:
-        xu = matmul(xs, params.U, compute_dtype)  # (..., H)
+        xu = matmul(xs, params.U, config.dtype)  # (..., H)
         return xu + expand(params.b, xu)
 
-    def recur(params: SimpleRNNParams, carry: RNNCarry, px: Array):
-        h = act(px + matmul(carry.h, params.W, compute_dtype))  # (..., H)
+    def pointwise(unit_params, carry: RNNCarry, px, hw):
+        del unit_params, carry
+        h = act(px[0] + hw[0])  # (..., H): c_t = σ(x_t U + b + c_{t-1} W)
         return RNNCarry(h), h
 
+    structure = Structure(
+        gates=1,
+        recurrent_weights=lambda params: params.W,
+        unit_params=lambda params: (),
+        pointwise=pointwise,
+        tied=(True,),
+        compute_dtype=config.dtype,
+    )
     return make_cell(
         name="simple_rnn",
         hidden_size=H,
-        config=dict(activation=act_name, dtype=compute_dtype),
+        config=config,
         init=init,
         initial_carry=initial_carry,
         project=project,
-        recur=recur,
+        structure=structure,
     )

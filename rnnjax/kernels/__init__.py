@@ -1,43 +1,24 @@
 """Backends of `rnnjax.unroll`: how the time loop runs, never what it computes.
 
 ``backend="scan"`` (`rnnjax.kernels.scan`) is the reference; every other backend equals it,
-forward and gradients, on fresh random inputs (tests/test_backends*.py).
+forward and gradients, on fresh random inputs (tests/test_backends*.py). The backend
+signature and the support predicates are in `rnnjax.kernels.base`; the one table of backends
+is `rnnjax.kernels.registry.BACKENDS`.
+
+=================== ==========================================================================
+``scan``            `lax.scan` over ``cell.recur``: any cell; the readable reference
+``fused``           one custom_vjp over the loop, derived from the cell's structured form
+``fused_cpu``       the plain LSTM / GRU loop as one C++ XLA:CPU call (small batch, CPU)
+``associative``     parallel prefix scan for cells linear in the carry
+``pallas``          persistent Pallas kernel (GPU; interpret mode on CPU), derived from the cell
+``pallas_verified`` the same kernels with the GPU-verified per-family element-wise code
+``auto``            the fastest of these whose support predicate accepts the cell
+=================== ==========================================================================
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from rnnjax.kernels.base import Backend, Problem, Support
+from rnnjax.kernels.registry import BACKENDS, choose_backend, get_backend
 
-from rnnjax.kernels.associative import associative_backend
-from rnnjax.kernels.auto import auto_backend
-from rnnjax.kernels.fused import fused_backend
-from rnnjax.kernels.fused_cpu import fused_cpu_backend
-from rnnjax.kernels.pallas import pallas_backend
-from rnnjax.kernels.scan import scan_backend
-
-BACKENDS: dict[str, Callable] = {
-    "scan": scan_backend,
-    "fused": fused_backend,
-    "fused_cpu": fused_cpu_backend,  # the time loop as one XLA:CPU call (kernels/fused_cpu.py)
-    "associative": associative_backend,
-    "auto": auto_backend,  # picks one of the others by platform and shape (kernels/auto.py)
-    "pallas": pallas_backend,  # persistent GPU kernel, W on chip (kernels/pallas.py)
-}
-
-
-def get_backend(name: str) -> Callable:
-    """Returns the backend function registered under ``name`` (ValueError if unknown)."""
-    if not isinstance(name, str) or name not in BACKENDS:
-        raise ValueError(f"unknown backend={name!r}; choose one of {tuple(BACKENDS)}")
-    return BACKENDS[name]
-
-
-__all__ = [
-    "BACKENDS",
-    "associative_backend",
-    "auto_backend",
-    "fused_backend",
-    "fused_cpu_backend",
-    "get_backend",
-    "scan_backend",
-]
+__all__ = ["BACKENDS", "Backend", "Problem", "Support", "choose_backend", "get_backend"]

@@ -15,8 +15,9 @@ h_t, dh_t = g_t + a_{t+1} ⊙ dh_{t+1}, db_t = dh_t and da_t = dh_t ⊙ h_{t-1} 
 `jax.custom_vjp` runs it as a second associative scan instead of differentiating through the
 scan's slicing tree.
 
-The readable reference is the cell's ``recur`` under `rnnjax.kernels.scan.scan_backend`.
-A cell without ``config["linear_coefficients"]`` raises a ValueError.
+The coefficients come from the cell's `rnnjax.cells.base.Structure` (``linear_coefficients``),
+from which the cell's ``recur`` is also defined; the readable reference is that ``recur``
+under `rnnjax.kernels.scan.scan_backend`. A cell without them is refused by `supports`.
 
 References:
     Blelloch, "Prefix sums and their applications", 1990.
@@ -31,7 +32,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from rnnjax.cells.base import Array, Cell
+from rnnjax.cells.base import Array, Cell, split_blocks
+from rnnjax.kernels.base import YES, Backend, Problem, Support, no
 
 
 def _compose(first, second):
@@ -88,9 +90,21 @@ def _recurrence_bwd(residuals, g):
 linear_recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
 
 
-def supports(cell: Cell) -> bool:
-    """Whether ``cell`` exposes the per-step linear coefficients this backend needs."""
-    return callable(cell.config.get("linear_coefficients"))
+def supports(cell: Cell, problem: Problem) -> Support:
+    """Cells linear in their carry (``structure.linear_coefficients``), any platform.
+
+    ``remat`` is accepted: the scan stores only the coefficients (a, b), no per-step
+    activations, which is already what rematerialisation would leave.
+    """
+    del problem
+    s = cell.structure
+    if s is None or s.linear_coefficients is None:
+        return no(
+            f"backend='associative' needs a cell linear in its carry (a Structure with "
+            f"linear_coefficients: diagonal_linear_rnn, min_gru, min_lstm); the {cell.name!r} "
+            f"cell is not; use backend='scan' or 'fused'"
+        )
+    return YES
 
 
 def associative_backend(
@@ -103,11 +117,11 @@ def associative_backend(
     unroll: int = 1,
     remat: bool = False,
 ) -> tuple[Any, Array]:
-    """Backend ``"associative"`` (signature of `rnnjax.kernels.scan.scan_backend`).
+    """Backend ``"associative"`` (signature of `rnnjax.kernels.base.RunFn`).
 
     Args:
-        cell: a cell linear in its carry (``config["linear_coefficients"]``), e.g.
-            `rnnjax.diagonal_linear_rnn`, `rnnjax.min_gru`, `rnnjax.min_lstm`.
+        cell: a cell linear in its carry, e.g. `rnnjax.diagonal_linear_rnn`,
+            `rnnjax.min_gru`, `rnnjax.min_lstm`.
         params: its parameters.
         px: projected inputs, (T, *batch, G).
         carry: initial ``RNNCarry(h)``, h (*batch, H).
@@ -116,19 +130,12 @@ def associative_backend(
 
     Returns:
         ``(final_carry, ys)`` with ys (T, *batch, H).
-
-    Raises:
-        ValueError: for a cell that is not linear in its carry.
     """
     del unroll, remat
-    if not supports(cell):
-        raise ValueError(
-            f"backend='associative' needs a cell linear in its carry with "
-            f"config['linear_coefficients'] (diagonal_linear_rnn, min_gru, min_lstm); the "
-            f"{cell.name!r} cell has none; use backend='scan' or 'fused'"
-        )
+    s = cell.structure
+    assert s is not None and s.linear_coefficients is not None, "see supports"
     (h0,) = jax.tree.leaves(carry)  # (*batch, H)
-    a, b = cell.config["linear_coefficients"](params, px)  # (T, *batch, H) each
+    a, b = s.linear_coefficients(s.unit_params(params), split_blocks(px, s.gates))  # (T, *batch, H)
     if lengths is not None:
         t = jnp.arange(px.shape[0]).reshape((-1,) + (1,) * lengths.ndim)  # (T, *1)
         valid = (t < lengths[None])[..., None]  # (T, *batch, 1)
@@ -139,3 +146,11 @@ def associative_backend(
     final = jax.tree.unflatten(jax.tree.structure(carry), [hs[-1]])
     ys = hs if lengths is None else jnp.where(valid, hs, jnp.zeros_like(hs))
     return final, ys
+
+
+ASSOCIATIVE = Backend(
+    "associative",
+    associative_backend,
+    supports,
+    "parallel prefix scan for cells linear in the carry (O(log T) depth)",
+)

@@ -1,26 +1,30 @@
-r"""The ``"fused"`` backend: one `jax.custom_vjp` over the whole time loop (portable XLA).
+r"""The ``"fused"`` backend: one `jax.custom_vjp` over the whole time loop, derived from the cell.
 
 Autodiff of ``backend="scan"`` stores every intermediate of every step and, in the backward
 loop, adds a small ``h_{t-1}ᵀ dg_t`` weight-gradient matmul per step. The fused backend does
-what cuDNN does (Appleyard et al. 2016):
+what cuDNN does (Appleyard et al. 2016), for ANY cell in the structured form
+(`rnnjax.cells.base.Structure`), with no cell-specific code:
 
-- forward: one `lax.scan` whose step is one fused gate matmul ``h_{t-1} W`` (all gates at once,
-  the input side ``x_t U + b`` is already hoisted by the driver) plus element-wise gate maths;
-  it saves only what the backward needs — the activated gates and the incoming cell state;
-- backward: one reverse `lax.scan` that carries only (dh, dc) and computes ``dg_t Wᵀ`` per
-  step, emitting the gate gradients dg_t (= d px_t);
-- after the loop, the recurrent weight gradient is ONE large matmul over all T·B rows,
-  ``dW = Σ_t h_{t-1}ᵀ dg_t``, and the input-side ``dU = Σ_t x_tᵀ dg_t`` is one matmul by
+- forward: one `lax.scan` whose step is one fused matmul ``hw_t = h_{t-1} W`` (all gates at
+  once; the input side ``x_t U + b`` is already hoisted by the driver) and the cell's own
+  ``pointwise``; it saves only what the backward needs to recompute ``pointwise``: for each
+  *tied* gate block (px_k and hw_k enter only as their sum) the sum z_k = px_k + hw_k, for the
+  others px_k and hw_k, and the carry leaves other than h (h_{t-1} is the previous output);
+- backward: one reverse `lax.scan` that carries the carry's cotangent and, per step, runs the
+  VJP of ``pointwise`` (recomputing the element-wise part from what the forward saved) and
+  ``dh_{t-1} += dhw_t Wᵀ``; the per-unit parameters' gradients are summed in the loop carry;
+- after the loop, the recurrent weight gradient is ONE large matmul over all T·N rows,
+  ``dW = Σ_t h_{t-1}ᵀ dhw_t``, and the input-side ``dU = Σ_t x_tᵀ d px_t`` is one matmul by
   autodiff of the driver's hoisted projection (this backend returns d px).
 
-Each cell family (simple_rnn here, `fused_lstm`, `fused_gru`) supplies a `FusedSpec`: its
-forward step, its hand-written backward step and its weight gradients. The readable reference
-of every spec is the cell's own ``recur`` run by `rnnjax.kernels.scan.scan_backend`; the tests
-(tests/test_backends.py) check outputs, final carry and gradients against it.
+The readable reference is the cell's ``recur`` (defined from the same ``pointwise``) under
+`rnnjax.kernels.scan`; the tests check outputs, final carry and every gradient against it, for
+the library's cells and for a cell defined in a test file.
 
-Lengths freeze the carry and zero the output at t >= length (as the scan backend); reversal
-is done by the driver. ``remat`` is accepted and ignored: the fused backward already stores
-only gates and cell states. A cell the backend does not implement raises a ValueError.
+Lengths freeze the carry and zero the output at t >= length. ``remat=True`` is refused (the
+fused loop already stores only the gate pre-activations and carries; ``backend="scan"`` with
+``remat=True`` stores carries only). Memory per step: N·(G + S·H) numbers for tied gates
+(an LSTM saves z (N, 4H) and c_{t-1} (N, H)), plus N·H per untied block (the GRU's candidate).
 
 References:
     Appleyard, Kočiský & Blunsom, "Optimizing performance of recurrent neural networks on
@@ -31,39 +35,15 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from rnnjax.cells.base import Array, Cell, matmul
+from rnnjax.cells.base import Array, Cell, Structure, matmul, split_blocks
+from rnnjax.kernels.base import YES, Backend, Problem, Support, no, structured
 
-Carry = tuple[Array, ...]  # the carry's leaves, each (N, H): (h,) or (h, c)
-
-
-class FusedSpec(NamedTuple):
-    """How one cell family runs inside the fused loop (all arrays batch-flattened to N rows).
-
-    Attributes:
-        weights: ``params -> tuple`` of the arrays the recurrence reads (W, peepholes, ...;
-            not U or b, which live in the hoisted projection).
-        step: ``(weights, carry, px_t) -> (new_carry, y_t, saved_t)``; saved_t is what the
-            backward step needs (a tuple of (N, ·) arrays).
-        bwd_weights: ``weights -> tuple`` read by the backward step, computed once before the
-            reverse loop (the transposed W: a transposed-operand matmul inside an XLA:CPU
-            loop is ~1.4x slower than a plain one).
-        step_bwd: ``(bwd_weights, saved_t, h_prev_t, y_t, dcarry) -> (dcarry_prev, dpx_t)``:
-            the vector-Jacobian product of one step; ``dcarry`` already includes dy_t.
-        weight_grads: ``(weights, saved, h_prev, dpx) -> dweights``: the weight gradients from
-            the stacked (T, N, ·) residuals and gate gradients, after the loop.
-    """
-
-    weights: Callable[[Any], tuple]
-    step: Callable[..., tuple[Carry, Array, tuple]]
-    bwd_weights: Callable[[tuple], tuple]
-    step_bwd: Callable[..., tuple[Carry, Array]]
-    weight_grads: Callable[..., tuple]
+Leaves = tuple[Array, ...]  # the carry's leaves, each (N, H); h first
 
 
 def sum_outer(a: Array, b: Array, compute_dtype: Any = None) -> Array:
@@ -72,156 +52,181 @@ def sum_outer(a: Array, b: Array, compute_dtype: Any = None) -> Array:
     Args:
         a: (T, N, K), e.g. the previous states h_{t-1}.
         b: (T, N, M), e.g. the gate gradients dg_t.
-        compute_dtype: optional low-precision operand dtype (float32 accumulation).
+        compute_dtype: optional low-precision operand dtype.
 
     Returns:
-        (K, M) float32.
+        (K, M) of dtype ``jnp.result_type(a, b)``.
     """
+    out = jnp.result_type(a, b)
     if compute_dtype is not None:
         a, b = a.astype(compute_dtype), b.astype(compute_dtype)
     dims = (((0, 1), (0, 1)), ((), ()))
-    return jax.lax.dot_general(a, b, dims, preferred_element_type=jnp.float32)
+    return jax.lax.dot_general(a, b, dims, preferred_element_type=out)
 
 
 # ---------------------------------------------------------------------------------------------
-# The loop, forward and backward, shared by every cell family
+# What the forward saves per step, and how the backward rebuilds pointwise's inputs from it
 # ---------------------------------------------------------------------------------------------
 
 
-def _masked(valid: Array, new: Carry, old: Carry) -> Carry:
-    return tuple(jnp.where(valid, n, o) for n, o in zip(new, old, strict=True))
+def _save(s: Structure, px: tuple, hw: tuple | None) -> tuple:
+    """Per step: z_k = px_k + hw_k for tied blocks; (px_k, hw_k) for the others."""
+    if hw is None:
+        return tuple(px)
+    saved = []
+    for k in range(s.gates):
+        saved.append(px[k] + hw[k] if s.tied[k] else (px[k], hw[k]))
+    return tuple(saved)
 
 
-def _forward(spec: FusedSpec, unroll: int, weights, px, carry, lengths):
-    """Runs the fused forward loop; returns (final_carry, ys (T, N, H), saved (T, N, ·))."""
+def _rebuild(s: Structure, saved: tuple, has_w: bool) -> tuple[tuple, tuple | None]:
+    """pointwise's (px, hw) blocks from `_save`'s output (tied: (z_k, 0))."""
+    if not has_w:
+        return tuple(saved), None
+    px, hw = [], []
+    for k in range(s.gates):
+        if s.tied[k]:
+            px.append(saved[k])
+            hw.append(jnp.zeros_like(saved[k]))
+        else:
+            px.append(saved[k][0])
+            hw.append(saved[k][1])
+    return tuple(px), tuple(hw)
 
-    def body(carry, inputs):
+
+def _pointwise_flat(s: Structure, treedef):
+    """pointwise on flat carry leaves: ``(up, leaves, px, hw) -> (new_leaves, y)``."""
+
+    def run(up, leaves, px, hw):
+        new, y = s.pointwise(up, jax.tree.unflatten(treedef, list(leaves)), px, hw)
+        return tuple(jax.tree.leaves(new)), y
+
+    return run
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop, forward and backward
+# ---------------------------------------------------------------------------------------------
+
+
+def _forward(s: Structure, treedef, unroll: int, W, up, px, leaves: Leaves, lengths):
+    """Runs the forward loop; returns (final leaves, ys (T, N, H), saved, other leaves)."""
+    pointwise = _pointwise_flat(s, treedef)
+
+    def body(leaves, inputs):
         px_t, t = inputs  # (N, G), ()
-        new, y, saved = spec.step(weights, carry, px_t)
+        px_b = split_blocks(px_t, s.gates)  # K x (N, H)
+        hw_b = None if W is None else split_blocks(matmul(leaves[0], W, s.compute_dtype), s.gates)
+        new, y = pointwise(up, leaves, px_b, hw_b)
         if lengths is not None:
             valid = (t < lengths)[:, None]  # (N, 1)
-            new = _masked(valid, new, carry)
+            new = tuple(jnp.where(valid, n, o) for n, o in zip(new, leaves, strict=True))
             y = jnp.where(valid, y, jnp.zeros_like(y))
-        return new, (y, saved)
+        return new, (y, _save(s, px_b, hw_b), leaves[1:])
 
     steps = jnp.arange(px.shape[0])  # (T,)
-    final, (ys, saved) = jax.lax.scan(body, carry, (px, steps), unroll=unroll)
-    return final, ys, saved
+    final, (ys, saved, others) = jax.lax.scan(body, leaves, (px, steps), unroll=unroll)
+    return final, ys, saved, others
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def fused_loop(spec: FusedSpec, unroll: int, weights, px, carry, lengths):
-    """The whole time loop as one differentiable op: ``(final_carry, ys)``.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def fused_loop(s: Structure, treedef, unroll: int, W, up, px, leaves: Leaves, lengths):
+    """The whole time loop as one differentiable op: ``(final_leaves, ys)``.
 
     Args:
-        spec: the cell family's `FusedSpec`.
+        s: the cell's `Structure`.
+        treedef: the carry's tree structure.
         unroll: loop steps per iteration (forward and backward).
-        weights: ``spec.weights(params)``.
+        W: ``s.recurrent_weights(params)`` (H, K·H), or None.
+        up: ``s.unit_params(params)``, a tuple of (H,) vectors.
         px: (T, N, G) projected inputs.
-        carry: tuple of (N, H) initial carry leaves.
+        leaves: the initial carry's leaves, each (N, H), h first.
         lengths: None or int (N,).
     """
-    final, ys, _ = _forward(spec, unroll, weights, px, carry, lengths)
+    final, ys, _, _ = _forward(s, treedef, unroll, W, up, px, leaves, lengths)
     return final, ys
 
 
-def _fused_fwd(spec, unroll, weights, px, carry, lengths):
-    final, ys, saved = _forward(spec, unroll, weights, px, carry, lengths)
-    return (final, ys), (weights, saved, ys, carry[0], lengths)
+def _fused_fwd(s, treedef, unroll, W, up, px, leaves, lengths):
+    final, ys, saved, others = _forward(s, treedef, unroll, W, up, px, leaves, lengths)
+    return (final, ys), (W, up, saved, others, ys, leaves[0], lengths)
 
 
-def _fused_bwd(spec, unroll, residuals, cotangents):
-    weights, saved, ys, h0, lengths = residuals
+def _fused_bwd(s, treedef, unroll, residuals, cotangents):
+    W, up, saved, others, ys, h0, lengths = residuals
     dfinal, dys = cotangents  # tuple of (N, H); (T, N, H)
+    pointwise = _pointwise_flat(s, treedef)
+    has_w = W is not None
     # h_{t-1} for every t. With lengths the valid steps are a prefix, so wherever the step is
     # valid its previous state is the previous output (elsewhere the gradient is masked).
     h_prev = jnp.concatenate([h0[None], ys[:-1]], axis=0)  # (T, N, H)
+    W_t = W.T if has_w else None  # (K·H, H), transposed once outside the loop
+    zeros_up = jax.tree.map(jnp.zeros_like, up)
 
-    def body(dcarry, inputs):
-        saved_t, h_prev_t, y_t, dy_t, t = inputs
-        dnew = (dcarry[0] + dy_t, *dcarry[1:])  # y_t = h_t
-        dprev, dpx_t = spec.step_bwd(weights_t, saved_t, h_prev_t, y_t, dnew)
+    def body(acc, inputs):
+        dleaves, dup = acc
+        saved_t, h_prev_t, others_t, dy_t, t = inputs
+        px_b, hw_b = _rebuild(s, saved_t, has_w)
+        prev = (h_prev_t, *others_t)
+        cot = (dleaves, dy_t)
         if lengths is not None:
             valid = (t < lengths)[:, None]  # (N, 1)
-            dprev = _masked(valid, dprev, dcarry)
-            dpx_t = jnp.where(valid, dpx_t, jnp.zeros_like(dpx_t))
-        return dprev, dpx_t
+            cot = jax.tree.map(lambda d: jnp.where(valid, d, jnp.zeros_like(d)), cot)
+        _, vjp = jax.vjp(pointwise, up, prev, px_b, hw_b)
+        dup_t, dprev, dpx_b, dhw_b = vjp(cot)
+        dprev = list(dprev)
+        if has_w:
+            dhw_t = jnp.concatenate(dhw_b, axis=-1) if s.gates > 1 else dhw_b[0]  # (N, G)
+            dprev[0] = dprev[0] + matmul(dhw_t, W_t, s.compute_dtype)  # dhw Wᵀ
+        if lengths is not None:  # past the length the carry's cotangent passes unchanged
+            dprev = [jnp.where(valid, d, o) for d, o in zip(dprev, dleaves, strict=True)]
+        dpx_t = jnp.concatenate(dpx_b, axis=-1) if s.gates > 1 else dpx_b[0]  # (N, G)
+        untied = tuple(dhw_b[k] for k in range(s.gates) if has_w and not s.tied[k])
+        dup = jax.tree.map(jnp.add, dup, dup_t)
+        return (tuple(dprev), dup), (dpx_t, untied)
 
     steps = jnp.arange(ys.shape[0])  # (T,)
-    weights_t = spec.bwd_weights(weights)  # transposed once, outside the loop
-    dcarry0, dpx = jax.lax.scan(
-        body, tuple(dfinal), (saved, h_prev, ys, dys, steps), reverse=True, unroll=unroll
+    (dleaves0, dup), (dpx, dhw_untied) = jax.lax.scan(
+        body,
+        (tuple(dfinal), zeros_up),
+        (saved, h_prev, others, dys, steps),
+        reverse=True,
+        unroll=unroll,
     )  # dpx: (T, N, G)
-    dweights = spec.weight_grads(weights, saved, h_prev, dpx)
-    return dweights, dpx, dcarry0, None
+    dW = None
+    if has_w:
+        # dhw = dpx on the tied blocks; the untied blocks came out of the loop separately.
+        blocks, j = [], 0
+        for k, dpx_k in enumerate(split_blocks(dpx, s.gates)):
+            if s.tied[k]:
+                blocks.append(dpx_k)
+            else:
+                blocks.append(dhw_untied[j])
+                j += 1
+        dhw = jnp.concatenate(blocks, axis=-1) if s.gates > 1 else blocks[0]  # (T, N, G)
+        dW = sum_outer(h_prev, dhw, s.compute_dtype).astype(W.dtype)  # (H, G): one matmul
+    return dW, dup, dpx, dleaves0, None
 
 
 fused_loop.defvjp(_fused_fwd, _fused_bwd)
 
 
 # ---------------------------------------------------------------------------------------------
-# Simple RNN: h_t = σ(px_t + h_{t-1} W)
+# The backend
 # ---------------------------------------------------------------------------------------------
 
-# σ'(a) written with the output y = σ(a), so nothing but the outputs needs saving.
-_DERIVATIVE_FROM_OUTPUT: dict[str, Callable[[Array], Array]] = {
-    "tanh": lambda y: 1.0 - y * y,
-    "sigmoid": lambda y: y * (1.0 - y),
-    "relu": lambda y: (y > 0).astype(y.dtype),
-    "identity": lambda y: jnp.ones_like(y),
-}
 
-
-def simple_rnn_spec(cell: Cell) -> FusedSpec:
-    """The fused Simple RNN for the named activations of `rnnjax.cells.ACTIVATIONS`."""
-    name = cell.config["activation"]
-    if name not in _DERIVATIVE_FROM_OUTPUT:
-        raise ValueError(
-            f"the fused backend supports simple_rnn activations {tuple(_DERIVATIVE_FROM_OUTPUT)}"
-            f", not activation={name!r}; use backend='scan'"
+def supports(cell: Cell, problem: Problem) -> Support:
+    """Any cell in the structured form, on any platform, without ``remat``."""
+    ok = structured(cell, "fused", recurrent=False)
+    if not ok:
+        return ok
+    if problem.remat:
+        return no(
+            "backend='fused' already stores only the gate pre-activations and the carries; "
+            "remat=True (carries only) is backend='scan'"
         )
-    from rnnjax.cells.base import ACTIVATIONS
-
-    act, derivative = ACTIVATIONS[name][0], _DERIVATIVE_FROM_OUTPUT[name]
-    cd = cell.config["dtype"]
-
-    def step(weights, carry, px_t):
-        (W,), (h,) = weights, carry
-        h_new = act(px_t + matmul(h, W, cd))  # (N, H)
-        return (h_new,), h_new, ()
-
-    def step_bwd(weights_t, saved_t, h_prev_t, y_t, dcarry):
-        del saved_t, h_prev_t
-        da = dcarry[0] * derivative(y_t)  # (N, H)
-        return (matmul(da, weights_t[0], cd),), da
-
-    def weight_grads(weights, saved, h_prev, dpx):
-        return (sum_outer(h_prev, dpx, cd),)  # dW (H, H): one matmul
-
-    return FusedSpec(lambda p: (p.W,), step, lambda w: (w[0].T,), step_bwd, weight_grads)
-
-
-def spec_for(cell: Cell) -> FusedSpec:
-    """The `FusedSpec` of ``cell``; ValueError for a cell family the backend does not run."""
-    from rnnjax.kernels.fused_gru import gru_spec
-    from rnnjax.kernels.fused_lstm import lstm_spec
-
-    specs = {"simple_rnn": simple_rnn_spec, "lstm": lstm_spec, "gru": gru_spec}
-    if cell.name not in specs:
-        raise ValueError(
-            f"backend='fused' supports the cells {tuple(specs)}, not the {cell.name!r} cell; "
-            f"use backend='scan'"
-        )
-    return specs[cell.name](cell)
-
-
-def supports(cell: Cell) -> bool:
-    """Whether the fused backend runs ``cell``."""
-    try:
-        spec_for(cell)
-    except ValueError:
-        return False
-    return True
+    return YES
 
 
 def fused_backend(
@@ -234,34 +239,39 @@ def fused_backend(
     unroll: int = 1,
     remat: bool = False,
 ) -> tuple[Any, Array]:
-    """Backend ``"fused"`` (signature of `rnnjax.kernels.scan.scan_backend`).
+    """Backend ``"fused"`` (signature of `rnnjax.kernels.base.RunFn`).
 
     Args:
-        cell: a simple_rnn (named activation), lstm (any peephole / coupled variant) or gru
-            (either ``reset_after``) cell.
+        cell: any cell with a `rnnjax.cells.base.Structure`.
         params: its parameters.
         px: projected inputs, (T, *batch, G).
-        carry: initial carry, leaves (*batch, H).
+        carry: initial carry, leaves (*batch, H), h first.
         lengths: None or int (*batch,).
         unroll: loop steps per iteration, forward and backward.
-        remat: ignored (the fused backward already saves only gates and cell states).
+        remat: must be False (see the module docstring).
 
     Returns:
         ``(final_carry, ys)`` with ys (T, *batch, H).
-
-    Raises:
-        ValueError: for a cell the fused backend does not implement.
     """
-    del remat
-    spec = spec_for(cell)
+    del remat  # refused by `supports`, which the driver consults first
+    s = cell.structure
+    assert s is not None, "backend='fused' needs a structured cell (see supports)"
     T, batch = px.shape[0], px.shape[1:-1]
     N = math.prod(batch)
-    leaves = tuple(leaf.reshape(N, leaf.shape[-1]) for leaf in jax.tree.leaves(carry))  # (N, H)
+    flat, treedef = jax.tree.flatten(carry)
+    leaves = tuple(leaf.reshape(N, leaf.shape[-1]) for leaf in flat)  # (N, H) each
     flat_lengths = None if lengths is None else lengths.reshape(N)  # (N,)
+    W, up = s.recurrent_weights(params), tuple(s.unit_params(params))
     final, ys = fused_loop(
-        spec, unroll, spec.weights(params), px.reshape(T, N, px.shape[-1]), leaves, flat_lengths
+        s, treedef, unroll, W, up, px.reshape(T, N, px.shape[-1]), leaves, flat_lengths
     )
-    final = jax.tree.unflatten(
-        jax.tree.structure(carry), [leaf.reshape(*batch, leaf.shape[-1]) for leaf in final]
-    )
+    final = jax.tree.unflatten(treedef, [leaf.reshape(*batch, leaf.shape[-1]) for leaf in final])
     return final, ys.reshape(T, *batch, ys.shape[-1])
+
+
+FUSED = Backend(
+    "fused",
+    fused_backend,
+    supports,
+    "custom_vjp over the whole loop, derived from the cell's pointwise; dW as one matmul",
+)

@@ -8,14 +8,19 @@ forward loop and the backward loop each as one C++ call (``fused_cpu.cc``), with
 activated gates and the incoming cell states, the backward carries only (dh, dc) and returns
 d px, and dW = Σ_t h_{t-1}ᵀ dg_t is one XLA matmul after the backward call.
 
-The C++ is compiled with the system's ``g++`` on first use into ``$RNNJAX_CACHE`` (default
-``~/.cache/rnnjax``), keyed by the source's hash; where that fails, or off CPU, or for a cell
-other than the plain float32 LSTM, the backend raises ValueError (so ``backend="auto"`` skips
-it and uses ``"fused"``). The loop is single-threaded: it is meant for small batches.
-Supported: the plain float32 LSTM and the float32 GRU with ``reset_after=True``.
+It is a hand-written *specialisation*, kept because ``make bench`` measures it faster than the
+generic ``"fused"`` loop at batch <= 4 (``benchmarks/results/cpu_speed.md``). It runs exactly
+two cells — the plain LSTM (`rnnjax.cells.lstm.LSTMConfig` without peepholes or coupling) and
+the GRU with ``reset_after=True`` — in float32, and the tests check it against the generic
+``"fused"`` backend and ``"scan"``. The equations of ``fused_cpu.cc`` restate those of
+`rnnjax.cells.lstm.lstm_pointwise` and `rnnjax.cells.gru.gru_pointwise`.
 
-The readable reference is the cell's ``recur`` under `rnnjax.kernels.scan.scan_backend`;
-`rnnjax.kernels.fused_lstm` and `rnnjax.kernels.fused_gru` have the same equations in jnp.
+Building: the C++ is compiled with the system's ``g++`` by `build` — explicitly, never inside
+a trace — into ``$RNNJAX_CACHE`` (default ``~/.cache/rnnjax``), keyed by the source's hash and
+the CPU's flags; ``make`` builds it when it installs the package (``python -m
+rnnjax.kernels.fused_cpu``). Until it is built, `supports` answers no (with the reason) and
+``backend="auto"`` uses ``"fused"``. Under `jax.vmap` the call runs once per mapped example
+(``vmap_method="sequential"``). The loop is single-threaded: it is meant for small batches.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import hashlib
 import os
 import platform
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +39,9 @@ import jax
 import jax.numpy as jnp
 
 from rnnjax.cells.base import Array, Cell
+from rnnjax.cells.gru import GRUConfig
+from rnnjax.cells.lstm import LSTMConfig
+from rnnjax.kernels.base import YES, Backend, Problem, Support, no
 from rnnjax.kernels.fused import sum_outer
 
 SOURCE = Path(__file__).with_name("fused_cpu.cc")
@@ -48,45 +57,76 @@ def _cpu_flags() -> bytes:
         return platform.machine().encode()
 
 
-@functools.cache
-def _library() -> str | None:
-    """Compiles and registers the kernels once; returns an error message or None."""
+def library_path() -> Path:
+    """Where the compiled kernel lives for this source and this CPU."""
+    key = SOURCE.read_bytes() + _cpu_flags()  # -march=native: one build per CPU kind
+    cache = Path(os.environ.get("RNNJAX_CACHE", Path.home() / ".cache" / "rnnjax"))
+    return cache / f"fused_cpu_{hashlib.sha256(key).hexdigest()[:16]}.so"
+
+
+def build() -> Path:
+    """Compiles the kernel with ``g++`` if it is not built yet; returns the library's path.
+
+    Call it before tracing (``make`` does, at install). Raises RuntimeError with the
+    compiler's message where the build fails.
+    """
+    lib = library_path()
+    if lib.exists():
+        return lib
+    lib.parent.mkdir(parents=True, exist_ok=True)
+    tmp = lib.with_suffix(f".{os.getpid()}.tmp")
+    cmd = ["g++", "-O3", "-march=native", "-std=c++17", "-shared", "-fPIC"]
+    cmd += ["-I", jax.ffi.include_dir(), str(SOURCE), "-o", str(tmp)]
     try:
-        key = SOURCE.read_bytes() + _cpu_flags()  # -march=native: one build per CPU kind
-        cache = Path(os.environ.get("RNNJAX_CACHE", Path.home() / ".cache" / "rnnjax"))
-        cache.mkdir(parents=True, exist_ok=True)
-        lib = cache / f"fused_cpu_{hashlib.sha256(key).hexdigest()[:16]}.so"
-        if not lib.exists():
-            tmp = lib.with_suffix(f".{os.getpid()}.tmp")
-            cmd = ["g++", "-O3", "-march=native", "-std=c++17", "-shared", "-fPIC"]
-            cmd += ["-I", jax.ffi.include_dir(), str(SOURCE), "-o", str(tmp)]
-            subprocess.run(cmd, check=True, capture_output=True, timeout=300)
-            tmp.replace(lib)  # atomic: concurrent builders never see a partial file
-        dll = ctypes.cdll.LoadLibrary(str(lib))
-        for name in KERNELS:
-            jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(dll, name)), "cpu")
+        subprocess.run(cmd, check=True, capture_output=True, timeout=600)
     except (OSError, subprocess.SubprocessError) as e:
-        return f"{type(e).__name__}: {e}"
+        detail = getattr(e, "stderr", b"") or b""
+        raise RuntimeError(f"building {SOURCE.name} failed: {e} {detail[-400:]!r}") from e
+    tmp.replace(lib)  # atomic: concurrent builders never see a partial file
+    return lib
+
+
+@functools.cache
+def _register() -> None:
+    """Loads the built library and registers its FFI targets (once; no compilation)."""
+    dll = ctypes.cdll.LoadLibrary(str(library_path()))
+    for name in KERNELS:
+        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(dll, name)), "cpu")
+
+
+def _specialised(cell: Cell) -> str | None:
+    """"lstm" / "gru" if the cell is one the C++ loop implements, else None."""
+    cfg = cell.config
+    if isinstance(cfg, LSTMConfig) and not (cfg.peephole or cfg.coupled) and cfg.dtype is None:
+        return "lstm"
+    if isinstance(cfg, GRUConfig) and cfg.reset_after and cfg.dtype is None:
+        return "gru"
     return None
 
 
-def check(cell: Cell) -> None:
-    """Raises ValueError unless this backend can run ``cell`` here."""
-    platform = jax.devices()[0].platform
-    if platform != "cpu":
-        raise ValueError(f"backend='fused_cpu' is an XLA:CPU kernel, not for {platform!r}")
-    cfg = cell.config
-    plain_lstm = cell.name == "lstm" and not (cfg["peephole"] or cfg["coupled"])
-    gru = cell.name == "gru" and cfg["reset_after"]
-    if not (plain_lstm or gru) or cfg.get("dtype") is not None:
-        raise ValueError(
-            f"backend='fused_cpu' runs the plain float32 LSTM and the float32 GRU "
-            f"(reset_after=True), not the {cell.name!r} cell with config {cfg}; use "
-            f"backend='fused'"
+def supports(cell: Cell, problem: Problem) -> Support:
+    """The plain float32 LSTM and GRU (reset_after) on CPU, once the kernel is built."""
+    if problem.platform != "cpu":
+        return no(f"backend='fused_cpu' is an XLA:CPU kernel, not for {problem.platform!r}")
+    if _specialised(cell) is None:
+        return no(
+            "backend='fused_cpu' runs the plain LSTM and the GRU with reset_after=True "
+            f"(no compute dtype), not this {cell.name!r} cell ({cell.config}); use 'fused'"
         )
-    error = _library()
-    if error is not None:
-        raise ValueError(f"backend='fused_cpu' could not build its kernel ({error})")
+    if problem.dtype != jnp.float32:
+        return no(f"backend='fused_cpu' is float32 only, got carry dtype {problem.dtype}")
+    if problem.remat:
+        return no("backend='fused_cpu' keeps gates and cell states; remat=True is 'scan'")
+    if not library_path().exists():
+        return no(
+            "backend='fused_cpu' is not built: run rnnjax.kernels.fused_cpu.build() (or "
+            "`python -m rnnjax.kernels.fused_cpu`) before tracing"
+        )
+    return YES
+
+
+def _call(name: str, out):
+    return jax.ffi.ffi_call(name, out, vmap_method="sequential")
 
 
 def _shapes(*arrays_or_shapes):
@@ -104,7 +144,7 @@ def _forward(W, px, h0, c0, lengths):
     T, N, G = px.shape
     H = G // 4
     out = _shapes((T, N, H), (T, N, G), (T, N, H), (N, H), (N, H))
-    return jax.ffi.ffi_call("RnnjaxLstmForward", out)(px, W, h0, c0, lengths)
+    return _call("RnnjaxLstmForward", out)(px, W, h0, c0, lengths)
 
 
 def _loop_fwd(W, px, h0, c0, lengths):
@@ -116,7 +156,7 @@ def _loop_bwd(residuals, cotangents):
     W, gates, c_prev, ys, h0, lengths = residuals
     dhT, dcT, dys = cotangents
     out = _shapes(gates.shape, h0.shape, h0.shape)
-    call = jax.ffi.ffi_call("RnnjaxLstmBackward", out)
+    call = _call("RnnjaxLstmBackward", out)
     dpx, dh0, dc0 = call(W.T, gates, c_prev, dys, dhT, dcT, lengths)
     h_prev = jnp.concatenate([h0[None], ys[:-1]], axis=0)  # (T, N, H), as in fused.py
     return sum_outer(h_prev, dpx), dpx, dh0, dc0, None  # dW: one matmul
@@ -136,7 +176,7 @@ def _gru_forward(W, b_hn, px, h0, lengths):
     T, N, G = px.shape
     H = G // 3
     out = _shapes((T, N, H), (T, N, 4 * H), (N, H))
-    return jax.ffi.ffi_call("RnnjaxGruForward", out)(px, W, b_hn, h0, lengths)
+    return _call("RnnjaxGruForward", out)(px, W, b_hn, h0, lengths)
 
 
 def _gru_fwd(W, b_hn, px, h0, lengths):
@@ -149,7 +189,7 @@ def _gru_bwd(residuals, cotangents):
     dhT, dys = cotangents
     H = h0.shape[-1]
     h_prev = jnp.concatenate([h0[None], ys[:-1]], axis=0)  # (T, N, H)
-    call = jax.ffi.ffi_call("RnnjaxGruBackward", _shapes((*ys.shape[:2], 3 * H), h0.shape))
+    call = _call("RnnjaxGruBackward", _shapes((*ys.shape[:2], 3 * H), h0.shape))
     dpx, dh0 = call(W.T, saved, h_prev, dys, dhT, lengths)
     r, dn = saved[..., :H], dpx[..., 2 * H :]  # (T, N, H) each
     da = jnp.concatenate([dpx[..., : 2 * H], dn * r], axis=-1)  # (T, N, 3H)
@@ -170,13 +210,12 @@ def fused_cpu_backend(
     unroll: int = 1,
     remat: bool = False,
 ) -> tuple[Any, Array]:
-    """Backend ``"fused_cpu"`` (signature of `rnnjax.kernels.scan.scan_backend`).
+    """Backend ``"fused_cpu"`` (signature of `rnnjax.kernels.base.RunFn`).
 
-    ``unroll`` and ``remat`` are ignored (there is no XLA loop). Raises ValueError where the
-    kernel cannot run (see `check`).
+    ``unroll`` is ignored (there is no XLA loop); ``remat`` is refused by `supports`.
     """
     del unroll, remat
-    check(cell)
+    _register()
     T, batch, G = px.shape[0], px.shape[1:-1], px.shape[-1]
     N = 1
     for b in batch:
@@ -186,7 +225,7 @@ def fused_cpu_backend(
     lens = jnp.full((N,), T, jnp.int32) if lengths is None else lengths.reshape(N)
     lens = lens.astype(jnp.int32)
     px = px.reshape(T, N, G)
-    if cell.name == "lstm":
+    if _specialised(cell) == "lstm":
         hT, cT, ys = lstm_loop(params.W, px, *leaves, lens)
         final = [hT, cT]
     else:
@@ -194,3 +233,18 @@ def fused_cpu_backend(
         final = [hT]
     final = [leaf.reshape(*batch, H) for leaf in final]
     return jax.tree.unflatten(jax.tree.structure(carry), final), ys.reshape(T, *batch, H)
+
+
+FUSED_CPU = Backend(
+    "fused_cpu",
+    fused_cpu_backend,
+    supports,
+    "the plain LSTM / GRU loop as one C++ XLA:CPU call (small batches)",
+)
+
+
+if __name__ == "__main__":  # python -m rnnjax.kernels.fused_cpu: build before first use
+    try:
+        print(build())
+    except RuntimeError as e:  # no compiler: the other backends still work
+        print(f"fused_cpu not built ({e}); backend='auto' will use 'fused'", file=sys.stderr)

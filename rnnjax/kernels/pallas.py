@@ -9,11 +9,22 @@ dhw_t is a single matmul after the backward loop (Appleyard et al. 2016). The ke
 `jax.custom_vjp` that wires them, and `persistent_rnn_reference`, the plain-jnp definition
 they must equal.
 
-Supported: ``lstm`` (plain, peephole, coupled), ``gru`` (reset_after=True), ``simple_rnn``
-(tanh / relu / sigmoid / identity), float32 or a bfloat16 compute dtype, lengths, gradients
-with respect to params, inputs and the initial carry. Reverse and bidirectional come from the
-driver. ``unroll`` is ignored (the kernel's loop is its own); ``remat`` changes nothing: the
-kernel always stores the recurrent pre-activations and carries (like cuDNN's reserve space).
+Supported: every cell in the structured form (`rnnjax.cells.base.Structure`) with a recurrent
+matrix and an element-wise ``pointwise`` — the Simple RNN, every LSTM variant, the GRU with
+``reset_after=True`` and any such cell a user writes — in float32 or with a bfloat16 compute
+dtype, with lengths and gradients with respect to params, inputs and the initial carry. The
+kernels trace the cell's own ``pointwise`` on each program's slice of units (forward) and its
+VJP (backward): no cell's equations are written here. Reverse and bidirectional come from
+the driver. ``unroll`` is ignored (the kernel's loop is its own); ``remat=True`` is refused:
+the kernel always stores the recurrent pre-activations and carries (like cuDNN's reserve
+space).
+
+GPU status: the kernels' loops, barriers and exchange buffers are those measured on an H100
+(``benchmarks/results/gpu_NVIDIA_H100_80GB_HBM3.md``), but there they ran hand-written
+per-family element-wise code; this generic form (tracing the cell's ``pointwise``) has run in
+interpret mode only. Until it has run on a GPU, ``backend="pallas_verified"``
+(`rnnjax.kernels.pallas_verified`) keeps the GPU-verified per-family code selectable, and
+``backend="auto"`` prefers it on GPU.
 Matmul precision follows ``jax.default_matmul_precision`` (TF32 by default on GPU, IEEE
 float32 under "highest"), as the XLA backends do.
 
@@ -41,12 +52,14 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from rnnjax.cells.base import ACTIVATIONS, Array, Cell
+from rnnjax.cells.base import Array, Cell
+from rnnjax.kernels.base import YES, Backend, Problem, Support, no, structured
 from rnnjax.kernels.pallas_kernels import Family, Plan, backward_call, forward_call
 
 RESIDENT_BYTES = 128 * 1024  # W block per program (half an H100 SM's register file)
@@ -55,42 +68,47 @@ BLOCKS = (16, 32, 64, 128)  # batch rows per program, smallest first
 FALLBACK_SMS = 64  # grid limit when the device does not report its SM count
 
 
-def cell_family(cell: Cell, params: Any) -> tuple[Family, list[Array]]:
-    """The kernel arithmetic of ``cell`` and its per-unit parameter vectors (each (H,)).
+def family_of(cell: Cell, params: Any) -> tuple[Family, list[Array]]:
+    """The kernel arithmetic of a structured cell and its per-unit parameter vectors (H,).
 
-    Raises:
-        ValueError: for a cell the kernels do not implement.
+    The family's ``pointwise`` is the cell's own, called on lists of (rows, units) slices.
     """
-    cfg = cell.config
-    if cell.name == "lstm":
-        peep, coupled = bool(cfg.get("peephole")), bool(cfg.get("coupled"))
-        vecs = [v for v in (params.p_i, params.p_f, params.p_o) if v is not None] if peep else []
-        family = Family("lstm", 3 if coupled else 4, 2, len(vecs), True, peep, coupled)
-        return family, vecs
-    if cell.name == "gru":
-        if not cfg.get("reset_after", True):
-            raise ValueError(
-                "backend='pallas' implements the GRU with reset_after=True only (PyTorch / "
-                "cuDNN form); got reset_after=False: use backend='scan'"
-            )
-        return Family("gru", 3, 1, 1, False), [params.b_hn]
-    if cell.name == "simple_rnn":
-        act = cfg.get("activation")
-        if act not in ACTIVATIONS:
-            raise ValueError(
-                f"backend='pallas' needs a named activation {tuple(ACTIVATIONS)}, got {act=}"
-            )
-        return Family("simple_rnn", 1, 1, 0, True, activation=act), []
-    raise ValueError(
-        f"backend='pallas' supports the lstm, gru and simple_rnn cells, not {cell.name!r}"
-    )
+    s = cell.structure
+    assert s is not None, "see supports"
+    carry = jax.eval_shape(lambda: cell.initial_carry(params, ()))
+    treedef = jax.tree.structure(carry)
+    vecs = list(s.unit_params(params))
+
+    def pointwise(px: list, hw: list, state: list, pv: list) -> list:
+        new, _ = s.pointwise(tuple(pv), jax.tree.unflatten(treedef, state), tuple(px), tuple(hw))
+        return list(jax.tree.leaves(new))
+
+    family = Family(cell.name, s.gates, treedef.num_leaves, len(vecs), all(s.tied), pointwise)
+    return family, vecs
+
+
+def structured_for_pallas(cell: Cell, name: str) -> Support:
+    """What the persistent kernels need of a cell's structure (shared with the verified path)."""
+    ok = structured(cell, name)
+    if not ok:
+        return ok
+    s = cell.structure
+    assert s is not None
+    if s.linear_coefficients is not None:
+        return no(f"backend={name!r} needs a recurrent matrix; this cell is linear in its carry")
+    if not s.elementwise:
+        return no(
+            f"backend={name!r} splits the hidden units across programs, so pointwise must be "
+            f"element-wise per unit; the {cell.name!r} cell's is not (use backend='fused')"
+        )
+    return YES
 
 
 def _round_up(x: int, m: int) -> int:
     return -(-x // m) * m
 
 
-def make_plan(
+def plan_or_reason(
     family: Family,
     T: int,
     B: int,
@@ -102,11 +120,14 @@ def make_plan(
     block_batch: int | None = None,
     slice_size: int = SLICE,
     num_warps: int | None = None,
-) -> Plan:
-    """Chooses the launch geometry, or raises ValueError where W cannot stay on chip.
+) -> Plan | str:
+    """The launch geometry, or the reason (a sentence) why W cannot stay on chip.
+
+    Pure: reads only its arguments, so the backend's support predicate can ask it.
 
     Args:
-        family, T, B, H: the problem.
+        family, T, B, H: the problem (only ``family.gates`` and ``family.name`` are read
+            for the geometry).
         compute_dtype: matmul operand dtype (None = float32).
         interpret: Pallas interpret mode (no residency limits apply there).
         num_sms: streaming multiprocessors of the GPU (the grid must not exceed it).
@@ -115,14 +136,14 @@ def make_plan(
         num_warps: Triton warps; None picks 4, or 8 when W's block exceeds 32 KiB.
     """
     if slice_size < 16 or slice_size % 16:
-        raise ValueError(f"slice_size must be a positive multiple of 16, got {slice_size=}")
+        return f"slice_size must be a positive multiple of 16, got {slice_size=}"
     Hp = _round_up(H, slice_size)
     kc = math.gcd(Hp, 128)
     itemsize = jnp.dtype(compute_dtype or jnp.float32).itemsize
     gates = 1 << (family.gates - 1).bit_length()  # GRU's 3 gates are held as 4 (Triton)
     resident = Hp * gates * slice_size * itemsize
     if resident > RESIDENT_BYTES and not interpret:
-        raise ValueError(
+        return (
             f"backend='pallas' keeps W on chip: a {family.name} with H={H} needs "
             f"{resident // 1024} KiB of W per program (Hp={Hp} x {gates} gates x "
             f"{slice_size} units x {itemsize} B) but the limit is {RESIDENT_BYTES // 1024} "
@@ -142,18 +163,26 @@ def make_plan(
         if limit is None or n_prog <= limit:
             break
     else:
-        raise ValueError(
+        return (
             f"backend='pallas' runs all programs at once: H={H} needs {n_slices} slices and "
             f"B={B} needs {-(-B // choices[-1])} blocks of {choices[-1]} rows, "
             f"{n_prog} programs > {limit} SMs; split the batch or use backend='scan'"
         )
     if bB < 16 or bB & (bB - 1):
-        raise ValueError(f"block_batch must be a power of two >= 16, got {bB}")
+        return f"block_batch must be a power of two >= 16, got {bB}"
     if num_warps is None:
         num_warps = 4 if resident <= 32 * 1024 else 8
     return Plan(
         family, T, _round_up(B, bB), Hp, bB, slice_size, kc, compute_dtype, interpret, num_warps
     )
+
+
+def make_plan(*args: Any, **kwargs: Any) -> Plan:
+    """`plan_or_reason`, raising ValueError with the reason where there is no plan."""
+    plan = plan_or_reason(*args, **kwargs)
+    if isinstance(plan, str):
+        raise ValueError(plan)
+    return plan
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,45 +275,84 @@ def _pad_gates(x: Array, K: int, H: int, Hp: int) -> Array:
     return x.reshape(*x.shape[:-2], K * Hp)
 
 
+def _num_sms(platform: str) -> int | None:
+    if platform != "gpu":
+        return None
+    return getattr(jax.devices()[0], "core_count", None) or FALLBACK_SMS  # one program per SM
+
+
 def make_pallas_backend(
     *,
+    name: str = "pallas",
+    family_fn: Callable[[Cell, Any], tuple[Family, list[Array]]] = family_of,
+    cell_check: Callable[[Cell, str], Support] = structured_for_pallas,
     interpret: bool | None = None,
     block_batch: int | None = None,
     slice_size: int = SLICE,
     num_warps: int | None = None,
-):
-    """Builds a ``"pallas"`` backend with explicit kernel options (for tuning and tests).
+) -> Backend:
+    """Builds a persistent-kernel `Backend` with explicit kernel options (tuning and tests).
 
     Args:
+        name: the backend's name (in messages).
+        family_fn: ``(cell, params) -> (Family, unit vectors)``: how the kernels see the cell
+            (default: derived from its structure).
+        cell_check: ``(cell, name) -> Support``: which cells ``family_fn`` covers.
         interpret: run through the Pallas interpreter; None = automatically on CPU.
-        block_batch, slice_size, num_warps: see `make_plan`.
+        block_batch, slice_size, num_warps: see `plan_or_reason`.
     """
 
-    def backend(cell, params, px, carry, lengths, *, unroll=1, remat=False):
-        del unroll, remat  # the kernel owns its loop and always keeps its residuals
-        family, vecs = cell_family(cell, params)
-        platform = _platform()
-        use_interpret = platform == "cpu" if interpret is None else interpret
-        if not use_interpret and platform != "gpu":
-            raise ValueError(
-                f"backend='pallas' has GPU (Triton) kernels only, not {platform!r}: use "
-                f"backend='scan' or 'fused' there, or make_pallas_backend(interpret=True)"
+    def use_interpret(platform: str) -> bool:
+        return platform == "cpu" if interpret is None else interpret
+
+    def supports(cell: Cell, problem: Problem) -> Support:
+        ok = cell_check(cell, name)
+        if not ok:
+            return ok
+        if problem.remat:
+            return no(f"backend={name!r} always stores its residuals; remat=True is 'scan'")
+        if problem.dtype != jnp.float32:
+            return no(f"backend={name!r} keeps float32 carries, got {problem.dtype}")
+        if not use_interpret(problem.platform) and problem.platform != "gpu":
+            return no(
+                f"backend={name!r} has GPU (Triton) kernels only, not {problem.platform!r}: "
+                f"use 'fused' there, or make_pallas_backend(interpret=True)"
             )
+        s = cell.structure
+        assert s is not None
+        shape_only = Family(cell.name, s.gates, 1, 0, True, lambda *a: [])
+        plan = plan_or_reason(
+            shape_only,
+            problem.steps,
+            problem.batch,
+            cell.hidden_size,
+            s.compute_dtype,
+            interpret=use_interpret(problem.platform),
+            num_sms=_num_sms(problem.platform),
+            block_batch=block_batch,
+            slice_size=slice_size,
+            num_warps=num_warps,
+        )
+        return no(plan) if isinstance(plan, str) else YES
+
+    def run(cell, params, px, carry, lengths, *, unroll=1, remat=False):
+        del unroll, remat  # the kernel owns its loop; remat is refused by supports
+        family, vecs = family_fn(cell, params)
+        s = cell.structure
+        assert s is not None
+        platform = _platform()
         T, H, K = px.shape[0], cell.hidden_size, family.gates
         batch = px.shape[1:-1]
         B = math.prod(batch)
-        num_sms = None
-        if platform == "gpu":  # all programs must be resident: at most one per SM
-            num_sms = getattr(jax.devices()[0], "core_count", None) or FALLBACK_SMS
-        cd = cell.config.get("dtype")
+        cd = s.compute_dtype
         plan = make_plan(
             family,
             T,
             B,
             H,
             cd,
-            interpret=use_interpret,
-            num_sms=num_sms,
+            interpret=use_interpret(platform),
+            num_sms=_num_sms(platform),
             block_batch=block_batch,
             slice_size=slice_size,
             num_warps=num_warps,
@@ -296,13 +364,13 @@ def make_pallas_backend(
 
         px_p = _pad_gates(px.reshape(T, B, K * H), K, H, Hp)  # (T, B, K·Hp)
         px_p = jnp.pad(px_p, [(0, 0), (0, Bp - B), (0, 0)])  # (T, Bp, K·Hp)
-        w = jnp.pad(params.W, [(0, Hp - H), (0, 0)])  # (Hp, K·H)
+        w = jnp.pad(s.recurrent_weights(params), [(0, Hp - H), (0, 0)])  # (Hp, K·H)
         w = _pad_gates(w, K, H, Hp).astype(cd or jnp.float32)  # (Hp, K·Hp)
         leaves, treedef = jax.tree.flatten(carry)
         states0 = tuple(
             pad_rows(jnp.pad(leaf.reshape(B, H), [(0, 0), (0, Hp - H)])) for leaf in leaves
         )  # S x (Bp, Hp)
-        pv = jnp.stack(vecs) if vecs else jnp.zeros((1, H), jnp.float32)  # (P, H)
+        pv = jnp.stack(vecs).astype(jnp.float32) if vecs else jnp.zeros((1, H), jnp.float32)
         pv = jnp.pad(pv, [(0, 0), (0, Hp - H)])  # (P, Hp)
         if lengths is None:
             lens = jnp.full((B,), T, jnp.int32)
@@ -319,8 +387,8 @@ def make_pallas_backend(
         new = [leaf[:B, :H].reshape(*batch, H) for leaf in new]
         return jax.tree.unflatten(treedef, new), ys
 
-    return backend
+    description = "persistent Pallas kernel, W on chip, derived from the cell's pointwise"
+    return Backend(name, run, supports, description)
 
 
-pallas_backend = make_pallas_backend()
-pallas_backend.__doc__ = "The persistent-kernel backend (see `rnnjax.kernels.pallas`)."
+PALLAS = make_pallas_backend()

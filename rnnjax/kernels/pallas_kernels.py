@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -55,7 +56,6 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from rnnjax.cells.base import ACTIVATIONS
 
 Array = jax.Array
 SPIN_LIMIT = 1 << 22  # polls of a flag before a barrier gives up (seconds, not a hang)
@@ -63,14 +63,21 @@ SPIN_LIMIT = 1 << 22  # polls of a flag before a barrier gives up (seconds, not 
 
 @dataclasses.dataclass(frozen=True)
 class Family:
-    """The per-unit arithmetic of one supported cell variant, as the kernels see it.
+    """The per-unit arithmetic of one cell, as the kernels see it.
+
+    Built from a cell's `rnnjax.cells.base.Structure` by `rnnjax.kernels.pallas.family_of`:
+    the kernels never restate a cell's equations, they trace its ``pointwise`` on each
+    program's (rows, units) slice.
 
     Attributes:
-        name: "lstm", "gru" or "simple_rnn".
-        gates: K, gate blocks in W and px (4 LSTM, 3 coupled LSTM / GRU, 1 simple RNN).
-        states: S, carry leaves (2 for (h, c), 1 for h); leaf 0 is h, the one exchanged.
-        n_params: P, per-unit parameter vectors (peepholes, GRU's b_hn).
-        tied: px and hw only enter as px + hw, so dpx = dhw and one buffer serves both.
+        name: a label for the kernel's name.
+        gates: K, gate blocks in W and px.
+        states: S, carry leaves; leaf 0 is h, the one exchanged between programs.
+        n_params: P, per-unit parameter vectors (peepholes, GRU's b_hn, ...).
+        tied: px and hw only enter as px + hw in every block, so dpx = dhw and one buffer
+            serves both.
+        pointwise: ``(px, hw, state, pv) -> new_state``: lists of (rows, units) arrays (K, K,
+            S and P of them) in, the S new carry leaves out.
     """
 
     name: str
@@ -78,48 +85,7 @@ class Family:
     states: int
     n_params: int
     tied: bool
-    peephole: bool = False
-    coupled: bool = False
-    activation: str = "tanh"
-
-    def pointwise(self, px: list, hw: list, state: list, pv: list) -> list:
-        """One step after the recurrent matmul: lists of (rows, units) arrays in, state out."""
-        if self.name == "lstm":
-            return _lstm_pointwise(px, hw, state, pv, self.peephole, self.coupled)
-        if self.name == "gru":
-            return _gru_pointwise(px, hw, state, pv)
-        act = ACTIVATIONS[self.activation][0]
-        return [act(px[0] + hw[0])]
-
-
-def _lstm_pointwise(px, hw, state, pv, peephole: bool, coupled: bool) -> list:
-    """The LSTM of `rnnjax.cells.lstm`, gates (i, f, g, o) ((f, g, o) coupled)."""
-    _, c_prev = state
-    z = [a + b for a, b in zip(px, hw, strict=True)]
-    if coupled:
-        zf, zg, zo = z
-        p_f, p_o = pv if peephole else (None, None)
-    else:
-        zi, zf, zg, zo = z
-        p_i, p_f, p_o = pv if peephole else (None, None, None)
-    f = jax.nn.sigmoid(zf + p_f * c_prev if peephole else zf)
-    if coupled:
-        i = 1.0 - f
-    else:
-        i = jax.nn.sigmoid(zi + p_i * c_prev if peephole else zi)
-    c = f * c_prev + i * jnp.tanh(zg)
-    o = jax.nn.sigmoid(zo + p_o * c if peephole else zo)
-    return [o * jnp.tanh(c), c]
-
-
-def _gru_pointwise(px, hw, state, pv) -> list:
-    """The GRU of `rnnjax.cells.gru` (reset_after=True), gates (r, z, n)."""
-    (h_prev,) = state
-    (b_hn,) = pv
-    r = jax.nn.sigmoid(px[0] + hw[0])
-    z = jax.nn.sigmoid(px[1] + hw[1])
-    n = jnp.tanh(px[2] + r * (hw[2] + b_hn))
-    return [(1.0 - z) * n + z * h_prev]
+    pointwise: Callable[[list, list, list, list], list]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,14 +1,7 @@
 """The reference time loop: `lax.scan` over ``cell.recur``.
 
-This is the readable definition every other backend must equal (forward and gradients).
-Backends share one signature::
-
-    backend(cell, params, px, carry, lengths, *, unroll, remat) -> (final_carry, ys)
-
-with px the hoisted input projection (T, *batch, G) in time-major order, carry the initial
-carry (leaves (*batch, ·)), lengths None or int (*batch,) and ys (T, *batch, H). With lengths,
-steps t >= length leave the carry unchanged and output zeros, so the final carry is the carry
-at each sequence's last valid step. Reversal and layout are the driver's job, not the backend's.
+This is the readable definition every other backend must equal (forward and gradients); it
+runs every cell. See `rnnjax.kernels.base` for the backend signature.
 """
 
 from __future__ import annotations
@@ -19,13 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from rnnjax.cells.base import Array, Cell
-
-
-def mask_step(valid: Array, new_carry: Any, old_carry: Any, y: Array) -> tuple[Any, Array]:
-    """Keeps ``old_carry`` and zeroes ``y`` where ``valid`` (shape (*batch,)) is False."""
-    keep = valid[..., None]  # (*batch, 1)
-    carry = jax.tree.map(lambda new, old: jnp.where(keep, new, old), new_carry, old_carry)
-    return carry, jnp.where(keep, y, jnp.zeros_like(y))
+from rnnjax.kernels.base import YES, Backend, Problem, Support, mask_step
 
 
 def scan_backend(
@@ -65,3 +52,12 @@ def scan_backend(
         body = jax.checkpoint(body, prevent_cse=False)
     steps = jnp.arange(px.shape[0])  # (T,)
     return jax.lax.scan(body, carry, (px, steps), unroll=unroll)
+
+
+def supports(cell: Cell, problem: Problem) -> Support:
+    """The reference runs every cell."""
+    del cell, problem
+    return YES
+
+
+SCAN = Backend("scan", scan_backend, supports, "lax.scan over cell.recur: the reference")

@@ -1,0 +1,94 @@
+"""The one table of backends of `rnnjax.unroll`, and ``"auto"`` built on it.
+
+Each backend module exports a `rnnjax.kernels.base.Backend` (its loop and its support
+predicate); this module collects them. ``"auto"`` asks the predicates through
+`rnnjax.kernels.auto.choose` and runs the winner.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+
+from rnnjax.cells.base import Array, Cell
+from rnnjax.kernels import auto
+from rnnjax.kernels.associative import ASSOCIATIVE
+from rnnjax.kernels.base import YES, Backend, Problem, Support
+from rnnjax.kernels.fused import FUSED
+from rnnjax.kernels.fused_cpu import FUSED_CPU
+from rnnjax.kernels.pallas import PALLAS
+from rnnjax.kernels.pallas_verified import PALLAS_VERIFIED
+from rnnjax.kernels.scan import SCAN
+
+BACKENDS: dict[str, Backend] = {
+    b.name: b for b in (SCAN, FUSED, FUSED_CPU, ASSOCIATIVE, PALLAS, PALLAS_VERIFIED)
+}
+
+
+def choose_backend(
+    cell: Cell,
+    batch: int,
+    steps: int,
+    platform: str | None = None,
+    *,
+    dtype: Any = "float32",
+    remat: bool = False,
+) -> tuple[str, int]:
+    """The ``(backend, unroll)`` that ``backend="auto"`` runs for this cell and shape.
+
+    Args:
+        cell: the cell.
+        batch: the flattened batch size (1 for one sequence).
+        steps: T.
+        platform: "cpu", "gpu" or "tpu"; None means the default device's platform.
+        dtype: the carry dtype.
+        remat: whether rematerialisation is asked for.
+    """
+    import jax.numpy as jnp
+
+    platform = platform or jax.devices()[0].platform
+    problem = Problem(steps, batch, jnp.dtype(dtype), platform, remat)
+    return auto.choose(cell, problem, BACKENDS)
+
+
+def _auto_run(
+    cell: Cell,
+    params: Any,
+    px: Array,
+    carry: Any,
+    lengths: Array | None,
+    *,
+    unroll: int = 1,
+    remat: bool = False,
+) -> tuple[Any, Array]:
+    from rnnjax.kernels.base import problem_of
+
+    problem = problem_of(cell, params, px, carry, remat)
+    name, table_unroll = auto.choose(cell, problem, BACKENDS)
+    return BACKENDS[name].run(
+        cell, params, px, carry, lengths, unroll=max(unroll, table_unroll), remat=remat
+    )
+
+
+def _auto_supports(cell: Cell, problem: Problem) -> Support:
+    del cell, problem
+    return YES  # "scan" closes every list
+
+
+BACKENDS["auto"] = Backend(
+    "auto", _auto_run, _auto_supports, "the fastest backend whose predicate accepts the cell"
+)
+
+
+def get_backend(name: str) -> Backend:
+    """The backend registered under ``name`` (ValueError listing the names if unknown)."""
+    if not isinstance(name, str) or name not in BACKENDS:
+        raise ValueError(f"unknown backend={name!r}; choose one of {tuple(BACKENDS)}")
+    return BACKENDS[name]
+
+
+def flat_batch(px: Array) -> int:
+    """N = the product of px's batch axes (T, *batch, G)."""
+    return math.prod(px.shape[1:-1])
