@@ -33,12 +33,12 @@ def _array(value: Any) -> np.ndarray:
 def _check_family(cell: Cell, supported: tuple[str, ...], source: str) -> None:
     if cell.name not in supported:
         raise ValueError(f"{source} conversion supports {supported} cells, got {cell.name=}")
-    if cell.name == "lstm" and (cell.config["peephole"] or cell.config["coupled"]):
+    if cell.name == "lstm" and (cell.config.peephole or cell.config.coupled):
         raise ValueError(
             f"{source} LSTMs have neither peepholes nor coupled gates; build the cell with "
             f"peephole=False, coupled=False (got {cell.config})"
         )
-    if cell.name == "gru" and not cell.config["reset_after"]:
+    if cell.name == "gru" and not cell.config.reset_after:
         raise ValueError(
             f"{source} GRUs apply the reset gate after the matmul: use reset_after=True"
         )

@@ -137,9 +137,23 @@ def test_lanczos_matches_svd():
         assert np.all(got >= want + np.log1p(-tol) - ulps)
 
 
-def test_lstm_closed_form_jacobian_equals_autodiff():
-    cell = rj.lstm(12)
+@pytest.mark.parametrize(
+    "cell",
+    [
+        rj.lstm(12),
+        rj.lstm(12, peephole=True, coupled=True),
+        rj.gru(12),
+        rj.simple_rnn(12),
+        rj.min_gru(12),
+    ],
+    ids=["lstm", "lstm_peephole_coupled", "gru", "simple_rnn", "min_gru"],
+)
+def test_closed_form_jacobian_equals_autodiff(cell):
     params, xs, carry = _random_setup(cell, jax.random.key(11), B=2, T=15, scale=1.5)
+    params = jax.tree.map(  # peepholes non-zero, so that their Jacobian terms count
+        lambda p: p + 0.3 * jax.random.normal(jax.random.key(12), p.shape) if p.ndim == 1 else p,
+        params,
+    )
     fast, ref = jax.jit(
         lambda p, x, c: tuple(
             analysis.jacobian_norms(cell, p, x, c, jacobian=j) for j in ("closed_form", "autodiff")
@@ -147,10 +161,18 @@ def test_lstm_closed_form_jacobian_equals_autodiff():
     )(params, xs, carry)
     for got, want in zip(fast, ref, strict=True):  # float32: 1e-5 relative on the norms
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
+def test_closed_form_jacobian_needs_a_structured_cell():
+    cell = rj.multiplicative_rnn(4, factors=3)
+    params = cell.init(jax.random.key(0), D)
+    xs = jnp.ones((2, 5, D))
     with pytest.raises(ValueError, match="closed-form"):
-        analysis.jacobian_norms(rj.lstm(3, peephole=True), None, xs, jacobian="closed_form")
+        analysis.jacobian_norms(cell, params, xs, jacobian="closed_form")
     with pytest.raises(ValueError, match="jacobian"):
-        analysis.jacobian_norms(cell, params, xs, jacobian="numeric")
+        analysis.jacobian_norms(
+            rj.lstm(4), rj.lstm(4).init(jax.random.key(0), D), xs, jacobian="numeric"
+        )
 
 
 TANH = rj.simple_rnn(16)

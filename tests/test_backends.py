@@ -7,20 +7,20 @@ import shutil
 import jax
 import jax.extend
 import jax.numpy as jnp
-import numpy as np
 import pytest
 from conftest import CELL_FACTORIES, random_like
 
 import rnnjax as rj
-from rnnjax.kernels import BACKENDS
-from rnnjax.kernels.auto import TABLE, choose_backend
-from rnnjax.kernels.fused import supports
+from rnnjax.kernels import BACKENDS, choose_backend
+from rnnjax.kernels.auto import TABLE
 
 B, T, D, H = 3, 7, 4, 5
-FUSED_CELLS = [name for name, make_cell in CELL_FACTORIES.items() if supports(make_cell(H))]
+# the cells in the structured form: every derived backend runs them
+FUSED_CELLS = [name for name, make in CELL_FACTORIES.items() if make(H).structure is not None]
 
 
-assert "multiplicative_rnn" not in FUSED_CELLS and len(FUSED_CELLS) >= 8
+def test_the_structured_cells_are_the_expected_ones():
+    assert set(CELL_FACTORIES) - set(FUSED_CELLS) == {"multiplicative_rnn", "gru_cho"}
 
 
 def make(name, key, dtype=None):
@@ -126,8 +126,10 @@ def test_bidirectional_layer(backend, rng):
     assert_close(*both(params, xs), 1e-5)
 
 
-@pytest.mark.parametrize("name", ["gru", "multiplicative_rnn"])
+@pytest.mark.parametrize("name", ["gru", "lstm_peephole"])
 def test_auto_equals_scan(name, rng):
+    cell, _ = make(name, rng)
+    assert choose_backend(cell, B, T)[0] != "scan"  # auto runs a fast backend here
     check_backend(name, "auto", rng, lengths=True)
 
 
@@ -171,15 +173,16 @@ def test_auto_choice_is_a_backend_that_runs_the_cell(name, batch, platform):
         assert backend == "fused"
 
 
-def test_fused_rejects_cells_it_does_not_run():
+def test_fused_rejects_cells_without_structure_and_runs_any_activation(rng):
     cell = rj.multiplicative_rnn(H, factors=3)
     params = cell.init(jax.random.key(0), D)
     with pytest.raises(ValueError, match="multiplicative_rnn"):
         rj.unroll(cell, params, jnp.ones((B, T, D)), backend="fused")
-    cell = rj.simple_rnn(H, activation=jnp.sin)
-    params = cell.init(jax.random.key(0), D)
-    with pytest.raises(ValueError, match="activation='sin'"):
-        rj.unroll(cell, params, jnp.ones((B, T, D)), backend="fused")
+    cell = rj.simple_rnn(H, activation=jnp.sin)  # derived: no table of known activations
+    params = random_like(rng, cell.init(jax.random.key(0), D))
+    xs, carry, ct, _ = random_problem(cell, params, rng)
+    want, got = value_and_vjp(cell, ("scan", "fused"), params, xs, carry, ct)
+    assert_close(got, want, 1e-5)
 
 
 def _scan_bodies(jaxpr):
@@ -230,4 +233,3 @@ def test_fused_saves_less_than_scan():
     # fused keeps gates (4H) + c_{t-1} (H) per step: its residuals are bounded by 5 H floats
     # per step and row plus the loop buffers; scan's autodiff keeps more.
     assert fused < scan, (fused, scan)
-    assert np.isfinite(fused)

@@ -128,7 +128,7 @@ def test_smart_tanh_scheme_is_sparse_with_radius_095(rng):
     W = np.asarray(params.W)
     assert ((W != 0).sum(axis=0) == 15).all()  # 15 incoming weights per unit
     np.testing.assert_allclose(np.abs(np.linalg.eigvals(W)).max(), 0.95, rtol=1e-4)
-    assert cell.config["activation"] == "tanh"
+    assert cell.config.activation == "tanh"
     assert np.std(np.asarray(params.U)) < 0.02  # U ~ N(0, 0.01)
 
 
@@ -136,7 +136,7 @@ def test_irnn_scheme_is_identity_relu(rng):
     cell = rj.simple_rnn(8, **rj.initializers.scheme("irnn"))
     params = cell.init(rng, 3)
     chex.assert_trees_all_equal(params.W, jnp.eye(8))
-    assert cell.config["activation"] == "relu"
+    assert cell.config.activation == "relu"
     with pytest.raises(ValueError, match="unknown init scheme"):
         rj.initializers.scheme("xavier")
 

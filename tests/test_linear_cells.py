@@ -41,12 +41,13 @@ def test_scan_equals_python_loop_over_step(name, rng):
 
 @pytest.mark.parametrize("name", LINEAR)
 def test_coefficients_define_the_step(name, rng):
-    """recur(h, px) == a ⊙ h + b with (a, b) = config["linear_coefficients"](params, px)."""
+    """recur(h, px) == a ⊙ h + b with (a, b) = structure.linear_coefficients(...)."""
     cell, params = make(name, rng)
     k_x, k_h = jax.random.split(rng)
     px = cell.project(params, jax.random.normal(k_x, (B, D)))
     h = jax.random.normal(k_h, (B, H))
-    a, b = cell.config["linear_coefficients"](params, px)
+    s = cell.structure
+    a, b = s.linear_coefficients(s.unit_params(params), jnp.split(px, s.gates, axis=-1))
     chex.assert_trees_all_close(cell.recur(params, rj.RNNCarry(h), px)[1], a * h + b, rtol=1e-6)
     assert bool(jnp.all((a >= 0) & (a <= 1)))
 

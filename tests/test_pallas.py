@@ -12,9 +12,10 @@ import pytest
 from conftest import CELL_FACTORIES, random_like
 
 import rnnjax as rj
-from rnnjax.kernels import BACKENDS, pallas
+from rnnjax.kernels import BACKENDS, Problem
 from rnnjax.kernels.pallas import (
-    cell_family,
+    PALLAS,
+    family_of,
     make_pallas_backend,
     make_plan,
     persistent_rnn,
@@ -23,8 +24,15 @@ from rnnjax.kernels.pallas import (
 
 ON_GPU = jax.devices()[0].platform == "gpu"
 gpu_only = pytest.mark.skipif(not ON_GPU, reason="needs a CUDA GPU")
-# Two slices of 16 units x two blocks of 16 rows: four programs exchanging h in interpret mode.
-BACKENDS["pallas_4prog"] = make_pallas_backend(block_batch=16)
+
+
+@pytest.fixture
+def four_programs(monkeypatch):
+    """Two slices of 16 units x two blocks of 16 rows: four programs exchanging h in
+    interpret mode, registered for this test only."""
+    monkeypatch.setitem(
+        BACKENDS, "pallas_4prog", make_pallas_backend(name="pallas_4prog", block_batch=16)
+    )
 
 
 def rel_err(a, b) -> float:
@@ -76,13 +84,14 @@ def check_backend(cell, args, backend="pallas", tol=1e-5, **options):
     assert rel_err(grads_p, grads_s) <= tol, rel_err(grads_p, grads_s)
 
 
+@pytest.mark.parametrize("backend", ["pallas", "pallas_verified"])
 @pytest.mark.parametrize("name", ["lstm", "lstm_peephole", "lstm_coupled", "gru", "simple_rnn"])
-def test_equals_scan_with_lengths(rng, name):
+def test_equals_scan_with_lengths(rng, name, backend):
     cell = CELL_FACTORIES[name](8)
-    check_backend(cell, problem(rng, cell, B=3, T=4, D=4))
+    check_backend(cell, problem(rng, cell, B=3, T=4, D=4), backend=backend)
 
 
-def test_four_programs_exchange_state(rng):
+def test_four_programs_exchange_state(rng, four_programs):
     """H=24 pads to 2 slices and B=20 to 2 batch blocks: all cross-program paths run."""
     cell = rj.lstm(24)
     check_backend(cell, problem(rng, cell, B=20, T=3, D=3), backend="pallas_4prog")
@@ -131,7 +140,7 @@ def test_unbatched_sequence(rng):
 
 def test_kernel_equals_its_reference(rng):
     """`persistent_rnn` (padded arrays, kernel VJP) against the lax.scan reference's autodiff."""
-    family, _ = cell_family(rj.gru(16), rj.gru(16).init(rng, input_size=2))
+    family, _ = family_of(rj.gru(16), rj.gru(16).init(rng, input_size=2))
     plan = make_plan(family, T=3, B=16, H=16, interpret=True, num_sms=None)
     k = jax.random.split(rng, 5)
     px = jax.random.normal(k[0], (3, 16, 48))  # (T, Bp, K·Hp)
@@ -162,7 +171,7 @@ def test_unsupported_cells_raise(rng, name):
 
 
 def test_weights_that_do_not_fit_raise():
-    family, _ = cell_family(rj.lstm(8), rj.lstm(8).init(jax.random.key(0), input_size=2))
+    family, _ = family_of(rj.lstm(8), rj.lstm(8).init(jax.random.key(0), input_size=2))
     with pytest.raises(ValueError, match="KiB of W per program"):
         make_plan(family, T=10, B=8, H=1024, interpret=False, num_sms=132)
     with pytest.raises(ValueError, match="programs > 132 SMs"):
@@ -180,17 +189,14 @@ def test_weights_that_do_not_fit_raise():
 def test_plan_of_benchmark_shapes(shape, blocks):
     """The benchmark shapes fit an H100 (132 SMs): (slices, batch blocks) as documented."""
     B, H = shape
-    family, _ = cell_family(rj.lstm(8), rj.lstm(8).init(jax.random.key(0), input_size=2))
+    family, _ = family_of(rj.lstm(8), rj.lstm(8).init(jax.random.key(0), input_size=2))
     plan = make_plan(family, T=10, B=B, H=H, interpret=False, num_sms=132)
     assert (plan.n_slices, plan.n_blocks) == blocks
 
 
-def test_tpu_is_refused(monkeypatch):
-    monkeypatch.setattr(pallas, "_platform", lambda: "tpu")
-    cell = rj.lstm(8)
-    params = cell.init(jax.random.key(0), input_size=3)
-    with pytest.raises(ValueError, match="GPU \\(Triton\\) kernels only"):
-        jax.eval_shape(lambda: rj.unroll(cell, params, jnp.ones((2, 3, 3)), backend="pallas"))
+def test_tpu_is_refused():
+    support = PALLAS.supports(rj.lstm(8), Problem(3, 2, jnp.dtype("float32"), "tpu"))
+    assert not support and "GPU (Triton) kernels only" in support.reason
 
 
 # ---------------------------------------------------------------------------------------------

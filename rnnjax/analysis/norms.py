@@ -14,7 +14,7 @@ Both are accumulated in **one pass each** (a reverse ``lax.scan`` for P, the for
 also computes the trajectory for Q): T products of an N×N matrix by one Jacobian, where the
 naïve way — one product chain per t — would cost T(T−1)/2. With autodiff J_t is never
 formed: the rows of P_t are pushed through the step's VJP and the columns of Q_{t-1} through
-its JVP; for the plain LSTM its closed-form J_t (`rnnjax.analysis._lstm_jacobian`) halves
+its JVP; for a structured cell its closed-form J_t (`rnnjax.analysis._structured_jacobian`) halves
 the multiply-adds.
 
 Norms of such products leave float32's range quickly (0.5^200 ≈ 6e-61, 1.5^200 ≈ 2e35), so
@@ -39,9 +39,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rnnjax.analysis import _lstm_jacobian as lstm_closed_form
+from rnnjax.analysis import _structured_jacobian as closed_form
 from rnnjax.analysis._core import log_mean_exp, prepare, step_fn, unbatch
-from rnnjax.analysis._lstm_jacobian import StepJacobian
+from rnnjax.analysis._structured_jacobian import StepJacobian
 from rnnjax.cells.base import Array, Cell
 
 ORDS = (2, "fro")
@@ -195,7 +195,7 @@ def autodiff_linearisation(step: Callable) -> Callable:
 
     ``left(P) = P J_t`` pushes the N rows of P through the step's VJP and ``right(Q) = J_t Q``
     the N columns of Q through its JVP; J_t itself is never formed. This is the reference
-    that the closed forms (`rnnjax.analysis._lstm_jacobian`) must equal.
+    that the closed form (`rnnjax.analysis._structured_jacobian`) must equal.
     """
 
     def linearise(c_prev, px_t):
@@ -316,9 +316,9 @@ def jacobian_norms(
         krylov: Krylov dimension of a Lanczos round.
         max_restarts: most Lanczos rounds per step.
         jacobian: how P J_t and J_t Q are computed: "autodiff" (VJP / JVP of the step, any
-            cell), "closed_form" (the plain LSTM's J_t from its gates, half the
-            multiply-adds; `rnnjax.analysis._lstm_jacobian`) or "auto" (closed form where
-            it applies).
+            cell), "closed_form" (J_t read off the cell's element-wise ``pointwise`` — any
+            structured cell; half the multiply-adds for the LSTM;
+            `rnnjax.analysis._structured_jacobian`) or "auto" (closed form where it applies).
 
     Returns:
         `JacobianNorms` of natural-log norms indexed by t = 0..T.
@@ -340,11 +340,17 @@ def jacobian_norms(
     _check_options(ord, method)
     if jacobian not in JACOBIANS:
         raise ValueError(f"unknown {jacobian=}; choose one of {JACOBIANS}")
-    if jacobian == "closed_form" and not lstm_closed_form.supports(cell):
-        raise ValueError(f"no closed-form Jacobian for this {cell.name} cell ({cell.config})")
+    if jacobian == "closed_form" and not closed_form.supports(cell):
+        raise ValueError(
+            f"no closed-form Jacobian for the {cell.name} cell: it needs a structured cell with "
+            f"an element-wise pointwise (rnnjax.cells.base.Structure); use jacobian='autodiff'"
+        )
     prob = prepare(cell, params, xs, carry)
-    if jacobian != "autodiff" and lstm_closed_form.supports(cell):
-        linearise = lstm_closed_form.lstm_linearisation(params, cell.hidden_size)
+    if jacobian != "autodiff" and closed_form.supports(cell):
+        c0 = prob.unflatten(prob.c0[0])
+        treedef = jax.tree.structure(c0)
+        S = len(jax.tree.leaves(c0))  # carry leaves
+        linearise = closed_form.structured_linearisation(cell, params, treedef, S)
     else:
         linearise = autodiff_linearisation(step_fn(cell, params, prob.unflatten))
     N = prob.N

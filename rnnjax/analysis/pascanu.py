@@ -35,9 +35,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rnnjax.analysis._core import Problem, batch_trajectory, prepare, step_fn
+from rnnjax.analysis._core import batch_trajectory, prepare, step_fn
 from rnnjax.analysis.contributions import carry_gradients
-from rnnjax.cells.base import ACTIVATIONS, Array, Cell
+from rnnjax.cells.base import ACTIVATIONS, Array, Cell, split_blocks
 
 
 class GateStats(NamedTuple):
@@ -89,7 +89,7 @@ class PascanuBound(NamedTuple):
 def _gamma(cell: Cell, gamma: float | None) -> float:
     if gamma is not None:
         return float(gamma)
-    name = cell.config.get("activation")
+    name = getattr(cell.config, "activation", None)
     if name not in ACTIVATIONS:
         raise ValueError(
             f"γ = sup|σ'| is unknown for the {cell.name} cell's activation={name!r}; "
@@ -110,40 +110,51 @@ def _gate_stats(gate: str, d: Any, from_inputs: bool) -> GateStats:
     return GateStats(gate, float(values.mean()), lo, hi, mean_log, half_life, from_inputs)
 
 
-def _lstm_path(cell: Cell, params: Any, prob: Problem) -> Array:
-    """d_t = diag(∂c_t/∂c_{t-1}) along the trajectory, (B, T, H) (the block is diagonal)."""
-    step = step_fn(cell, params, prob.unflatten)
-    states = batch_trajectory(prob, step)  # (B, T+1, N)
-    H = cell.hidden_size
-    e_c = jnp.concatenate([jnp.zeros((H,)), jnp.ones((H,))])  # tangent along c only (N,)
+def _memory_path(cell: Cell, params: Any, carries: Any, px: Array) -> Array:
+    """The direct factor d = ∂m_t/∂m_{t-1} (recurrent matmul held fixed) of the memory leaf m.
 
-    def path(c_prev, px_t):
-        return jax.jvp(lambda c: step(c, px_t), (c_prev,), (e_c,))[1][H:]  # (H,)
+    Read off the cell's ``pointwise`` by one JVP with a tangent of ones on the last carry leaf
+    (element-wise cells: that JVP is the diagonal): f_t for the LSTM without peepholes, z_t
+    for the GRU, a_t for the linear cells.
 
-    return jax.vmap(jax.vmap(path))(states[:, :-1], prob.px)
+    Args:
+        cell: a structured cell with a ``memory_gate``.
+        params: its parameters.
+        carries: carries c_{t-1} (pytree, leaves (..., H)).
+        px: the projected inputs px_t, (..., G).
 
+    Returns:
+        (..., H).
+    """
+    s = cell.structure
+    assert s is not None
+    W = s.recurrent_weights(params)
+    leaves, treedef = jax.tree.flatten(carries)
+    hw = None if W is None else split_blocks(leaves[0] @ W, s.gates)
+    up, px_b = tuple(s.unit_params(params)), split_blocks(px, s.gates)
 
-def _gru_update_gate(cell: Cell, params: Any, prob: Problem) -> Array:
-    """z_t along the trajectory, (B, T, H)."""
-    step = step_fn(cell, params, prob.unflatten)
-    states = batch_trajectory(prob, step)  # (B, T+1, H)
-    H = cell.hidden_size
-    hw_z = states[:, :-1] @ params.W[:, H : 2 * H]  # (B, T, H)
-    return jax.nn.sigmoid(prob.px[..., H : 2 * H] + hw_z)
+    def memory(m):
+        new, _ = s.pointwise(up, jax.tree.unflatten(treedef, [*leaves[:-1], m]), px_b, hw)
+        return jax.tree.leaves(new)[-1]
+
+    return jax.jvp(memory, (leaves[-1],), (jnp.ones_like(leaves[-1]),))[1]
 
 
 def _gated_bound(cell: Cell, params: Any, xs: Any, carry: Any) -> PascanuBound:
-    H = cell.hidden_size
-    W = np.asarray(params.W)
-    sigma = max(_sigma_max(W[:, g * H : (g + 1) * H]) for g in range(W.shape[1] // H))
+    s = cell.structure
+    assert s is not None and s.memory_gate is not None
+    W = s.recurrent_weights(params)
+    blocks = [] if W is None else split_blocks(W, s.gates)
+    sigma = max((_sigma_max(Wk) for Wk in blocks), default=0.0)
     if xs is not None:
         prob = prepare(cell, params, xs, carry)
-        d = _lstm_path(cell, params, prob) if cell.name == "lstm" else None
-        d = _gru_update_gate(cell, params, prob) if d is None else d
-    else:  # the gate at zero input and zero state: σ(bias)
-        slot = 0 if cell.config.get("coupled") else 1
-        d = jax.nn.sigmoid(params.b[slot * H : (slot + 1) * H])
-    stats = _gate_stats("forget" if cell.name == "lstm" else "update", d, xs is not None)
+        states = batch_trajectory(prob, step_fn(cell, params, prob.unflatten))  # (B, T+1, N)
+        d = _memory_path(cell, params, prob.unflatten(states[:, :-1]), prob.px)  # (B, T, H)
+    else:  # the gate at zero input and zero state (σ of the bias for the LSTM and GRU)
+        zero = jax.tree.map(jnp.zeros_like, cell.initial_carry(params, ()))
+        px0 = cell.project(params, jnp.zeros((1, prepare_input_size(params))))[0]  # (G,)
+        d = _memory_path(cell, params, zero, px0)  # (H,)
+    stats = _gate_stats(s.memory_gate, d, xs is not None)
     where = "along the inputs" if xs is not None else "from the biases alone"
     explanation = (
         f"{cell.name}: the direct memory path is scaled by the {stats.gate} gate each step "
@@ -154,16 +165,24 @@ def _gated_bound(cell: Cell, params: Any, xs: Any, carry: Any) -> PascanuBound:
     return PascanuBound(sigma, None, None, None, "gated", explanation, stats)
 
 
+def prepare_input_size(params: Any) -> int:
+    """D from ``params.U`` (1 for a cell without input weights)."""
+    U = getattr(params, "U", None)
+    return 1 if U is None else int(U.shape[0])
+
+
 def pascanu_bound(
     cell: Cell, params: Any, xs: Any = None, carry: Any = None, *, gamma: float | None = None
 ) -> PascanuBound:
     """σ_max(W), γ, η = γ σ_max and the verdict of Pascanu et al.'s condition.
 
-    Simple RNN: W = ``params.W``. Multiplicative RNN: the transition W(x_t) =
-    W_in diag(x_t U_f) W_out changes with the input, so ``xs`` is required and σ_max is the
-    largest over all (example, step). LSTM / GRU: the statistics of the gate that scales the
-    direct memory path (see the module docstring), along ``xs`` if given, else at zero input
-    and state (σ of the bias).
+    What applies is read from the cell, not from its name: a structured cell
+    (`rnnjax.cells.base.Structure`) with a ``memory_gate`` (LSTM, GRU, linear cells) gets the
+    statistics of the gate that scales its direct memory path (see the module docstring),
+    along ``xs`` if given, else at zero input and state; a structured cell without one (the
+    Simple RNN) gets η = γ σ_max(W); a cell whose recurrent matrix changes with the input
+    (its config has ``transition_matrices``, the multiplicative RNN) needs ``xs`` and gets the
+    largest σ_max(W(x_t)) over all (example, step).
 
     Not jit-compatible: returns Python floats and strings.
 
@@ -188,27 +207,34 @@ def pascanu_bound(
         Pascanu, Mikolov & Bengio, "On the difficulty of training recurrent neural networks",
         ICML 2013, section 2.1.
     """
-    if cell.name in ("lstm", "gru"):
+    s = cell.structure
+    transitions = getattr(cell.config, "transition_matrices", None)
+    if s is not None and s.memory_gate is not None:
         return _gated_bound(cell, params, xs, carry)
-    if cell.name == "simple_rnn":
-        W = np.asarray(params.W, np.float64)
+    rho: float | None
+    if s is not None and s.recurrent_weights(params) is not None:
+        W = np.asarray(s.recurrent_weights(params), np.float64)
         sigma = _sigma_max(W)
-        rho: float | None = float(np.max(np.abs(np.linalg.eigvals(W))))
-    elif cell.name == "multiplicative_rnn":
+        rho = float(np.max(np.abs(np.linalg.eigvals(W)))) if W.shape[0] == W.shape[1] else None
+    elif transitions is not None:
         if xs is None:
-            raise ValueError("the multiplicative RNN's W(x_t) depends on the input: pass xs")
-        prob = prepare(cell, params, xs, carry)
-        gates = np.asarray(prob.px[..., cell.hidden_size :], np.float64)  # (B, T, F): x_t U_f
-        W_in, W_out = np.asarray(params.W_in, np.float64), np.asarray(params.W_out, np.float64)
-        sigma = max(  # one example at a time: (T, H, H) matrices W(x_t), exact SVDs (LAPACK)
-            float(
-                np.linalg.norm(np.einsum("hf,tf,fk->thk", W_in, g, W_out), 2, axis=(-2, -1)).max()
+            raise ValueError(
+                f"the {cell.name} cell's recurrent matrix W(x_t) depends on the input: pass xs"
             )
-            for g in gates
+        prob = prepare(cell, params, xs, carry)
+        # one example at a time: (T, H, H) matrices W(x_t), exact SVDs (LAPACK)
+        sigma = max(
+            float(
+                np.linalg.norm(np.asarray(transitions(params, px), np.float64), 2, (-2, -1)).max()
+            )
+            for px in prob.px
         )
         rho = None
     else:
-        raise ValueError(f"pascanu_bound does not know the {cell.name!r} cell")
+        raise ValueError(
+            f"pascanu_bound needs a structured cell (rnnjax.cells.base.Structure) or one whose "
+            f"config gives transition_matrices; the {cell.name!r} cell has neither"
+        )
     g = _gamma(cell, gamma)
     eta = g * sigma
     if eta < 1:
@@ -218,7 +244,7 @@ def pascanu_bound(
     else:
         verdict, why = "boundary", "η = 1: neither condition is decided"
     explanation = f"σ_max(W) = {sigma:.4g}, γ = {g:g}, η = γσ_max = {eta:.4g}: {why}"
-    if rho is not None and cell.config.get("activation") == "identity":
+    if rho is not None and getattr(cell.config, "activation", None) == "identity":
         explanation += f"; linear RNN: ρ(W) = {rho:.4g} decides ({'<' if rho < 1 else '>='} 1)"
     return PascanuBound(sigma, rho, g, eta, verdict, explanation, None)
 

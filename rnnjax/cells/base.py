@@ -92,43 +92,43 @@ class LSTMCarry(NamedTuple):
 
 
 class InitFn(Protocol):
-    def __call__(self, key: PRNGKey, input_size: int) -> Params:
+    def __call__(self, key: PRNGKey, input_size: int, /) -> Params:
         """``(key, input_size D) -> params``."""
         ...
 
 
 class InitialCarryFn(Protocol):
-    def __call__(self, params: Params, batch_shape: tuple[int, ...] = ()) -> Carry:
+    def __call__(self, params: Params, batch_shape: tuple[int, ...] = (), /) -> Carry:
         """``(params, batch_shape) -> carry`` of zeros, leaves (*batch_shape, H)."""
         ...
 
 
 class ProjectFn(Protocol):
-    def __call__(self, params: Params, xs: Array) -> Array:
+    def __call__(self, params: Params, xs: Array, /) -> Array:
         """``(params, xs (..., D)) -> px (..., G)``: the input side, hoisted out of the loop."""
         ...
 
 
 class RecurFn(Protocol):
-    def __call__(self, params: Params, carry: Carry, px_t: Array) -> tuple[Carry, Array]:
+    def __call__(self, params: Params, carry: Carry, px_t: Array, /) -> tuple[Carry, Array]:
         """``(params, carry, px_t (..., G)) -> (carry, y_t (..., H))``: one step."""
         ...
 
 
 class StepFn(Protocol):
-    def __call__(self, params: Params, carry: Carry, x_t: Array) -> tuple[Carry, Array]:
+    def __call__(self, params: Params, carry: Carry, x_t: Array, /) -> tuple[Carry, Array]:
         """``(params, carry, x_t (..., D)) -> (carry, y_t)`` = recur ∘ project."""
         ...
 
 
 class RecurrentWeightsFn(Protocol):
-    def __call__(self, params: Params) -> Array | None:
+    def __call__(self, params: Params, /) -> Array | None:
         """``params -> W`` (H, K·H), or None for a cell without a recurrent matrix."""
         ...
 
 
 class UnitParamsFn(Protocol):
-    def __call__(self, params: Params) -> tuple[Array, ...]:
+    def __call__(self, params: Params, /) -> tuple[Array, ...]:
         """``params -> (v_1, …, v_P)``, each (H,): the per-unit vectors ``pointwise`` reads."""
         ...
 
@@ -140,6 +140,7 @@ class PointwiseFn(Protocol):
         carry: Carry,
         px: tuple[Array, ...],
         hw: tuple[Array, ...] | None,
+        /,
     ) -> tuple[Carry, Array]:
         """``(unit_params, carry_{t-1}, px_t blocks, hw_t blocks) -> (carry_t, y_t = h_t)``."""
         ...
@@ -147,7 +148,7 @@ class PointwiseFn(Protocol):
 
 class LinearCoefficientsFn(Protocol):
     def __call__(
-        self, unit_params: tuple[Array, ...], px: tuple[Array, ...]
+        self, unit_params: tuple[Array, ...], px: tuple[Array, ...], /
     ) -> tuple[Array, Array]:
         """``(unit_params, px blocks) -> (a, b)`` with ``h_t = a ⊙ h_{t-1} + b``."""
         ...
@@ -170,6 +171,10 @@ class Structure(NamedTuple):
         compute_dtype: operand dtype of the recurrent matmul (None: the result dtype).
         linear_coefficients: for cells linear in the carry, ``(unit_params, px) -> (a, b)``
             with ``h_t = a ⊙ h_{t-1} + b`` (the associative scan reads it); else None.
+        memory_gate: for cells whose last carry leaf is carried from step to step by a gate
+            (the LSTM's c_t = f ⊙ c_{t-1} + …, the GRU's h_t = z ⊙ h_{t-1} + …), the gate's
+            name ("forget", "update", "decay"); the analysis reads that direct path's factor
+            off ``pointwise``. None for cells without such a path (the Simple RNN).
     """
 
     gates: int
@@ -180,6 +185,7 @@ class Structure(NamedTuple):
     elementwise: bool = True
     compute_dtype: Any = None
     linear_coefficients: LinearCoefficientsFn | None = None
+    memory_gate: str | None = None
 
 
 class Cell(NamedTuple):
@@ -220,7 +226,7 @@ def structured_recur(structure: Structure) -> RecurFn:
     """
     K = structure.gates
 
-    def recur(params: Params, carry: Carry, px: Array) -> tuple[Carry, Array]:
+    def recur(params: Params, carry: Carry, px: Array, /) -> tuple[Carry, Array]:
         W = structure.recurrent_weights(params)
         hw = None
         if W is not None:
@@ -329,9 +335,7 @@ def matmul(a: Array, w: Array, compute_dtype: Any = None) -> Array:
     if compute_dtype is None:
         return a @ w
     out = jnp.result_type(a, w)
-    return jnp.matmul(
-        a.astype(compute_dtype), w.astype(compute_dtype), preferred_element_type=out
-    )
+    return jnp.matmul(a.astype(compute_dtype), w.astype(compute_dtype), preferred_element_type=out)
 
 
 def gate_blocks(
@@ -343,7 +347,17 @@ def gate_blocks(
     the concatenation of all gates, so the recurrent matrices are built block by block.
     """
     keys = jax.random.split(key, gates)
-    return jnp.concatenate([init_fn(k, (rows, cols), dtype) for k in keys], axis=-1)
+    return jnp.concatenate([initialise(init_fn, k, (rows, cols), dtype) for k in keys], axis=-1)
+
+
+def initialise(init_fn: Initializer, key: PRNGKey, shape: tuple[int, ...], dtype: Any) -> Array:
+    """``init_fn(key, shape)`` drawn in float32 (float64 for float64) and cast to ``dtype``.
+
+    Initialisers that factorise (orthogonal: a QR) have no bfloat16 kernels, and drawing in
+    float32 makes bfloat16 parameters the rounding of the float32 ones.
+    """
+    work = jnp.float64 if jnp.dtype(dtype) == jnp.float64 else jnp.float32
+    return init_fn(key, shape, work).astype(dtype)
 
 
 def zeros_carry(batch_shape: tuple[int, ...], hidden_size: int, dtype: Any = jnp.float32) -> Array:

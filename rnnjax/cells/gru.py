@@ -24,6 +24,7 @@ from rnnjax.cells.base import (
     check_positive,
     expand,
     gate_blocks,
+    initialise,
     make_cell,
     matmul,
     sigmoid,
@@ -129,8 +130,8 @@ def gru(
         return GRUParams(
             U=gate_blocks(input_init, k_u, D, H, 3, pdt),  # (D, 3H)
             W=gate_blocks(recurrent_init, k_w, H, H, 3, pdt),  # (H, 3H)
-            b=bias_init(k_b, (3 * H,), pdt),  # (3H,)
-            b_hn=bias_init(k_bn, (H,), pdt) if reset_after else None,  # (H,)
+            b=initialise(bias_init, k_b, (3 * H,), pdt),  # (3H,)
+            b_hn=initialise(bias_init, k_bn, (H,), pdt) if reset_after else None,  # (H,)
         )
 
     def initial_carry(params: GRUParams, batch_shape=()) -> RNNCarry:
@@ -140,9 +141,6 @@ def gru(
         xu = matmul(xs, params.U, cd)  # (..., 3H)
         return xu + expand(params.b, xu)
 
-    common = dict(
-        name="gru", hidden_size=H, config=config, init=init, initial_carry=initial_carry
-    )
     if reset_after:
         structure = Structure(
             gates=3,
@@ -151,8 +149,17 @@ def gru(
             pointwise=gru_pointwise,
             tied=(True, True, False),
             compute_dtype=cd,
+            memory_gate="update",
         )
-        return make_cell(project=project, structure=structure, **common)
+        return make_cell(
+            name="gru",
+            hidden_size=H,
+            config=config,
+            init=init,
+            initial_carry=initial_carry,
+            project=project,
+            structure=structure,
+        )
 
     def recur(params: GRUParams, carry: RNNCarry, px: Array):
         h_prev = carry.h  # (..., H)
@@ -164,4 +171,12 @@ def gru(
         h = (1.0 - z) * n + z * h_prev  # (..., H)
         return RNNCarry(h), h
 
-    return make_cell(project=project, recur=recur, **common)
+    return make_cell(
+        name="gru",
+        hidden_size=H,
+        config=config,
+        init=init,
+        initial_carry=initial_carry,
+        project=project,
+        recur=recur,
+    )

@@ -46,6 +46,7 @@ from rnnjax.cells.base import (
     check_param_dtype,
     check_positive,
     expand,
+    initialise,
     make_cell,
     matmul,
     zeros_carry,
@@ -127,6 +128,7 @@ def _linear_cell(name, config: LinearCellConfig, init, coefficients, unit_params
         tied=(True,) * config.blocks,
         compute_dtype=config.dtype,
         linear_coefficients=coefficients,
+        memory_gate="decay",
     )
     return make_cell(
         name=name,
@@ -187,8 +189,8 @@ def diagonal_linear_rnn(
         k_u, k_b, k_a = jax.random.split(key, 3)
         a = jax.random.uniform(k_a, (H,), pdt, decay_min, decay_max)  # (H,)
         return DiagonalLinearRNNParams(
-            U=input_init(k_u, (D, H), pdt),  # (D, H)
-            b=bias_init(k_b, (H,), pdt),  # (H,)
+            U=initialise(input_init, k_u, (D, H), pdt),  # (D, H)
+            b=initialise(bias_init, k_b, (H,), pdt),  # (H,)
             nu=jnp.log(a) - jnp.log1p(-a),  # (H,): logit(a)
         )
 
@@ -243,7 +245,8 @@ def min_gru(
         D = check_positive("input_size", input_size)
         k_u, k_b = jax.random.split(key)
         return MinGRUParams(
-            U=input_init(k_u, (D, 2 * H), pdt), b=bias_init(k_b, (2 * H,), pdt)
+            U=initialise(input_init, k_u, (D, 2 * H), pdt),
+            b=initialise(bias_init, k_b, (2 * H,), pdt),
         )
 
     def coefficients(unit_params, px):
@@ -297,7 +300,8 @@ def min_lstm(
         D = check_positive("input_size", input_size)
         k_u, k_b = jax.random.split(key)
         return MinLSTMParams(
-            U=input_init(k_u, (D, 3 * H), pdt), b=bias_init(k_b, (3 * H,), pdt)
+            U=initialise(input_init, k_u, (D, 3 * H), pdt),
+            b=initialise(bias_init, k_b, (3 * H,), pdt),
         )
 
     def coefficients(unit_params, px):

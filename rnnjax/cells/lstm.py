@@ -27,6 +27,7 @@ from rnnjax.cells.base import (
     check_positive,
     expand,
     gate_blocks,
+    initialise,
     make_cell,
     matmul,
     sigmoid,
@@ -171,12 +172,12 @@ def lstm(
     def init(key, input_size: int) -> LSTMParams:
         D = check_positive("input_size", input_size)
         k_u, k_w, k_b, k_p = jax.random.split(key, 4)
-        b = bias_init(k_b, (K * H,), pdt)  # (G,)
+        b = initialise(bias_init, k_b, (K * H,), pdt)  # (G,)
         b = b.at[forget_slot * H : (forget_slot + 1) * H].add(forget_bias)
         peep: list[Array | None] = [None, None, None]
         if peephole:
             k_pi, k_pf, k_po = jax.random.split(k_p, 3)
-            peep = [peephole_init(k, (H,), pdt) for k in (k_pi, k_pf, k_po)]
+            peep = [initialise(peephole_init, k, (H,), pdt) for k in (k_pi, k_pf, k_po)]
             if coupled:
                 peep[0] = None
         return LSTMParams(
@@ -206,6 +207,7 @@ def lstm(
         pointwise=lstm_pointwise(config),
         tied=(True,) * K,
         compute_dtype=config.dtype,
+        memory_gate="forget",
     )
     return make_cell(
         name="lstm",

@@ -18,6 +18,7 @@ from rnnjax.cells.base import (
     check_param_dtype,
     check_positive,
     expand,
+    initialise,
     make_cell,
     matmul,
     resolve_activation,
@@ -52,6 +53,11 @@ class MultiplicativeRNNConfig:
     activation: str = "tanh"
     dtype: Any = None
     param_dtype: Any = jnp.float32
+
+    def transition_matrices(self, params: MultiplicativeRNNParams, px: Array) -> Array:
+        """W(x_t) = W_in diag(x_t U_f) W_out for every step: px (..., H + F) -> (..., H, H)."""
+        gate = px[..., self.hidden_size :]  # (..., F): x_t U_f
+        return jnp.einsum("hf,...f,fk->...hk", params.W_in, gate, params.W_out)
 
 
 def multiplicative_rnn(
@@ -104,11 +110,11 @@ def multiplicative_rnn(
         D = check_positive("input_size", input_size)
         k_u, k_uf, k_wi, k_wo, k_b = jax.random.split(key, 5)
         return MultiplicativeRNNParams(
-            U=input_init(k_u, (D, H), pdt),  # (D, H)
-            U_f=input_init(k_uf, (D, F), pdt),  # (D, F)
-            W_in=factor_init(k_wi, (H, F), pdt),  # (H, F)
-            W_out=factor_init(k_wo, (F, H), pdt),  # (F, H)
-            b=bias_init(k_b, (H,), pdt),  # (H,)
+            U=initialise(input_init, k_u, (D, H), pdt),  # (D, H)
+            U_f=initialise(input_init, k_uf, (D, F), pdt),  # (D, F)
+            W_in=initialise(factor_init, k_wi, (H, F), pdt),  # (H, F)
+            W_out=initialise(factor_init, k_wo, (F, H), pdt),  # (F, H)
+            b=initialise(bias_init, k_b, (H,), pdt),  # (H,)
         )
 
     def initial_carry(params: MultiplicativeRNNParams, batch_shape=()) -> RNNCarry:

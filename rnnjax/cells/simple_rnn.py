@@ -19,6 +19,7 @@ from rnnjax.cells.base import (
     check_param_dtype,
     check_positive,
     expand,
+    initialise,
     make_cell,
     matmul,
     resolve_activation,
@@ -97,9 +98,9 @@ def simple_rnn(
         D = check_positive("input_size", input_size)
         k_u, k_w, k_b = jax.random.split(key, 3)
         return SimpleRNNParams(
-            U=input_init(k_u, (D, H), pdt),  # (D, H)
-            W=recurrent_init(k_w, (H, H), pdt),  # (H, H)
-            b=bias_init(k_b, (H,), pdt),  # (H,)
+            U=initialise(input_init, k_u, (D, H), pdt),  # (D, H)
+            W=initialise(recurrent_init, k_w, (H, H), pdt),  # (H, H)
+            b=initialise(bias_init, k_b, (H,), pdt),  # (H,)
         )
 
     def initial_carry(params: SimpleRNNParams, batch_shape=()) -> RNNCarry:

@@ -175,7 +175,7 @@ def _fused_bwd(s, treedef, unroll, residuals, cotangents):
         _, vjp = jax.vjp(pointwise, up, prev, px_b, hw_b)
         dup_t, dprev, dpx_b, dhw_b = vjp(cot)
         dprev = list(dprev)
-        if has_w:
+        if W_t is not None:
             dhw_t = jnp.concatenate(dhw_b, axis=-1) if s.gates > 1 else dhw_b[0]  # (N, G)
             dprev[0] = dprev[0] + matmul(dhw_t, W_t, s.compute_dtype)  # dhw Wᵀ
         if lengths is not None:  # past the length the carry's cotangent passes unchanged

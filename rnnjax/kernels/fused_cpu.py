@@ -18,7 +18,7 @@ the GRU with ``reset_after=True`` — in float32, and the tests check it against
 Building: the C++ is compiled with the system's ``g++`` by `build` — explicitly, never inside
 a trace — into ``$RNNJAX_CACHE`` (default ``~/.cache/rnnjax``), keyed by the source's hash and
 the CPU's flags; ``make`` builds it when it installs the package (``python -m
-rnnjax.kernels.fused_cpu``). Until it is built, `supports` answers no (with the reason) and
+rnnjax.kernels.build``). Until it is built, `supports` answers no (with the reason) and
 ``backend="auto"`` uses ``"fused"``. Under `jax.vmap` the call runs once per mapped example
 (``vmap_method="sequential"``). The loop is single-threaded: it is meant for small batches.
 """
@@ -31,7 +31,6 @@ import hashlib
 import os
 import platform
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +94,7 @@ def _register() -> None:
 
 
 def _specialised(cell: Cell) -> str | None:
-    """"lstm" / "gru" if the cell is one the C++ loop implements, else None."""
+    """ "lstm" / "gru" if the cell is one the C++ loop implements, else None."""
     cfg = cell.config
     if isinstance(cfg, LSTMConfig) and not (cfg.peephole or cfg.coupled) and cfg.dtype is None:
         return "lstm"
@@ -120,7 +119,7 @@ def supports(cell: Cell, problem: Problem) -> Support:
     if not library_path().exists():
         return no(
             "backend='fused_cpu' is not built: run rnnjax.kernels.fused_cpu.build() (or "
-            "`python -m rnnjax.kernels.fused_cpu`) before tracing"
+            "`python -m rnnjax.kernels.build`) before tracing"
         )
     return YES
 
@@ -241,10 +240,3 @@ FUSED_CPU = Backend(
     supports,
     "the plain LSTM / GRU loop as one C++ XLA:CPU call (small batches)",
 )
-
-
-if __name__ == "__main__":  # python -m rnnjax.kernels.fused_cpu: build before first use
-    try:
-        print(build())
-    except RuntimeError as e:  # no compiler: the other backends still work
-        print(f"fused_cpu not built ({e}); backend='auto' will use 'fused'", file=sys.stderr)

@@ -83,7 +83,8 @@ def family_of(cell: Cell, params: Any) -> tuple[Family, list[Array]]:
         new, _ = s.pointwise(tuple(pv), jax.tree.unflatten(treedef, state), tuple(px), tuple(hw))
         return list(jax.tree.leaves(new))
 
-    family = Family(cell.name, s.gates, treedef.num_leaves, len(vecs), all(s.tied), pointwise)
+    n_leaves = len(jax.tree.leaves(carry))
+    family = Family(cell.name, s.gates, n_leaves, len(vecs), all(s.tied), pointwise)
     return family, vecs
 
 
@@ -250,8 +251,8 @@ def persistent_rnn_reference(plan: Plan, px, w, states0, pv, lengths):
         vecs = [jnp.broadcast_to(v[None], state[0].shape) for v in pv[: fam.n_params]]
         new = fam.pointwise(split(px_t), split(hw), list(state), vecs)
         valid = (t < lengths)[:, None]  # (Bp, 1)
-        new = tuple(jnp.where(valid, n, o) for n, o in zip(new, state, strict=True))
-        return new, new[0]
+        kept = tuple(jnp.where(valid, n, o) for n, o in zip(new, state, strict=True))
+        return kept, kept[0]
 
     final, hseq = jax.lax.scan(body, tuple(states0), (px, jnp.arange(px.shape[0])))
     return hseq, tuple(final[1:])

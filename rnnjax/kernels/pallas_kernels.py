@@ -56,7 +56,6 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-
 Array = jax.Array
 SPIN_LIMIT = 1 << 22  # polls of a flag before a barrier gives up (seconds, not a hang)
 
