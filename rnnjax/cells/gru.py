@@ -8,6 +8,7 @@ are written once, here (`gru_pointwise` for the PyTorch form, the ``recur`` of `
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -141,6 +142,15 @@ def gru(
         xu = matmul(xs, params.U, cd)  # (..., 3H)
         return xu + expand(params.b, xu)
 
+    build = functools.partial(
+        make_cell,
+        name="gru",
+        hidden_size=H,
+        config=config,
+        init=init,
+        initial_carry=initial_carry,
+        project=project,
+    )
     if reset_after:
         structure = Structure(
             gates=3,
@@ -151,15 +161,7 @@ def gru(
             compute_dtype=cd,
             memory_gate="update",
         )
-        return make_cell(
-            name="gru",
-            hidden_size=H,
-            config=config,
-            init=init,
-            initial_carry=initial_carry,
-            project=project,
-            structure=structure,
-        )
+        return build(structure=structure)
 
     def recur(params: GRUParams, carry: RNNCarry, px: Array):
         h_prev = carry.h  # (..., H)
@@ -171,12 +173,4 @@ def gru(
         h = (1.0 - z) * n + z * h_prev  # (..., H)
         return RNNCarry(h), h
 
-    return make_cell(
-        name="gru",
-        hidden_size=H,
-        config=config,
-        init=init,
-        initial_carry=initial_carry,
-        project=project,
-        recur=recur,
-    )
+    return build(recur=recur)

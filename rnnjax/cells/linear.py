@@ -103,6 +103,16 @@ class LinearCellConfig:
     decay_max: float | None = None
 
 
+def _config(hidden_size: int, blocks: int, dtype: Any, param_dtype: Any, **extra) -> Any:
+    return LinearCellConfig(
+        hidden_size=check_positive("hidden_size", hidden_size),
+        blocks=blocks,
+        dtype=check_compute_dtype(dtype),
+        param_dtype=check_param_dtype(param_dtype),
+        **extra,
+    )
+
+
 def _linear_cell(name, config: LinearCellConfig, init, coefficients, unit_params) -> Cell:
     """A cell with ``recur(h, px) = a ⊙ h + b`` from ``coefficients(unit_params, px) = (a, b)``."""
     H = config.hidden_size
@@ -174,13 +184,8 @@ def diagonal_linear_rnn(
     """
     if not 0.0 < decay_min <= decay_max < 1.0:
         raise ValueError(f"need 0 < decay_min <= decay_max < 1, got {decay_min=}, {decay_max=}")
-    config = LinearCellConfig(
-        hidden_size=check_positive("hidden_size", hidden_size),
-        blocks=1,
-        dtype=check_compute_dtype(dtype),
-        param_dtype=check_param_dtype(param_dtype),
-        decay_min=float(decay_min),
-        decay_max=float(decay_max),
+    config = _config(
+        hidden_size, 1, dtype, param_dtype, decay_min=float(decay_min), decay_max=float(decay_max)
     )
     H, pdt = config.hidden_size, config.param_dtype
 
@@ -233,12 +238,7 @@ def min_gru(
     References:
         Feng et al., "Were RNNs all we needed?", 2024 (section 3.1).
     """
-    config = LinearCellConfig(
-        hidden_size=check_positive("hidden_size", hidden_size),
-        blocks=2,
-        dtype=check_compute_dtype(dtype),
-        param_dtype=check_param_dtype(param_dtype),
-    )
+    config = _config(hidden_size, 2, dtype, param_dtype)
     H, pdt = config.hidden_size, config.param_dtype
 
     def init(key, input_size: int) -> MinGRUParams:
@@ -288,12 +288,7 @@ def min_lstm(
     References:
         Feng et al., "Were RNNs all we needed?", 2024 (section 3.2).
     """
-    config = LinearCellConfig(
-        hidden_size=check_positive("hidden_size", hidden_size),
-        blocks=3,
-        dtype=check_compute_dtype(dtype),
-        param_dtype=check_param_dtype(param_dtype),
-    )
+    config = _config(hidden_size, 3, dtype, param_dtype)
     H, pdt = config.hidden_size, config.param_dtype
 
     def init(key, input_size: int) -> MinLSTMParams:

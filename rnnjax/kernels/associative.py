@@ -27,8 +27,6 @@ References:
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 
@@ -107,16 +105,7 @@ def supports(cell: Cell, problem: Problem) -> Support:
     return YES
 
 
-def associative_backend(
-    cell: Cell,
-    params: Any,
-    px: Array,
-    carry: Any,
-    lengths: Array | None,
-    *,
-    unroll: int = 1,
-    remat: bool = False,
-) -> tuple[Any, Array]:
+def associative_backend(cell, params, px, carry, lengths, *, unroll=1, remat=False):  # RunFn
     """Backend ``"associative"`` (signature of `rnnjax.kernels.base.RunFn`).
 
     Args:

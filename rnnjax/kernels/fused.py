@@ -229,16 +229,7 @@ def supports(cell: Cell, problem: Problem) -> Support:
     return YES
 
 
-def fused_backend(
-    cell: Cell,
-    params: Any,
-    px: Array,
-    carry: Any,
-    lengths: Array | None,
-    *,
-    unroll: int = 1,
-    remat: bool = False,
-) -> tuple[Any, Array]:
+def fused_backend(cell, params, px, carry, lengths, *, unroll=1, remat=False):  # RunFn
     """Backend ``"fused"`` (signature of `rnnjax.kernels.base.RunFn`).
 
     Args:

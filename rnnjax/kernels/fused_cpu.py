@@ -32,12 +32,11 @@ import os
 import platform
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from rnnjax.cells.base import Array, Cell
+from rnnjax.cells.base import Cell
 from rnnjax.cells.gru import GRUConfig
 from rnnjax.cells.lstm import LSTMConfig
 from rnnjax.kernels.base import YES, Backend, Problem, Support, no
@@ -199,16 +198,7 @@ def _gru_bwd(residuals, cotangents):
 gru_loop.defvjp(_gru_fwd, _gru_bwd)
 
 
-def fused_cpu_backend(
-    cell: Cell,
-    params: Any,
-    px: Array,
-    carry: Any,
-    lengths: Array | None,
-    *,
-    unroll: int = 1,
-    remat: bool = False,
-) -> tuple[Any, Array]:
+def fused_cpu_backend(cell, params, px, carry, lengths, *, unroll=1, remat=False):  # RunFn
     """Backend ``"fused_cpu"`` (signature of `rnnjax.kernels.base.RunFn`).
 
     ``unroll`` is ignored (there is no XLA loop); ``remat`` is refused by `supports`.

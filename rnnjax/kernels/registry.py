@@ -7,15 +7,15 @@ predicate); this module collects them. ``"auto"`` asks the predicates through
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
-from rnnjax.cells.base import Array, Cell
+from rnnjax.cells.base import Cell
 from rnnjax.kernels import auto
 from rnnjax.kernels.associative import ASSOCIATIVE
-from rnnjax.kernels.base import YES, Backend, Problem, Support
+from rnnjax.kernels.base import YES, Backend, Problem, Support, problem_of
 from rnnjax.kernels.fused import FUSED
 from rnnjax.kernels.fused_cpu import FUSED_CPU
 from rnnjax.kernels.pallas import PALLAS
@@ -46,25 +46,12 @@ def choose_backend(
         dtype: the carry dtype.
         remat: whether rematerialisation is asked for.
     """
-    import jax.numpy as jnp
-
     platform = platform or jax.devices()[0].platform
     problem = Problem(steps, batch, jnp.dtype(dtype), platform, remat)
     return auto.choose(cell, problem, BACKENDS)
 
 
-def _auto_run(
-    cell: Cell,
-    params: Any,
-    px: Array,
-    carry: Any,
-    lengths: Array | None,
-    *,
-    unroll: int = 1,
-    remat: bool = False,
-) -> tuple[Any, Array]:
-    from rnnjax.kernels.base import problem_of
-
+def _auto_run(cell, params, px, carry, lengths, *, unroll=1, remat=False):  # RunFn
     problem = problem_of(cell, params, px, carry, remat)
     name, table_unroll = auto.choose(cell, problem, BACKENDS)
     return BACKENDS[name].run(
@@ -87,8 +74,3 @@ def get_backend(name: str) -> Backend:
     if not isinstance(name, str) or name not in BACKENDS:
         raise ValueError(f"unknown backend={name!r}; choose one of {tuple(BACKENDS)}")
     return BACKENDS[name]
-
-
-def flat_batch(px: Array) -> int:
-    """N = the product of px's batch axes (T, *batch, G)."""
-    return math.prod(px.shape[1:-1])

@@ -6,25 +6,14 @@ runs every cell. See `rnnjax.kernels.base` for the backend signature.
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 
-from rnnjax.cells.base import Array, Cell
+from rnnjax.cells.base import Cell
 from rnnjax.kernels.base import YES, Backend, Problem, Support, mask_step
 
 
-def scan_backend(
-    cell: Cell,
-    params: Any,
-    px: Array,
-    carry: Any,
-    lengths: Array | None,
-    *,
-    unroll: int = 1,
-    remat: bool = False,
-) -> tuple[Any, Array]:
+def scan_backend(cell, params, px, carry, lengths, *, unroll=1, remat=False):  # RunFn
     """Runs ``cell.recur`` over time with `lax.scan`.
 
     Args:
