@@ -69,29 +69,41 @@ def sum_outer(a: Array, b: Array, compute_dtype: Any = None) -> Array:
 # ---------------------------------------------------------------------------------------------
 
 
-def _save(s: Structure, px: tuple, hw: tuple | None) -> tuple:
-    """Per step: z_k = px_k + hw_k for tied blocks; (px_k, hw_k) for the others."""
-    if hw is None:
-        return tuple(px)
-    saved = []
-    for k in range(s.gates):
-        saved.append(px[k] + hw[k] if s.tied[k] else (px[k], hw[k]))
-    return tuple(saved)
+def _pack(s: Structure, px_t: Array, hw_t: Array | None, others: Leaves) -> Array:
+    """What one step saves, as ONE (N, ·) array (one buffer write per step in the loop).
+
+    Columns: z_k = px_k + hw_k for the tied gate blocks, then px_k and hw_k for the untied
+    ones, then the carry leaves other than h.
+    """
+    if hw_t is None:
+        parts = [px_t]
+    elif all(s.tied):
+        parts = [px_t + hw_t]  # (N, G)
+    else:
+        z, px, hw = (split_blocks(a, s.gates) for a in (px_t + hw_t, px_t, hw_t))
+        parts = [z[k] for k in range(s.gates) if s.tied[k]]
+        parts += [px[k] for k in range(s.gates) if not s.tied[k]]
+        parts += [hw[k] for k in range(s.gates) if not s.tied[k]]
+    return jnp.concatenate([*parts, *others], axis=-1)
 
 
-def _rebuild(s: Structure, saved: tuple, has_w: bool) -> tuple[tuple, tuple | None]:
-    """pointwise's (px, hw) blocks from `_save`'s output (tied: (z_k, 0))."""
+def _unpack(s: Structure, packed: Array, has_w: bool, H: int, widths: tuple[int, ...]):
+    """`_pack`'s inverse: pointwise's (px, hw) blocks (tied: (z_k, 0)) and the other leaves."""
+    G = s.gates * H
+    n_untied = 0 if not has_w else sum(not t for t in s.tied)
+    cuts = [G + n_untied * H]
+    for w in widths:
+        cuts.append(cuts[-1] + w)
+    gates, *others = jnp.split(packed, cuts[:-1], axis=-1)
     if not has_w:
-        return tuple(saved), None
-    px, hw = [], []
-    for k in range(s.gates):
-        if s.tied[k]:
-            px.append(saved[k])
-            hw.append(jnp.zeros_like(saved[k]))
-        else:
-            px.append(saved[k][0])
-            hw.append(saved[k][1])
-    return tuple(px), tuple(hw)
+        return split_blocks(gates, s.gates), None, tuple(others)
+    blocks = iter(split_blocks(gates, s.gates + n_untied))
+    tied = {k: next(blocks) for k in range(s.gates) if s.tied[k]}
+    untied_px = {k: next(blocks) for k in range(s.gates) if not s.tied[k]}
+    untied_hw = {k: next(blocks) for k in range(s.gates) if not s.tied[k]}
+    px = tuple(tied[k] if s.tied[k] else untied_px[k] for k in range(s.gates))
+    hw = tuple(jnp.zeros_like(tied[k]) if s.tied[k] else untied_hw[k] for k in range(s.gates))
+    return px, hw, tuple(others)
 
 
 def _pointwise_flat(s: Structure, treedef):
@@ -109,24 +121,25 @@ def _pointwise_flat(s: Structure, treedef):
 # ---------------------------------------------------------------------------------------------
 
 
-def _forward(s: Structure, treedef, unroll: int, W, up, px, leaves: Leaves, lengths):
-    """Runs the forward loop; returns (final leaves, ys (T, N, H), saved, other leaves)."""
+def _forward(s: Structure, treedef, unroll: int, W, up, px, leaves: Leaves, lengths, save: bool):
+    """Runs the forward loop; returns (final leaves, ys (T, N, H), saved (T, N, ·) or None)."""
     pointwise = _pointwise_flat(s, treedef)
 
     def body(leaves, inputs):
         px_t, t = inputs  # (N, G), ()
-        px_b = split_blocks(px_t, s.gates)  # K x (N, H)
-        hw_b = None if W is None else split_blocks(matmul(leaves[0], W, s.compute_dtype), s.gates)
-        new, y = pointwise(up, leaves, px_b, hw_b)
+        hw_t = None if W is None else matmul(leaves[0], W, s.compute_dtype)  # (N, G)
+        hw_b = None if hw_t is None else split_blocks(hw_t, s.gates)  # K x (N, H)
+        new, y = pointwise(up, leaves, split_blocks(px_t, s.gates), hw_b)
         if lengths is not None:
             valid = (t < lengths)[:, None]  # (N, 1)
             new = tuple(jnp.where(valid, n, o) for n, o in zip(new, leaves, strict=True))
             y = jnp.where(valid, y, jnp.zeros_like(y))
-        return new, (y, _save(s, px_b, hw_b), leaves[1:])
+        saved = _pack(s, px_t, hw_t, leaves[1:]) if save else None
+        return new, (y, saved)
 
     steps = jnp.arange(px.shape[0])  # (T,)
-    final, (ys, saved, others) = jax.lax.scan(body, leaves, (px, steps), unroll=unroll)
-    return final, ys, saved, others
+    final, (ys, saved) = jax.lax.scan(body, leaves, (px, steps), unroll=unroll)
+    return final, ys, saved
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
@@ -143,18 +156,19 @@ def fused_loop(s: Structure, treedef, unroll: int, W, up, px, leaves: Leaves, le
         leaves: the initial carry's leaves, each (N, H), h first.
         lengths: None or int (N,).
     """
-    final, ys, _, _ = _forward(s, treedef, unroll, W, up, px, leaves, lengths)
+    final, ys, _ = _forward(s, treedef, unroll, W, up, px, leaves, lengths, save=False)
     return final, ys
 
 
 def _fused_fwd(s, treedef, unroll, W, up, px, leaves, lengths):
-    final, ys, saved, others = _forward(s, treedef, unroll, W, up, px, leaves, lengths)
-    return (final, ys), (W, up, saved, others, ys, leaves[0], lengths)
+    final, ys, saved = _forward(s, treedef, unroll, W, up, px, leaves, lengths, save=True)
+    return (final, ys), (W, up, saved, ys, leaves[0], lengths)
 
 
 def _fused_bwd(s, treedef, unroll, residuals, cotangents):
-    W, up, saved, others, ys, h0, lengths = residuals
+    W, up, saved, ys, h0, lengths = residuals
     dfinal, dys = cotangents  # tuple of (N, H); (T, N, H)
+    widths = tuple(d.shape[-1] for d in dfinal[1:])  # the carry leaves after h
     pointwise = _pointwise_flat(s, treedef)
     has_w = W is not None
     # h_{t-1} for every t. With lengths the valid steps are a prefix, so wherever the step is
@@ -165,8 +179,8 @@ def _fused_bwd(s, treedef, unroll, residuals, cotangents):
 
     def body(acc, inputs):
         dleaves, dup = acc
-        saved_t, h_prev_t, others_t, dy_t, t = inputs
-        px_b, hw_b = _rebuild(s, saved_t, has_w)
+        saved_t, h_prev_t, dy_t, t = inputs
+        px_b, hw_b, others_t = _unpack(s, saved_t, has_w, h0.shape[-1], widths)
         prev = (h_prev_t, *others_t)
         cot = (dleaves, dy_t)
         if lengths is not None:
@@ -189,7 +203,7 @@ def _fused_bwd(s, treedef, unroll, residuals, cotangents):
     (dleaves0, dup), (dpx, dhw_untied) = jax.lax.scan(
         body,
         (tuple(dfinal), zeros_up),
-        (saved, h_prev, others, dys, steps),
+        (saved, h_prev, dys, steps),
         reverse=True,
         unroll=unroll,
     )  # dpx: (T, N, G)
