@@ -214,11 +214,13 @@ def fused_cpu_backend(cell, params, px, carry, lengths, *, unroll=1, remat=False
     lens = jnp.full((N,), T, jnp.int32) if lengths is None else lengths.reshape(N)
     lens = lens.astype(jnp.int32)
     px = px.reshape(T, N, G)
+    f32 = jnp.float32  # the kernel's dtype; params of another dtype are cast (and cast back)
+    W = params.W.astype(f32)
     if _specialised(cell) == "lstm":
-        hT, cT, ys = lstm_loop(params.W, px, *leaves, lens)
+        hT, cT, ys = lstm_loop(W, px, *leaves, lens)
         final = [hT, cT]
     else:
-        hT, ys = gru_loop(params.W, params.b_hn, px, *leaves, lens)
+        hT, ys = gru_loop(W, params.b_hn.astype(f32), px, *leaves, lens)
         final = [hT]
     final = [leaf.reshape(*batch, H) for leaf in final]
     return jax.tree.unflatten(jax.tree.structure(carry), final), ys.reshape(T, *batch, H)
