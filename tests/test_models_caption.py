@@ -60,8 +60,9 @@ def test_wrong_images_are_refused():
         cap.caption_words(model, np.zeros((1, 8, 36), np.int32))
 
 
+@pytest.mark.slow
 def test_caption_learns_held_out_digits_and_writes_its_figure(tmp_path):
-    """1500 Adam steps (seconds) caption held-out compositions of unseen digit images: most
+    """1500 Adam steps caption held-out compositions of unseen digit images: most
     words right where chance is 1 in 10 (measured: 0.80 of the words, 0.66 of the captions)."""
     out = tmp_path / "cap"
     losses, result = run_tiny(

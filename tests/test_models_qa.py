@@ -91,8 +91,9 @@ def question_only_baseline(train, test):
     return float(np.mean(hits))
 
 
+@pytest.mark.slow
 def test_qa_learns_to_read_the_story(tmp_path):
-    """1000 Adam steps (seconds) answer held-out stories well above what the question alone
+    """1000 Adam steps answer held-out stories well above what the question alone
     allows (measured: 0.64 against 0.30)."""
     out = tmp_path / "qa"
     losses, saved = run_tiny(

@@ -27,8 +27,9 @@ def test_split_by_number_is_disjoint_and_covers_every_length():
         split_numbers(0, 10, 10)
 
 
+@pytest.mark.slow
 def test_translate_learns_held_out_numbers(tmp_path):
-    """300 Adam steps (seconds) translate most held-out three-digit numbers exactly; an
+    """300 Adam steps translate most held-out three-digit numbers exactly; an
     untrained model translates none (a sentence of 1–3 words from 40+ is never guessed)."""
     out = tmp_path / "run"
     losses, result = run_tiny(
