@@ -33,8 +33,9 @@ from pathlib import Path
 import chex
 import jax
 import numpy as np
+import pytest
 
-from rnnjax.cli import TRAIN_FLAGS, build_parser
+from rnnjax.cli import TRAIN_FLAGS, build_parser, main
 from rnnjax.train import RunConfig, read_metrics, train
 from rnnjax.train.checkpoint import CHECKPOINTS, RunDir
 
@@ -125,6 +126,11 @@ class Processes:
                 PYTHONPATH=os.pathsep.join(
                     [str(hook), str(ROOT), os.environ.get("PYTHONPATH", "")]
                 ),
+                # compiled programs are shared between the runs of a test (process 0 writes
+                # them); this saves time only, the programs are the same
+                JAX_COMPILATION_CACHE_DIR=str(tmp / "jax-cache"),
+                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
                 RNNJAX_WATCH=str(out),
                 RNNJAX_WRITES=str(self.writes[i]),
             )
@@ -295,3 +301,24 @@ def test_readme_shows_the_local_command():
         "--eval-size",
         "64",
     ]
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--num-processes", "2", "--process-id", "2"], "process_id must be in [0, 2), got"),
+        (["--coordinator", "localhost"], "the coordinator must be host:port"),
+        (["--heartbeat-timeout", "0"], "heartbeat_timeout must be at least 1 second"),
+    ],
+)
+def test_bad_distributed_settings(tmp_path, capsys, flags, message):
+    """Bad launch settings: one line on stderr, exit status 2, before JAX starts its service."""
+    args = ["train", "--task", "adding", "--out", str(tmp_path / "run"), "--distributed"]
+    defaults = {"--coordinator": "localhost:1", "--num-processes": "2", "--process-id": "0"}
+    for flag, value in defaults.items():
+        if flag not in flags:
+            args += [flag, value]
+    assert main(args + flags) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rnnjax train: error: ") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()

@@ -28,6 +28,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 AXIS = "batch"
@@ -143,6 +144,12 @@ def initialize_distributed(
         process_id=process_id,
         **timeouts,
     )
+    # On CPUs, gloo connects the processes at their first collective and waits only 30 s
+    # (fixed) for all of them to arrive; under load, processes that have drifted apart while
+    # building their model miss that window. So the first collective is made here, while
+    # the processes are still in step after `initialize` (which waits for all of them); later
+    # collectives reuse the connection and wait up to --xla_cpu_collective_timeout_seconds.
+    multihost_utils.sync_global_devices("rnnjax: every process connected")
 
 
 # XLA runtime errors (gloo collectives, the coordination service) start with a status code
