@@ -120,7 +120,7 @@ def initialize_distributed(
         num_processes: how many processes take part.
         process_id: this process, in ``[0, num_processes)``.
         heartbeat_timeout: seconds without a heartbeat after which the coordination service
-            declares a process lost and ends the others (None: JAX's default, 100 s). A
+            declares a process lost and ends the others (None: 100 s, JAX's default). A
             process killed in the middle of a collective is noticed at once by its peers
             (closed TCP connection); this bounds the wait when one hangs or its host
             vanishes.
@@ -137,12 +137,11 @@ def initialize_distributed(
         raise ValueError(f"the coordinator must be host:port, got {coordinator=}")
     if heartbeat_timeout is not None and heartbeat_timeout < 1:
         raise ValueError(f"heartbeat_timeout must be at least 1 second, got {heartbeat_timeout=}")
-    timeouts = {} if heartbeat_timeout is None else {"heartbeat_timeout_seconds": heartbeat_timeout}
     jax.distributed.initialize(
         coordinator_address=coordinator,
         num_processes=num_processes,
         process_id=process_id,
-        **timeouts,
+        heartbeat_timeout_seconds=100 if heartbeat_timeout is None else heartbeat_timeout,
     )
     # On CPUs, gloo connects the processes at their first collective and waits only 30 s
     # (fixed) for all of them to arrive; under load, processes that have drifted apart while
