@@ -19,7 +19,7 @@ the embedded corpus:
   processes, and with 1: a checkpoint holds global arrays).
 
 The runs of a test share JAX's persistent compilation cache (time only: the same programs run).
-About 170 s of CPU in all (``time pytest tests/test_multihost.py``), so one to two minutes on
+About 3 minutes of CPU in all (``time pytest tests/test_multihost.py``): one to two minutes on
 an otherwise idle 2-core machine.
 """
 
@@ -123,15 +123,14 @@ class Processes:
         self.logs = [tmp / f"{name}-{i}.log" for i in range(n)]
         self.writes = [tmp / f"{name}-{i}.writes" for i in range(n)]
         port = _free_port()
+        pythonpath = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
         self.procs = []
         for i in range(n):
             env = dict(
                 os.environ,
                 XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
                 JAX_PLATFORMS="cpu",
-                PYTHONPATH=os.pathsep.join(
-                    [str(hook), str(ROOT), os.environ.get("PYTHONPATH", "")]
-                ),
+                PYTHONPATH=os.pathsep.join([str(hook), str(ROOT), *pythonpath]),
                 # compiled programs are shared between the runs of a test (process 0 writes
                 # them); this saves time only, the programs are the same
                 JAX_COMPILATION_CACHE_DIR=str(tmp / "jax-cache"),
