@@ -92,11 +92,18 @@ def _add_train(sub) -> None:
     p.add_argument("--coordinator", help="with --distributed: host:port of process 0")
     p.add_argument("--num-processes", type=int, help="with --distributed: number of processes")
     p.add_argument("--process-id", type=int, help="with --distributed: this process's id")
+    p.add_argument(
+        "--heartbeat-timeout",
+        type=int,
+        help="with --distributed: seconds before a silent process counts as lost (default 100)",
+    )
     p.set_defaults(func=_train)
 
 
 def _train(args) -> int:
     from rnnjax.train import initialize_distributed, train
+    from rnnjax.train.checkpoint import CHECKPOINTS
+    from rnnjax.train.parallel import exit_on_error
 
     given = {dest: getattr(args, dest) for dest, _, _ in TRAIN_FLAGS.values()}
     given = {k: v for k, v in given.items() if v is not None}
@@ -116,11 +123,15 @@ def _train(args) -> int:
     else:
         config = RunConfig(**given).resolved()
     if args.distributed:
-        initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+        initialize_distributed(
+            args.coordinator, args.num_processes, args.process_id, args.heartbeat_timeout
+        )
     out = (
         args.out or f"runs/{f'{config.task}-T{config.T}' if config.task else 'text'}-{config.cell}"
     )
-    summary = train(config, out, resume=args.resume, progress=None if args.quiet else sys.stderr)
+    progress = None if args.quiet else sys.stderr
+    with exit_on_error("rnnjax train", f"{out}/{CHECKPOINTS}"):  # several processes: see there
+        summary = train(config, out, resume=args.resume, progress=progress)
     _print_summary(out, summary)
     return 0
 

@@ -59,6 +59,8 @@ def test_jacobians_and_norms_equal_jacfwd_of_the_unrolled_map(name):
     cell = CELL_FACTORIES[name](3)
     # moderate scales: deep in saturation float32's tanh' = 1 − tanh² itself loses digits
     params, xs, carry = _random_setup(cell, jax.random.key(zlib.crc32(name.encode())))
+    if cell.config.get("activation") == "relu":  # keep the units active: no rank-deficient
+        params = params._replace(b=params.b + 1.0)  # products, so κ below stays small
     jacs, out = jax.jit(
         lambda p, x, c: (
             analysis.carry_jacobians(cell, p, x, c),
@@ -68,8 +70,9 @@ def test_jacobians_and_norms_equal_jacfwd_of_the_unrolled_map(name):
     steps, back, fwd = _reference(cell, params, xs, carry)
     # float32: 1e-5 relative to the size of the Jacobian's entries
     np.testing.assert_allclose(jacs, steps, rtol=1e-5, atol=1e-5 * np.abs(steps).max())
-    # a product computed in float32 is accurate to ~eps·T·κ relative, κ = Π‖J_k‖ / ‖Π J_k‖
-    # (cancellation between factors): 1e-5·κ on the norm, i.e. on the log-norm
+    # a product computed in float32 is accurate to ~eps·T·κ relative (eps·T = 3.6e-7 here),
+    # κ = Π‖J_k‖ / ‖Π J_k‖ (cancellation between factors): 1e-6·κ on the norm, i.e. on the
+    # log-norm, with κ <= 100 checked, so the tolerance is at most 1e-4
     log_step = np.log(np.linalg.norm(steps, 2, axis=(-2, -1)))  # (B, T)
     zero = np.zeros_like(back[:, :1])
     log_prod_back = np.concatenate([np.cumsum(log_step[:, ::-1], 1)[:, ::-1], zero], 1)
@@ -81,7 +84,9 @@ def test_jacobians_and_norms_equal_jacfwd_of_the_unrolled_map(name):
         finite = np.isfinite(want)
         np.testing.assert_array_equal(np.isfinite(got), finite)  # exact zeros stay −inf
         kappa = np.exp(log_prod[finite] - want[finite])
-        assert np.all(np.abs(np.asarray(got)[finite] - want[finite]) <= 1e-5 * kappa)
+        assert kappa.max() <= 100, f"ill-conditioned setup: κ = {kappa.max():.3g}"
+        err = np.abs(np.asarray(got)[finite] - want[finite])
+        assert np.all(err <= 1e-6 * kappa), (err.max(), (err / kappa).max())
 
 
 LINEAR = rj.simple_rnn(6, activation="identity")

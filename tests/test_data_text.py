@@ -15,9 +15,19 @@ from rnnjax.data import (
 
 
 def test_default_corpus_is_embedded_prose():
+    """The help topics of the running Python, in sorted order of their names: the size
+    differs between Python versions, the construction does not."""
+    from pydoc_data import topics
+
     text = load_corpus("default")
     assert text == default_corpus()
-    assert 400_000 < len(text) < 600_000  # ~465 k characters in CPython 3.11
+    pieces = [topics.topics[name] for name in sorted(topics.topics)]
+    position = 0
+    for piece in pieces:  # each topic whole, in order, separated by one blank line
+        assert text.startswith(piece, position)
+        position += len(piece) + 2
+    assert position - 2 == len(text)
+    assert len(text) > 100_000  # enough for a character-level model (~465 k in CPython 3.11)
     assert "the" in text and "def " in text
 
 

@@ -1,13 +1,23 @@
 """Question answering: the story simulator against an independent reader, the model, errors."""
 
 import re
+from collections import Counter, defaultdict
 
 import numpy as np
 import pytest
 from test_models_seq2seq import run_tiny
 
 from rnnjax.models import qa_world
-from rnnjax.models.qa import VOCAB, answer, encode, tokenize
+from rnnjax.models.qa import (
+    MAX_SENTENCES,
+    SRC_LEN,
+    TEST_SEED,
+    TRAIN_SEED,
+    VOCAB,
+    answer,
+    encode,
+    tokenize,
+)
 
 ROOM = "|".join(qa_world.ROOMS)
 
@@ -47,8 +57,8 @@ def oracle(example):
     return f"{m[1]} is carrying {'nothing' if held is None else 'the ' + held} ."
 
 
-def test_simulator_answers_agree_with_an_independent_reader():
-    seed = int(np.random.SeedSequence().entropy % 2**31)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_simulator_answers_agree_with_an_independent_reader(seed):
     examples = qa_world.stories(seed, 300)
     for ex in examples:
         assert oracle(ex) == " ".join(ex.answer), (seed, " ".join(ex.story + ex.question))
@@ -67,22 +77,48 @@ def test_test_set_is_disjoint_and_every_word_is_in_the_vocabulary():
     assert tokenize("Where is John?") == ["Where", "is", "John", "?"]
 
 
-def test_qa_trains_and_answers(tmp_path):
+def question_only_baseline(train, test):
+    """Exact-answer rate of the best guess that reads the question but not the story: the
+    answer seen most often with that question in training (e.g. "nothing" for carrying)."""
+    seen = defaultdict(Counter)
+    for ex in train:
+        seen[" ".join(ex.question)][" ".join(ex.answer)] += 1
+    hits = [
+        bool(seen[q]) and seen[q].most_common(1)[0][0] == " ".join(ex.answer)
+        for ex in test
+        for q in [" ".join(ex.question)]
+    ]
+    return float(np.mean(hits))
+
+
+@pytest.mark.slow
+def test_qa_learns_to_read_the_story(tmp_path):
+    """1000 Adam steps answer held-out stories well above what the question alone
+    allows (measured: 0.64 against 0.30)."""
     out = tmp_path / "qa"
     losses, saved = run_tiny(
         "qa",
         out,
-        steps=30,
-        hidden=32,
+        steps=1000,
+        hidden=64,
         embed=16,
-        batch_size=16,
-        train_size=200,
-        test_size=20,
+        batch_size=32,
+        train_size=2000,
+        test_size=100,
         lr=1e-2,
     )
-    assert losses[-1] < losses[0]
-    assert saved["evaluation"]["test_stories"] == 20
-    assert 0.0 <= saved["evaluation"]["exact_answer"] <= 1.0
+    assert losses[-1] < 0.1 * losses[0]
+    ev = saved["evaluation"]
+    assert ev["test_stories"] == 100
+    train = qa_world.stories(TRAIN_SEED, 2000, max_words=SRC_LEN, max_sentences=MAX_SENTENCES)
+    seen = {qa_world.key_of(e) for e in train}
+    test = qa_world.stories(
+        TEST_SEED, 100, exclude=seen, max_words=SRC_LEN, max_sentences=MAX_SENTENCES
+    )
+    baseline = question_only_baseline(train, test)
+    assert baseline < 0.35, baseline
+    assert ev["exact_answer"] >= baseline + 0.2, (ev["exact_answer"], baseline)
+    assert ev["exact_answer_by_kind"]["carrying"] >= 0.8, ev["exact_answer_by_kind"]
     assert saved["target"]["threshold"] == 0.95
     assert saved["command"].startswith("rnnjax train --task qa")
     assert saved["evaluation"]["lecture_example"]["answer"].split()  # the decoder wrote words

@@ -55,7 +55,22 @@ SCRIPT = textwrap.dedent(
     one = train(text, f"{out}/text1", progress=None, devices=jax.devices()[:1])
     report["text"] = {
         **compare(leaves(many["state"].params), leaves(one["state"].params)),
-        "carry_devices": [len(c.sharding.device_set) for c in jax.tree.leaves(many["state"].carry)],
+        "carry": [
+            {
+                "shape": list(c.shape),
+                "replicated": c.sharding.is_fully_replicated,
+                "devices": len(c.sharding.device_set),
+                "rows": [[s.index[0].start, s.index[0].stop] for s in c.addressable_shards],
+                "shard_devices": [s.device.id for s in c.addressable_shards],
+                "shards_equal_rows": all(
+                    np.array_equal(np.asarray(s.data), np.asarray(c)[s.index])
+                    for s in c.addressable_shards
+                ),
+                "distinct_shards": len({np.asarray(s.data).tobytes()
+                                        for s in c.addressable_shards}),
+            }
+            for c in jax.tree.leaves(many["state"].carry)
+        ],
         "loss": [many["train"]["loss"], one["train"]["loss"]],
     }
     print(json.dumps(report))
@@ -79,4 +94,13 @@ def test_four_devices_equal_one(tmp_path):
     for name in ("task", "text"):
         assert report[name]["close"], report[name]
     assert report["task"]["all_reduce"], "the gradients are not reduced over the devices"
-    assert report["text"]["carry_devices"] and all(n == 4 for n in report["text"]["carry_devices"])
+    # the BPTT carry is split by rows: each device holds its own quarter of the batch, not a
+    # copy of the whole (a replicated array would also live on 4 devices)
+    carries = report["text"]["carry"]
+    assert carries
+    for c in carries:
+        rows = c["shape"][0]
+        assert not c["replicated"] and c["devices"] == 4, c
+        assert sorted(c["rows"]) == [[k * rows // 4, (k + 1) * rows // 4] for k in range(4)], c
+        assert len(set(c["shard_devices"])) == 4 and c["shards_equal_rows"], c
+        assert c["distinct_shards"] == 4, c  # the quarters hold different values
