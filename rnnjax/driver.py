@@ -29,7 +29,7 @@ def unroll(
     time_major: bool = False,
     unroll: int = 1,
     remat: bool = False,
-    backend: str = "auto",
+    backend: str = "scan",
 ) -> tuple[Any, Array]:
     r"""Runs ``cell`` over a sequence: c_t = h(x_t, c_{t-1}; θ) for t = 1..T.
 
@@ -39,9 +39,11 @@ def unroll(
     Backends (how the loop runs; never what it computes — every one equals ``"scan"``,
     outputs and gradients):
 
-    - ``"auto"`` (default): the fastest backend whose support predicate accepts the cell, the
-      shape, the dtype and the device (`rnnjax.kernels.auto`);
-    - ``"scan"``: `lax.scan` over ``cell.recur``, any cell; the readable reference;
+    - ``"scan"`` (default): `lax.scan` over ``cell.recur``, any cell; the readable
+      reference, and the one backend that also supports forward-mode autodiff (``jax.jvp``,
+      ``jax.jacfwd``; the others are ``custom_vjp`` functions, reverse mode only);
+    - ``"auto"``: the fastest backend whose support predicate accepts the cell, the shape,
+      the dtype and the device (`rnnjax.kernels.auto`);
     - ``"fused"``: one custom_vjp over the loop, derived from the cell's structured form;
     - ``"fused_cpu"``: the plain LSTM / GRU loop as one C++ call (CPU, small batch);
     - ``"associative"``: parallel prefix scan for cells linear in the carry;

@@ -81,7 +81,7 @@ class LinenRNN(nn.Module):
     """
 
     cell: Cell
-    backend: str = "auto"
+    backend: str = "scan"
 
     @nn.compact
     def __call__(self, xs: Array, carry: Any = None, **options) -> tuple[Any, Array]:
