@@ -315,7 +315,7 @@ def main() -> None:
         name, *opts = spec.split(":")
         keys = {"bb": "block_batch", "hs": "slice_size", "w": "num_warps"}
         PALLAS_VARIANTS[name] = {keys[k]: int(v) for k, v in (o.split("=") for o in opts)}
-        BACKENDS[name] = make_pallas_backend(**PALLAS_VARIANTS[name])
+        BACKENDS[name] = make_pallas_backend(name=name, **PALLAS_VARIANTS[name])
 
     import torch
 

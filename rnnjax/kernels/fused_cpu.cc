@@ -9,7 +9,7 @@
 //
 // Forward  (px, W, h0, c0, lengths) -> (ys, gates, c_prev, hT, cT)
 // Backward (Wt, gates, c_prev, dys, dhT, dcT, lengths) -> (dpx, dh0, dc0)
-// with the conventions of rnnjax/kernels/fused_lstm.py: gates (i, f, g, o) activated, c_prev
+// with the conventions of rnnjax/cells/lstm.py (lstm_pointwise): gates (i, f, g, o) activated, c_prev
 // the incoming cell state, steps t >= lengths[n] freeze the carry and output zeros. dW is one
 // matmul in JAX after the backward call (Σ_t h_{t-1}ᵀ dpx_t).
 
