@@ -1,8 +1,7 @@
 """Test configuration: strict rank promotion, float32 and helpers shared by the tests."""
 
-import zlib
-
 import contextlib
+import zlib
 
 import jax
 import jax.numpy as jnp
