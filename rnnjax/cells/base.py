@@ -361,8 +361,8 @@ def initialise(init_fn: Initializer, key: PRNGKey, shape: tuple[int, ...], dtype
 
 
 def zeros_carry(batch_shape: tuple[int, ...], hidden_size: int, dtype: Any = jnp.float32) -> Array:
-    """A zero state of shape (*batch_shape, hidden_size)."""
-    return jnp.zeros((*tuple(batch_shape), hidden_size), dtype)
+    """A zero state of shape (*batch_shape, hidden_size) (float64 only under x64)."""
+    return jnp.zeros((*tuple(batch_shape), hidden_size), jax.dtypes.canonicalize_dtype(dtype))
 
 
 # name -> (function, γ = sup |σ'(x)|, the constant of Pascanu et al.'s bound)
