@@ -167,8 +167,8 @@ def test_auto_choice_is_a_backend_that_runs_the_cell(name, batch, platform):
     jax.eval_shape(lambda: rj.unroll(cell, params, xs, backend=backend, unroll=unroll))
     if name == "min_gru":
         assert backend == "associative"
-    elif name == "multiplicative_rnn":
-        assert backend == "scan"  # the only backend that runs it
+    elif name in ("multiplicative_rnn", "gru_cho"):
+        assert backend == "scan"  # no structured form: scan is the only backend that runs it
     elif platform == "cpu" and batch > 4:
         assert backend == "fused"
 
