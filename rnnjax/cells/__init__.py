@@ -2,6 +2,13 @@
 
 from rnnjax.cells.base import ACTIVATIONS, Cell, LSTMCarry, RNNCarry, Structure, make_cell
 from rnnjax.cells.gru import GRUConfig, GRUParams, gru
+from rnnjax.cells.layer_norm import (
+    LayerNormConfig,
+    LayerNormGRUParams,
+    LayerNormLSTMParams,
+    layer_norm_gru,
+    layer_norm_lstm,
+)
 from rnnjax.cells.linear import (
     DiagonalLinearRNNParams,
     LinearCellConfig,
@@ -28,6 +35,9 @@ __all__ = [
     "LSTMCarry",
     "LSTMConfig",
     "LSTMParams",
+    "LayerNormConfig",
+    "LayerNormGRUParams",
+    "LayerNormLSTMParams",
     "LinearCellConfig",
     "MinGRUParams",
     "MinLSTMParams",
@@ -39,6 +49,8 @@ __all__ = [
     "Structure",
     "diagonal_linear_rnn",
     "gru",
+    "layer_norm_gru",
+    "layer_norm_lstm",
     "lstm",
     "make_cell",
     "min_gru",
