@@ -36,6 +36,7 @@ from rnnjax.cells import (
 from rnnjax.driver import reverse_within_lengths, unroll
 from rnnjax.layers import bidirectional, embedding, readout, stacked
 from rnnjax.losses import bits_per_char, perplexity, sequence_cross_entropy
+from rnnjax.regularise import regularised, with_key
 
 __version__ = "0.1.0"
 
@@ -71,10 +72,12 @@ __all__ = [
     "multiplicative_rnn",
     "perplexity",
     "readout",
+    "regularised",
     "reverse_within_lengths",
     "sequence_cross_entropy",
     "simple_rnn",
     "stacked",
     "train",
     "unroll",
+    "with_key",
 ]
