@@ -16,6 +16,7 @@ from rnnjax.cells import (
     GRUParams,
     LSTMCarry,
     LSTMParams,
+    LSTMPParams,
     MinGRUParams,
     MinLSTMParams,
     MultiplicativeRNNParams,
@@ -27,6 +28,7 @@ from rnnjax.cells import (
     layer_norm_gru,
     layer_norm_lstm,
     lstm,
+    lstmp,
     make_cell,
     min_gru,
     min_lstm,
@@ -37,6 +39,7 @@ from rnnjax.driver import reverse_within_lengths, unroll
 from rnnjax.layers import bidirectional, embedding, readout, stacked
 from rnnjax.losses import bits_per_char, perplexity, sequence_cross_entropy
 from rnnjax.regularise import regularised, with_key
+from rnnjax.rnn_layer import rnn
 
 __version__ = "0.1.0"
 
@@ -46,6 +49,7 @@ __all__ = [
     "DiagonalLinearRNNParams",
     "GRUParams",
     "LSTMCarry",
+    "LSTMPParams",
     "LSTMParams",
     "MinGRUParams",
     "MinLSTMParams",
@@ -66,6 +70,7 @@ __all__ = [
     "layer_norm_lstm",
     "losses",
     "lstm",
+    "lstmp",
     "make_cell",
     "min_gru",
     "min_lstm",
@@ -74,6 +79,7 @@ __all__ = [
     "readout",
     "regularised",
     "reverse_within_lengths",
+    "rnn",
     "sequence_cross_entropy",
     "simple_rnn",
     "stacked",

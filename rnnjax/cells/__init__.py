@@ -19,6 +19,7 @@ from rnnjax.cells.linear import (
     min_lstm,
 )
 from rnnjax.cells.lstm import LSTMConfig, LSTMParams, lstm
+from rnnjax.cells.lstmp import LSTMPConfig, LSTMPParams, lstmp
 from rnnjax.cells.multiplicative import (
     MultiplicativeRNNConfig,
     MultiplicativeRNNParams,
@@ -34,6 +35,8 @@ __all__ = [
     "GRUParams",
     "LSTMCarry",
     "LSTMConfig",
+    "LSTMPConfig",
+    "LSTMPParams",
     "LSTMParams",
     "LayerNormConfig",
     "LayerNormGRUParams",
@@ -52,6 +55,7 @@ __all__ = [
     "layer_norm_gru",
     "layer_norm_lstm",
     "lstm",
+    "lstmp",
     "make_cell",
     "min_gru",
     "min_lstm",
