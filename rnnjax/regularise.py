@@ -62,6 +62,7 @@ from rnnjax.cells.transform import (
     TransformedConfig,
     extended_structure,
     split_extra,
+    split_px,
 )
 
 RATES = ("input_dropout", "recurrent_dropout", "zoneout_h", "zoneout_c", "weight_drop")
@@ -350,7 +351,7 @@ def _structure(s: Structure, H: int, weights, options, extra: bool) -> Structure
         )
 
     def pointwise_extra(up, carry, px, hw):
-        px_in, code = split_extra(px)
+        px_in, code = split_px(px)
         hw_in, _ = split_extra(hw)
         new, _ = s.pointwise(up, carry, px_in, hw_in)
         new = _zoned(rates_of(carry), code, carry, new)
@@ -361,7 +362,7 @@ def _structure(s: Structure, H: int, weights, options, extra: bool) -> Structure
         inner_lc = s.linear_coefficients
 
         def linear_extra(up, px):  # d = 1: h_t = h_{t-1}
-            px_in, code = split_extra(px)
+            px_in, code = split_px(px)
             a, b = inner_lc(up, px_in)
             d = code % 2.0 > 0.5
             return jnp.where(d, jnp.ones_like(a), a), jnp.where(d, jnp.zeros_like(b), b)

@@ -38,6 +38,7 @@ from rnnjax.cells.transform import (
     extended_project,
     extended_structure,
     split_extra,
+    split_px,
     where_leaves,
 )
 
@@ -88,7 +89,7 @@ def resettable(cell: Cell) -> Cell:
         return (*s.unit_params(params), *h0w, *init)  # (H,) each
 
     def pointwise(up, carry, px, hw):
-        px_in, flag_block = split_extra(px)
+        px_in, flag_block = split_px(px)
         hw_in, _ = split_extra(hw)
         S, n_w = len(jax.tree.leaves(carry)), 0 if hw is None else K
         inner_up, h0w, init = up[: -n_w - S], up[-n_w - S : -S], up[-S:]
@@ -106,7 +107,7 @@ def resettable(cell: Cell) -> Cell:
         inner_lc = s.linear_coefficients
 
         def linear(up, px):  # one carry leaf and no W: up = (*inner, h_0)
-            px_in, flag_block = split_extra(px)
+            px_in, flag_block = split_px(px)
             a, b = inner_lc(up[:-1], px_in)
             h0 = expand(up[-1], b).astype(b.dtype)
             flag = flag_block > 0.5
@@ -135,6 +136,7 @@ def check_resets(resets: Any, batch_shape: tuple[int, ...], T: int, time_major: 
     resets = jnp.asarray(resets)
     if resets.dtype != jnp.bool_:
         raise ValueError(f"resets must be a boolean array, got {resets.dtype=}")
+    want: tuple[int, ...]
     if not batch_shape:
         want = (T,)
     else:

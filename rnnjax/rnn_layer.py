@@ -121,7 +121,7 @@ def rnn(
     P = int(proj_size)
     if P < 0:
         raise ValueError(f"proj_size must be >= 0, got {proj_size=}")
-    rates = dict(
+    rates: dict[str, Any] = dict(
         input_dropout=input_dropout,
         recurrent_dropout=recurrent_dropout,
         zoneout_h=zoneout_h,
@@ -160,7 +160,8 @@ def torch_state(layer: RNNLayer, carry: tuple) -> tuple[Array, Array | None]:
     Row ``l·dirs + d`` is layer l, direction d (0 forward, 1 backward), as in PyTorch; c_n is
     None for the GRU and the simple RNN.
     """
-    hs, cs = [], []
+    hs: list[Any] = []
+    cs: list[Any] = []
     for per_layer in carry:
         directions = per_layer if layer.bidirectional else (per_layer,)
         for c in directions:

@@ -51,6 +51,11 @@ def split_extra(blocks: tuple[Array, ...] | None) -> tuple[tuple[Array, ...] | N
     return tuple(blocks[:-1]), blocks[-1]
 
 
+def split_px(blocks: tuple[Array, ...]) -> tuple[tuple[Array, ...], Array]:
+    """(the cell's K blocks of px, the extra block) from K + 1 blocks."""
+    return tuple(blocks[:-1]), blocks[-1]
+
+
 def broadcast_block(values: Array, H: int, dtype: Any) -> Array:
     """(…,) per-row values -> (…, H): the same value in every unit of the extra block."""
     return jnp.broadcast_to(values[..., None], (*values.shape, H)).astype(dtype)
@@ -118,6 +123,7 @@ __all__ = [
     "extended_structure",
     "split_blocks",
     "split_extra",
+    "split_px",
     "where_leaves",
     "zero_columns",
 ]
