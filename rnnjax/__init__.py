@@ -8,7 +8,7 @@
 LSTM gates are ordered (i, f, g, o) everywhere, as in PyTorch and jax.experimental.rnn.
 """
 
-from rnnjax import analysis, data, initializers, interop, losses, train
+from rnnjax import analysis, data, initializers, interop, losses, regularise, streaming, train
 from rnnjax.cells import (
     ACTIVATIONS,
     Cell,
@@ -77,12 +77,14 @@ __all__ = [
     "multiplicative_rnn",
     "perplexity",
     "readout",
+    "regularise",
     "regularised",
     "reverse_within_lengths",
     "rnn",
     "sequence_cross_entropy",
     "simple_rnn",
     "stacked",
+    "streaming",
     "train",
     "unroll",
     "with_key",
