@@ -303,7 +303,7 @@ def regularised(
     build: dict[str, Any] = dict(
         name=f"{cell.name}+regularised",
         hidden_size=H,
-        config=TransformedConfig("regularised", cell, tuple(options.items())),
+        config=TransformedConfig("regularised", cell, tuple(options.items()), training),
         init=cell.init,
         initial_carry=cell.initial_carry,
         project=project,
@@ -406,6 +406,8 @@ def with_key(cell: Cell, key: Array | None) -> Cell:
     config = cell.config
     if not (isinstance(config, TransformedConfig) and config.transform == "regularised"):
         return cell
+    if key is None and not config.training:
+        return cell  # already the evaluation form (the same cell: compiled code is reused)
     return regularised(config.cell, key, **dict(config.options))
 
 

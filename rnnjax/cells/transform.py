@@ -35,6 +35,7 @@ class TransformedConfig:
     transform: str
     cell: Cell
     options: tuple = ()
+    training: bool = False
 
 
 def zero_columns(W: Array | None, H: int) -> Array | None:
