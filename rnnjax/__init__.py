@@ -8,7 +8,17 @@
 LSTM gates are ordered (i, f, g, o) everywhere, as in PyTorch and jax.experimental.rnn.
 """
 
-from rnnjax import analysis, data, initializers, interop, losses, regularise, streaming, train
+from rnnjax import (
+    analysis,
+    data,
+    export,
+    initializers,
+    interop,
+    losses,
+    regularise,
+    streaming,
+    train,
+)
 from rnnjax.cells import (
     ACTIVATIONS,
     Cell,
@@ -63,6 +73,7 @@ __all__ = [
     "data",
     "diagonal_linear_rnn",
     "embedding",
+    "export",
     "gru",
     "initializers",
     "interop",
