@@ -109,30 +109,34 @@ class Masks(NamedTuple):
 def _draw(
     options: dict[str, Any],
     key: Array,
+    cell: Cell,
+    params: Any,
     *,
     input_size: int,
-    hidden_size: int,
-    w_shape: tuple[int, ...] | None,
-    n_leaves: int,
     batch_shape: tuple[int, ...],
     steps: tuple[int, ...],
     dtype: Any,
 ) -> Masks:
-    """Every mask of one forward pass, from ``key`` (fold_in 0 … 3, see the module doc)."""
+    """Every mask of one forward pass of ``cell``, from ``key`` (fold_in 0 … 3, see above)."""
     keys = [jax.random.fold_in(key, i) for i in range(4)]
-    H, p_x, p_h, p_w = hidden_size, *(options[n] for n in RATES[:2]), options["weight_drop"]
+    H, s = cell.hidden_size, cell.structure
+    p_x, p_h, p_w = (options[n] for n in ("input_dropout", "recurrent_dropout", "weight_drop"))
     m_x = _keep(keys[0], p_x, (*batch_shape, input_size), dtype) if p_x > 0.0 else None
     m_h = None
     if p_h > 0.0:
         shape = (H,) if options["recurrent_mask"] == "batch" else (*batch_shape, H)
         m_h = _keep(keys[1], p_h, shape, dtype)
+    n_leaves = len(jax.tree.leaves(jax.eval_shape(lambda: cell.initial_carry(params, ()))))
     d = tuple(
         jax.random.bernoulli(jax.random.fold_in(keys[2], k), z, (*steps, *batch_shape, H))
         if z > 0.0
         else None
         for k, z in enumerate(_rates(options, n_leaves))
     )
-    M = _keep(keys[3], p_w, w_shape, dtype) if (p_w > 0.0 and w_shape is not None) else None
+    M = None
+    if p_w > 0.0 and s is not None:
+        W = jax.eval_shape(lambda: s.recurrent_weights(params))
+        M = _keep(keys[3], p_w, tuple(W.shape), dtype)
     return Masks(m_x, m_h, d, M)
 
 
@@ -160,19 +164,16 @@ def masks(
     config = cell.config
     if not (isinstance(config, TransformedConfig) and config.transform == "regularised"):
         raise ValueError(f"masks needs a cell built by rj.regularised, got {cell.name!r}")
-    inner, options = config.cell, dict(config.options)
-    s = inner.structure
-    W = None if s is None else jax.eval_shape(lambda: s.recurrent_weights(params))
-    carry = jax.eval_shape(lambda: inner.initial_carry(params, ()))
+    D = getattr(getattr(params, "U", None), "shape", (0,))[0]
+    steps_ = () if steps is None else (int(steps),)
     return _draw(
-        options,
+        dict(config.options),
         key,
-        input_size=int(params.U.shape[0]),
-        hidden_size=inner.hidden_size,
-        w_shape=None if W is None else tuple(W.shape),
-        n_leaves=len(jax.tree.leaves(carry)),
+        config.cell,
+        params,
+        input_size=int(D),
         batch_shape=tuple(batch_shape),
-        steps=() if steps is None else (int(steps),),
+        steps=steps_,
         dtype=dtype,
     )
 
@@ -253,17 +254,14 @@ def regularised(
     extra = training and zoneout  # masks ride in px
     per_sequence = training and recurrent_dropout > 0.0 and recurrent_mask == "sequence"
 
-    def draw(params, batch_shape: tuple[int, ...], steps: tuple[int, ...], dtype) -> Masks:
+    def draw(params, D: int, batch_shape: tuple[int, ...], steps: tuple[int, ...], dtype):
         assert key is not None
-        W = None if s is None else jax.eval_shape(lambda: s.recurrent_weights(params))
-        carry = jax.eval_shape(lambda: cell.initial_carry(params, ()))
         return _draw(
             options,
             key,
-            input_size=int(params.U.shape[0]) if hasattr(params, "U") else 0,
-            hidden_size=H,
-            w_shape=None if W is None else tuple(W.shape),
-            n_leaves=len(jax.tree.leaves(carry)),
+            cell,
+            params,
+            input_size=D,
             batch_shape=batch_shape,
             steps=steps,
             dtype=dtype,
@@ -274,7 +272,7 @@ def regularised(
         W = s.recurrent_weights(params)
         if not training or W is None:
             return W
-        m = draw(params, (), (), W.dtype)
+        m = draw(params, 0, (), (), W.dtype)
         if m.weight is not None:
             W = W * m.weight  # (R, K·H)
         if m.recurrent is not None and recurrent_mask == "batch":
@@ -284,7 +282,7 @@ def regularised(
     def project_with(params, xs: Array, batch_shape: tuple[int, ...], steps: tuple) -> Array:
         if not training:
             return cell.project(params, xs)
-        m = draw(params, batch_shape, steps, xs.dtype)
+        m = draw(params, xs.shape[-1], batch_shape, steps, xs.dtype)
         if m.input is not None:
             xs = xs * expand(m.input, xs)  # (…, D): one mask per sequence
         px = cell.project(params, xs)  # (…, G)
