@@ -8,7 +8,17 @@
 LSTM gates are ordered (i, f, g, o) everywhere, as in PyTorch and jax.experimental.rnn.
 """
 
-from rnnjax import analysis, data, initializers, interop, losses, train
+from rnnjax import (
+    analysis,
+    data,
+    export,
+    initializers,
+    interop,
+    losses,
+    regularise,
+    streaming,
+    train,
+)
 from rnnjax.cells import (
     ACTIVATIONS,
     Cell,
@@ -16,6 +26,7 @@ from rnnjax.cells import (
     GRUParams,
     LSTMCarry,
     LSTMParams,
+    LSTMPParams,
     MinGRUParams,
     MinLSTMParams,
     MultiplicativeRNNParams,
@@ -24,7 +35,10 @@ from rnnjax.cells import (
     Structure,
     diagonal_linear_rnn,
     gru,
+    layer_norm_gru,
+    layer_norm_lstm,
     lstm,
+    lstmp,
     make_cell,
     min_gru,
     min_lstm,
@@ -34,6 +48,8 @@ from rnnjax.cells import (
 from rnnjax.driver import reverse_within_lengths, unroll
 from rnnjax.layers import bidirectional, embedding, readout, stacked
 from rnnjax.losses import bits_per_char, perplexity, sequence_cross_entropy
+from rnnjax.regularise import regularised, with_key
+from rnnjax.rnn_layer import rnn
 
 __version__ = "0.1.0"
 
@@ -43,6 +59,7 @@ __all__ = [
     "DiagonalLinearRNNParams",
     "GRUParams",
     "LSTMCarry",
+    "LSTMPParams",
     "LSTMParams",
     "MinGRUParams",
     "MinLSTMParams",
@@ -56,21 +73,30 @@ __all__ = [
     "data",
     "diagonal_linear_rnn",
     "embedding",
+    "export",
     "gru",
     "initializers",
     "interop",
+    "layer_norm_gru",
+    "layer_norm_lstm",
     "losses",
     "lstm",
+    "lstmp",
     "make_cell",
     "min_gru",
     "min_lstm",
     "multiplicative_rnn",
     "perplexity",
     "readout",
+    "regularise",
+    "regularised",
     "reverse_within_lengths",
+    "rnn",
     "sequence_cross_entropy",
     "simple_rnn",
     "stacked",
+    "streaming",
     "train",
     "unroll",
+    "with_key",
 ]

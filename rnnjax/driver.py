@@ -16,6 +16,7 @@ from rnnjax.cells import checks
 from rnnjax.cells.base import Array, Cell, carry_dtype
 from rnnjax.kernels import get_backend
 from rnnjax.kernels.base import problem_of
+from rnnjax.resets import check_resets, reset_block, resettable
 
 
 def unroll(
@@ -25,6 +26,7 @@ def unroll(
     carry: Any = None,
     *,
     lengths: Array | None = None,
+    resets: Array | None = None,
     reverse: bool = False,
     time_major: bool = False,
     unroll: int = 1,
@@ -71,6 +73,12 @@ def unroll(
             Outputs at t >= length are zero and the final carry is each sequence's carry at
             its last valid step. Concrete lengths outside [0, T] raise; under ``jit`` the
             values cannot be checked, and a length above T acts as T, one below 0 as 0.
+        resets: optional bool (B, T) ((T, B) with ``time_major``, (T,) for one sequence):
+            where true, the carry entering the step that reads x_t is the cell's initial carry
+            ``cell.initial_carry(params)`` (not the ``carry`` argument), and no gradient
+            crosses that step (`rnnjax.resets`). With ``reverse`` the flags keep their input
+            positions: the step reading x_t still restarts (`rnnjax.layers.bidirectional`
+            turns segment starts into the backward direction's restarts).
         reverse: run from the end of each sequence to its start. With ``lengths`` each sequence
             is reversed within its own length (padding stays at the end); outputs are returned
             in input order either way, so y_t is the state after reading x_T..x_t.
@@ -86,8 +94,9 @@ def unroll(
 
     Raises:
         ValueError: for a wrong rank, dtype or feature size of xs, T = 0, concrete lengths out
-            of [0, T] or of the wrong shape, params or a carry that do not match the cell, an
-            unknown backend, or a backend that does not support the cell (with the reason).
+            of [0, T] or of the wrong shape, resets of the wrong shape or dtype, params or a
+            carry that do not match the cell, an unknown backend, or a backend that does not
+            support the cell (with the reason).
 
     Example:
         >>> cell = rj.lstm(32)
@@ -117,6 +126,12 @@ def unroll(
     if reverse:
         xs_tm = reverse_within_lengths(xs_tm, lengths)
     px = cell.project(params, xs_tm)  # (T, *batch, G)
+    if resets is not None:  # the flag rides in px as one more gate block (rnnjax.resets)
+        flags = check_resets(resets, batch_shape, T, time_major)  # (T, *batch)
+        if reverse:
+            flags = reverse_within_lengths(flags[..., None], lengths)[..., 0]
+        cell = resettable(cell)
+        px = jnp.concatenate([px, reset_block(flags, cell.hidden_size, px.dtype)], axis=-1)
     problem = problem_of(cell, params, px, carry, remat)
     support = run.supports(cell, problem)
     if not support:

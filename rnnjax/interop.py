@@ -145,3 +145,70 @@ def from_flax(cell: Cell, params: Mapping[str, Any]) -> Any:
 
 
 __all__ = ["from_flax", "from_torch"]
+
+
+def from_torch_module_state(layer: Any, state_dict: Mapping[str, Any]) -> tuple:
+    """Loads a whole PyTorch ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` state dict into `rnnjax.rnn`.
+
+    Every layer and direction in one call (``proj_size`` included: ``weight_hr_l{k}`` (P, H)
+    becomes ``W_hr`` (H, P)); the layer must have the module's mode, sizes, number of layers
+    and directions.
+
+    Args:
+        layer: an `rnnjax.rnn_layer.RNNLayer`, e.g. ``rj.rnn("lstm", 64, num_layers=2,
+            bidirectional=True)`` for ``nn.LSTM(D, 64, num_layers=2, bidirectional=True)``.
+        state_dict: the module's ``state_dict()`` (tensors or arrays).
+
+    Returns:
+        The layer's params: a tuple over layers of cell params, or of
+        `rnnjax.layers.BidirectionalParams` when bidirectional.
+
+    Example:
+        >>> layer = rj.rnn("gru", 32, num_layers=3)
+        >>> params = from_torch_module_state(layer, torch_gru.state_dict())
+    """
+    from rnnjax.cells.lstmp import LSTMPParams
+    from rnnjax.layers import BidirectionalParams
+    from rnnjax.rnn_layer import base_cell
+
+    cell = base_cell(layer)
+    L, dirs = layer.num_layers, (False, True) if layer.bidirectional else (False,)
+    if f"weight_ih_l{L}" in state_dict:
+        raise ValueError(f"state_dict has more than the layer's num_layers={L} layers")
+    if not layer.bidirectional and "weight_ih_l0_reverse" in state_dict:
+        raise ValueError("state_dict is of a bidirectional module; use bidirectional=True")
+    if (layer.proj_size > 0) != ("weight_hr_l0" in state_dict):
+        raise ValueError(
+            f"the layer has proj_size={layer.proj_size} but the state_dict "
+            f"{'has' if 'weight_hr_l0' in state_dict else 'has no'} weight_hr_l0"
+        )
+
+    def one(depth: int, reverse: bool) -> Any:
+        if not layer.proj_size:
+            return from_torch(cell, state_dict, layer=depth, reverse=reverse)
+        sfx = f"_l{depth}" + ("_reverse" if reverse else "")
+        for name in ("weight_ih", "weight_hh", "weight_hr"):
+            if name + sfx not in state_dict:
+                raise ValueError(f"state_dict has no {name + sfx!r}; keys: {sorted(state_dict)}")
+        w_ih, w_hh = _array(state_dict["weight_ih" + sfx]), _array(state_dict["weight_hh" + sfx])
+        w_hr = _array(state_dict["weight_hr" + sfx])  # (P, H)
+        zeros = np.zeros((w_ih.shape[0],), np.float32)
+        b = _array(state_dict.get("bias_ih" + sfx, zeros))
+        b = b + _array(state_dict.get("bias_hh" + sfx, zeros))  # (4H,)
+        H, P = layer.cell_hidden, layer.proj_size
+        if w_hh.shape != (4 * H, P) or w_hr.shape != (P, H):
+            raise ValueError(
+                f"weights do not fit an LSTMP with hidden_size={H}, proj_size={P}: got "
+                f"weight_hh {w_hh.shape}, weight_hr {w_hr.shape}"
+            )
+        arrays = (w_ih.T, w_hh.T, b, w_hr.T)  # (D, 4H), (P, 4H), (4H,), (H, P)
+        return LSTMPParams(*(jnp.asarray(a) for a in arrays))
+
+    params = []
+    for depth in range(L):
+        pair = [one(depth, r) for r in dirs]
+        params.append(BidirectionalParams(*pair) if layer.bidirectional else pair[0])
+    return tuple(params)
+
+
+__all__ += ["from_torch_module_state"]

@@ -20,6 +20,8 @@ import jax.numpy as jnp
 
 from rnnjax.cells.base import Array, Cell, check_positive, expand
 from rnnjax.driver import unroll
+from rnnjax.regularise import with_key
+from rnnjax.resets import segment_ends
 
 
 class Layer(NamedTuple):
@@ -103,27 +105,53 @@ def readout(vocab_size: int, *, init=jax.nn.initializers.lecun_normal()) -> Laye
     return Layer(init_fn, apply)
 
 
+def output_size(layer: Any) -> int:
+    """The number of output features of a cell or a sequence layer (its ``hidden_size``)."""
+    size = getattr(layer, "hidden_size", None)
+    if not isinstance(size, int):
+        raise ValueError(
+            f"a layer of a stack needs an int hidden_size (its output features); got "
+            f"{type(layer).__name__} with hidden_size={size!r}"
+        )
+    return size
+
+
+def run_layer(
+    layer: Any, params: Any, xs: Array, carry: Any, key: Array | None, **options
+) -> tuple[Any, Array]:
+    """One cell (through `rnnjax.unroll`) or one sequence layer (its ``apply``) over xs.
+
+    A cell is given its training form for ``key`` (`rnnjax.regularise.with_key`; the cell
+    itself when it has no regularisation); a layer gets ``key=key``.
+    """
+    if isinstance(layer, Cell):
+        return unroll(with_key(layer, key), params, xs, carry, **options)
+    return layer.apply(params, xs, carry, key=key, **options)
+
+
 class Stack(NamedTuple):
     """A deep RNN: layer l reads the outputs of layer l − 1.
 
     Attributes:
         init: ``(key, input_size) -> tuple of per-layer params``.
         initial_carry: ``(params, batch_shape=()) -> tuple of per-layer carries``.
-        apply: ``(params, xs, carry=None, *, key=None, lengths=None, **unroll_options)
-            -> (carries, ys)``: runs each layer over the whole sequence in turn, so every
-            layer's input projection stays hoisted out of its time loop.
+        apply: ``(params, xs, carry=None, *, key=None, lengths=None, resets=None,
+            **unroll_options) -> (carries, ys)``: runs each layer over the whole sequence in
+            turn, so every layer's input projection stays hoisted out of its time loop.
         step: ``(params, carry, x_t, *, key=None) -> (carry, y_t)``: one timestep through all
-            layers (for sampling).
-        cells: the cells, bottom first.
+            layers (for sampling; not for bidirectional layers, which read the whole sequence).
+        cells: the layers, bottom first: cells or sequence layers (`bidirectional`, `stacked`).
         dropout: the dropout rate between layers.
+        hidden_size: the output features of the top layer.
     """
 
     init: Callable[..., Any]
     initial_carry: Callable[..., Any]
     apply: Callable[..., tuple[Any, Array]]
     step: Callable[..., tuple[Any, Array]]
-    cells: tuple[Cell, ...]
+    cells: tuple[Any, ...]
     dropout: float
+    hidden_size: int = 0
 
 
 def _dropout(key: Array | None, rate: float, x: Array) -> Array:
@@ -134,14 +162,19 @@ def _dropout(key: Array | None, rate: float, x: Array) -> Array:
     return jnp.where(keep, x / (1.0 - rate), 0.0)
 
 
-def stacked(cells: Sequence[Cell], dropout: float = 0.0) -> Stack:
-    """Stacks cells into a deep RNN (the lecture's "deep recurrent architectures").
+def stacked(cells: Sequence[Any], dropout: float = 0.0) -> Stack:
+    """Stacks cells or sequence layers into a deep RNN (the lecture's "deep recurrent
+    architectures").
 
     Args:
-        cells: one cell per layer, bottom first (e.g. ``[rj.lstm(256)] * 2``).
+        cells: one per layer, bottom first: cells (e.g. ``[rj.lstm(256)] * 2``) or sequence
+            layers with ``init(key, input_size)``, ``initial_carry(params, batch_shape)``,
+            ``apply(params, xs, carry, *, key, **options)`` and ``hidden_size`` (e.g.
+            ``[rj.bidirectional(rj.lstm(32))] * 2``, another `stacked`).
         dropout: rate of the dropout applied to each layer's outputs before the next layer
             (Zaremba et al. 2014: between layers only, never on the recurrent connection). It is
-            active only when ``apply``/``step`` get an explicit PRNG ``key``.
+            active only when ``apply``/``step`` get an explicit PRNG ``key``, which also draws
+            the masks of `rnnjax.regularised` cells (one key per layer).
 
     Returns:
         A `Stack`.
@@ -151,13 +184,14 @@ def stacked(cells: Sequence[Cell], dropout: float = 0.0) -> Stack:
         raise ValueError("stacked needs at least one cell, got cells=()")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout=}")
+    sizes = [output_size(c) for c in cells]
 
     def init(key, input_size: int) -> tuple:
         keys = jax.random.split(key, len(cells))
         params, size = [], input_size
-        for cell, k in zip(cells, keys, strict=True):
+        for cell, k, out in zip(cells, keys, sizes, strict=True):
             params.append(cell.init(k, size))
-            size = cell.hidden_size
+            size = out
         return tuple(params)
 
     def initial_carry(params, batch_shape=()) -> tuple:
@@ -165,6 +199,9 @@ def stacked(cells: Sequence[Cell], dropout: float = 0.0) -> Stack:
 
     def layer_keys(key):
         return [None] * len(cells) if key is None else list(jax.random.split(key, len(cells)))
+
+    def own(k):  # the key of a layer's own regularisation (dropout uses k itself)
+        return None if k is None else jax.random.fold_in(k, 1)
 
     def apply(params, xs, carry=None, *, key=None, **unroll_options):
         carry = (None,) * len(cells) if carry is None else carry
@@ -174,7 +211,7 @@ def stacked(cells: Sequence[Cell], dropout: float = 0.0) -> Stack:
         ):
             if depth > 0:
                 ys = _dropout(k, dropout, ys)
-            final, ys = unroll(cell, p, ys, c, **unroll_options)
+            final, ys = run_layer(cell, p, ys, c, own(k), **unroll_options)
             finals.append(final)
         return tuple(finals), ys
 
@@ -185,11 +222,19 @@ def stacked(cells: Sequence[Cell], dropout: float = 0.0) -> Stack:
         ):
             if depth > 0:
                 y = _dropout(k, dropout, y)
-            c, y = cell.step(p, c, y)
+            if isinstance(cell, Cell):
+                c, y = with_key(cell, own(k)).step(p, c, y)
+            elif hasattr(cell, "step"):
+                c, y = cell.step(p, c, y, key=own(k))
+            else:
+                raise ValueError(
+                    f"layer {depth} ({type(cell).__name__}) reads the whole sequence and has no "
+                    f"step; use apply"
+                )
             new_carry.append(c)
         return tuple(new_carry), y
 
-    return Stack(init, initial_carry, apply, step, cells, float(dropout))
+    return Stack(init, initial_carry, apply, step, cells, float(dropout), sizes[-1])
 
 
 class BidirectionalParams(NamedTuple):
@@ -204,18 +249,22 @@ class Bidirectional(NamedTuple):
 
     Attributes:
         init: ``(key, input_size) -> BidirectionalParams``.
-        apply: ``(params, xs, carry=None, *, lengths=None, **unroll_options)
-            -> ((carry_fw, carry_bw), ys)``.
+        apply: ``(params, xs, carry=None, *, key=None, lengths=None, resets=None,
+            **unroll_options) -> ((carry_fw, carry_bw), ys)``.
         merge: "concat" (ys has H_fw + H_bw features) or "sum".
+        initial_carry: ``(params, batch_shape=()) -> (carry_fw, carry_bw)``.
+        hidden_size: the output features (H_fw + H_bw, or H for "sum").
     """
 
     init: Callable[..., Any]
     apply: Callable[..., tuple[Any, Array]]
     merge: str
+    initial_carry: Callable[..., Any] = lambda params, batch_shape=(): None
+    hidden_size: int = 0
 
 
 def bidirectional(
-    forward_cell: Cell, backward_cell: Cell | None = None, merge: str = "concat"
+    forward_cell: Any, backward_cell: Any | None = None, merge: str = "concat"
 ) -> Bidirectional:
     r"""Reads the sequence both ways and merges the two outputs at every step.
 
@@ -223,11 +272,14 @@ def bidirectional(
         \overrightarrow{h}_t + \overleftarrow{h}_t \text{ (sum)}
 
     where the backward direction starts at each sequence's own last valid step (``lengths``),
-    so padding never leaks into the backward states.
+    so padding never leaks into the backward states. With ``resets`` (segment starts, e.g.
+    the first token of each packed document) the forward direction restarts there and the
+    backward one at the segment ends (`rnnjax.resets.segment_ends`), so no segment sees
+    another in either direction.
 
     Args:
-        forward_cell: the cell reading x_1..x_T.
-        backward_cell: the cell reading x_T..x_1 (default: a second copy of forward_cell's
+        forward_cell: the cell (or sequence layer, e.g. a `stacked`) reading x_1..x_T.
+        backward_cell: the one reading x_T..x_1 (default: a second copy of forward_cell's
             family, with its own params).
         merge: "concat" or "sum" (sum needs equal hidden sizes).
 
@@ -237,10 +289,11 @@ def bidirectional(
     backward_cell = forward_cell if backward_cell is None else backward_cell
     if merge not in ("concat", "sum"):
         raise ValueError(f"unknown {merge=}; choose 'concat' or 'sum'")
-    if merge == "sum" and forward_cell.hidden_size != backward_cell.hidden_size:
+    H_f, H_b = output_size(forward_cell), output_size(backward_cell)
+    if merge == "sum" and H_f != H_b:
         raise ValueError(
-            f"merge='sum' needs equal hidden sizes, got {forward_cell.hidden_size=} and "
-            f"{backward_cell.hidden_size=}"
+            f"merge='sum' needs equal hidden sizes, got forward_cell.hidden_size={H_f} and "
+            f"backward_cell.hidden_size={H_b}"
         )
 
     def init(key, input_size: int) -> BidirectionalParams:
@@ -249,18 +302,29 @@ def bidirectional(
             forward_cell.init(k_f, input_size), backward_cell.init(k_b, input_size)
         )
 
-    def apply(params: BidirectionalParams, xs, carry=None, **unroll_options):
+    def initial_carry(params: BidirectionalParams, batch_shape=()) -> tuple:
+        return (
+            forward_cell.initial_carry(params.forward, batch_shape),
+            backward_cell.initial_carry(params.backward, batch_shape),
+        )
+
+    def apply(params: BidirectionalParams, xs, carry=None, *, key=None, **unroll_options):
         c_f, c_b = (None, None) if carry is None else carry
-        final_f, ys_f = unroll(forward_cell, params.forward, xs, c_f, **unroll_options)
+        k_f, k_b = (None, None) if key is None else jax.random.split(key)
+        final_f, ys_f = run_layer(forward_cell, params.forward, xs, c_f, k_f, **unroll_options)
         unroll_options["reverse"] = not unroll_options.get("reverse", False)
-        final_b, ys_b = unroll(backward_cell, params.backward, xs, c_b, **unroll_options)
+        resets = unroll_options.get("resets")
+        if resets is not None:
+            time_axis = 0 if (unroll_options.get("time_major") or xs.ndim == 2) else 1
+            unroll_options["resets"] = segment_ends(jnp.asarray(resets), time_axis)
+        final_b, ys_b = run_layer(backward_cell, params.backward, xs, c_b, k_b, **unroll_options)
         if merge == "concat":
             ys = jnp.concatenate([ys_f, ys_b], axis=-1)  # (..., T, H_fw + H_bw)
         else:
             ys = ys_f + ys_b  # (..., T, H)
         return (final_f, final_b), ys
 
-    return Bidirectional(init, apply, merge)
+    return Bidirectional(init, apply, merge, initial_carry, H_f + H_b if merge == "concat" else H_f)
 
 
 __all__ = [
@@ -272,6 +336,8 @@ __all__ = [
     "Stack",
     "bidirectional",
     "embedding",
+    "output_size",
     "readout",
+    "run_layer",
     "stacked",
 ]

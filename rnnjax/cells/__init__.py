@@ -2,6 +2,13 @@
 
 from rnnjax.cells.base import ACTIVATIONS, Cell, LSTMCarry, RNNCarry, Structure, make_cell
 from rnnjax.cells.gru import GRUConfig, GRUParams, gru
+from rnnjax.cells.layer_norm import (
+    LayerNormConfig,
+    LayerNormGRUParams,
+    LayerNormLSTMParams,
+    layer_norm_gru,
+    layer_norm_lstm,
+)
 from rnnjax.cells.linear import (
     DiagonalLinearRNNParams,
     LinearCellConfig,
@@ -12,6 +19,7 @@ from rnnjax.cells.linear import (
     min_lstm,
 )
 from rnnjax.cells.lstm import LSTMConfig, LSTMParams, lstm
+from rnnjax.cells.lstmp import LSTMPConfig, LSTMPParams, lstmp
 from rnnjax.cells.multiplicative import (
     MultiplicativeRNNConfig,
     MultiplicativeRNNParams,
@@ -27,7 +35,12 @@ __all__ = [
     "GRUParams",
     "LSTMCarry",
     "LSTMConfig",
+    "LSTMPConfig",
+    "LSTMPParams",
     "LSTMParams",
+    "LayerNormConfig",
+    "LayerNormGRUParams",
+    "LayerNormLSTMParams",
     "LinearCellConfig",
     "MinGRUParams",
     "MinLSTMParams",
@@ -39,7 +52,10 @@ __all__ = [
     "Structure",
     "diagonal_linear_rnn",
     "gru",
+    "layer_norm_gru",
+    "layer_norm_lstm",
     "lstm",
+    "lstmp",
     "make_cell",
     "min_gru",
     "min_lstm",

@@ -43,6 +43,10 @@ class RunConfig:
     forget_bias: float | None = None
     embed: int = 32
     dropout: float = 0.0
+    input_dropout: float = 0.0  # recurrent regularisation (rnnjax.regularised)
+    recurrent_dropout: float = 0.0
+    zoneout: float = 0.0
+    weight_drop: float = 0.0
     backend: str = "scan"
     optimizer: str = "adam"
     lr: Any = None  # float; None: the default of the run's kind
@@ -115,7 +119,8 @@ class RunConfig:
                 raise ValueError(f"{name} must be a positive integer, got {name}={value!r}")
         if self.task is not None and self.T < 10:
             raise ValueError(f"T must be at least 10 for the long-range tasks, got T={self.T}")
-        for name, low, high in (("dropout", 0.0, 1.0), ("val_fraction", 0.0, 1.0)):
+        rates = ("dropout", "input_dropout", "recurrent_dropout", "zoneout", "weight_drop")
+        for name, low, high in (*((r, 0.0, 1.0) for r in rates), ("val_fraction", 0.0, 1.0)):
             value = getattr(self, name)
             if not low <= value < high:
                 raise ValueError(f"{name} must be in [{low}, {high}), got {name}={value}")

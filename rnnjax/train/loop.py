@@ -32,6 +32,7 @@ from jax.sharding import Mesh
 
 from rnnjax.data.tasks import Task, make_task
 from rnnjax.data.text import TextData, Vocab, load_corpus, num_windows, prepare_text
+from rnnjax.regularise import regularised
 from rnnjax.train import parallel
 from rnnjax.train.checkpoint import RunDir
 from rnnjax.train.config import RunConfig
@@ -67,9 +68,24 @@ class Setup(NamedTuple):
     evaluate: Any
 
 
+def regularisation(config: RunConfig) -> dict[str, Any]:
+    """The `rnnjax.regularised` options of a run ({} when all are off)."""
+    z = config.zoneout
+    rates: dict[str, Any] = dict(
+        input_dropout=config.input_dropout,
+        recurrent_dropout=config.recurrent_dropout,
+        zoneout_h=z,
+        zoneout_c=z,
+        weight_drop=config.weight_drop,
+    )
+    return rates if any(v > 0 for v in rates.values()) else {}
+
+
 def build_model(config: RunConfig, vocab_size: int | None = None) -> tuple[Model, Task | None]:
     """The model a (resolved) config describes, and its task (None for a text run)."""
     cells = build_cells(config.cell, config.hidden, config.layers, config.init, config.forget_bias)
+    if regularisation(config):
+        cells = [regularised(c, **regularisation(config)) for c in cells]
     if config.task is not None:
         task = make_task(config.task, config.T, config.definition)
         return task_model(task, cells, backend=config.backend), task
@@ -239,7 +255,7 @@ def sharded_step(s: Setup, mesh: Mesh) -> tuple[Callable, TrainState, Any, Train
         s.optimizer,
         seed=config.seed,
         max_bad_steps=config.max_bad_steps,
-        dropout=config.dropout > 0,
+        dropout=config.dropout > 0 or bool(regularisation(config)),
     )
     in_shardings = (shardings, rows if config.kind == "text" else rep)  # streams or seed key
     jitted = jax.jit(step_fn, in_shardings=in_shardings, out_shardings=(shardings, rep))
