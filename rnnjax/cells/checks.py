@@ -36,7 +36,14 @@ def _expected_params_cached(cell: Cell, input_size: int) -> Any:
 
 
 def _expected_params(cell: Cell, input_size: int) -> Any:
-    return jax.eval_shape(lambda: cell.init(jax.random.key(0), input_size))
+    try:
+        return jax.eval_shape(lambda: cell.init(jax.random.key(0), input_size))
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        # an initialiser that computes in numpy (e.g. an eigenvalue rescaling) cannot be
+        # traced: run it once, eagerly even inside a caller's jit, and keep only the shapes
+        with jax.ensure_compile_time_eval():
+            params = cell.init(jax.random.key(0), input_size)
+        return jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), params)
 
 
 def expected_params(cell: Cell, input_size: int) -> Any:
