@@ -34,18 +34,19 @@ TRAIN_HELP = """\
 Train a recurrent network on a long-range task (--task) or on a text corpus
 (--corpus), or continue a run (--out DIR --resume).
 
-A run directory holds config.json, metrics.jsonl and checkpoints/. Flags that do not
-apply to the chosen run (--T with --corpus, --window with --task, --momentum with adam,
-...) are errors. Bad input prints one line and exits with status 2, writing nothing;
-non-finite training exits with 1; Ctrl-C or SIGTERM finishes the current step, writes a
-checkpoint and exits with 130 / 143 (a second signal exits at once).
+A run directory holds config.json, metrics.jsonl and checkpoints/. A flag that
+does not apply to the run is an error (--T or --definition with --corpus,
+--window with --task, --momentum with adam). Bad input prints one line and exits
+with status 2, writing nothing; non-finite training exits with 1. Ctrl-C or
+SIGTERM finishes the current step, writes a checkpoint and exits with 130 or 143
+(a second signal exits at once).
 """
 
 TRAIN_EXAMPLES = """\
 examples:
-  rnnjax train --task adding --T 100 --cell lstm --hidden 64 --steps 2000 --out runs/adding
+  rnnjax train --task adding --T 100 --cell lstm --steps 2000 --out runs/adding
   rnnjax train --corpus default --cell gru --layers 2 --out runs/gru
-  rnnjax train --corpus my_book.txt --cell lstm --hidden 256 --window 100 --out runs/book
+  rnnjax train --corpus book.txt --hidden 256 --window 100 --out runs/book
   rnnjax train --out runs/gru --resume --steps 4000
 """
 
@@ -96,7 +97,11 @@ TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--log-every": ("log_every", int, "log every N steps (default 10)"),
     "--checkpoint-every": ("checkpoint_every", int, "checkpoint every N steps (default 100)"),
     "--keep": ("keep", int, "checkpoints kept (default 3)"),
-    "--max-bad-steps": ("max_bad_steps", int, "stop after N non-finite steps in a row (10)"),
+    "--max-bad-steps": (
+        "max_bad_steps",
+        int,
+        "stop after N non-finite steps in a row (default 10)",
+    ),
 }
 
 

@@ -33,7 +33,8 @@ def _checkpoints(out: Path) -> list[int]:
 
 
 class StopAfter:
-    """A stop request that fires at its n-th poll (the loop polls once per step)."""
+    """A stop request that fires at its n-th poll (`train` polls once before writing, then
+    once after every step)."""
 
     def __init__(self, n: int):
         self.n, self.polls = n, 0
@@ -46,7 +47,7 @@ class StopAfter:
 def test_stop_checkpoints_the_step_and_resume_logs_each_step_once(tmp_path):
     config = RunConfig(**TINY, steps=40, checkpoint_every=100, eval_every=100)
     out = tmp_path / "stopped"
-    summary = train(config, str(out), progress=None, stop=StopAfter(13))
+    summary = train(config, str(out), progress=None, stop=StopAfter(1 + 13))
     assert summary["interrupted"] and summary["step"] == 13 and summary["checkpoint"] == 13
     assert _checkpoints(out) == [13]  # written although checkpoint_every is 100
     assert _training_steps(out) == [5, 10, 13] and not summary["eval"]  # no final evaluation
@@ -107,6 +108,7 @@ def _start(out: Path) -> subprocess.Popen:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc (Linux)")
 @pytest.mark.parametrize(
     "trial,signals",
