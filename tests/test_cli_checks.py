@@ -260,3 +260,22 @@ def test_readme_drop_ins_defaults_and_shell_path():
     assert "zero b except the LSTM forget gate's: 1" in readme  # ... as the README says
     first_shell_use = readme.index("rnnjax train --task adding")
     assert ".venv/bin/activate" in readme[:first_shell_use]
+
+
+def test_configs_written_by_older_versions_still_load():
+    """They stored a default for every field, applicable or not, and no corpus hash."""
+    from rnnjax.train import RunConfig
+
+    old = dict(task=None, T=100, definition=None, corpus="c.txt", cell="lstm", hidden=128,
+               layers=1, init=None, forget_bias=None, embed=32, dropout=0.0, backend="scan",
+               optimizer="adam", lr=0.002, momentum=0.0, lr_decay=1.0, clip=1.0, omega=0.0,
+               omega_decay=1.0, batch_size=32, window=64, val_fraction=0.1, steps=2000, seed=0,
+               eval_every=250, eval_size=1000, log_every=10, checkpoint_every=100, keep=3,
+               max_bad_steps=10)  # fmt: skip
+    config = RunConfig.from_json(json.dumps(old))
+    assert config.T is None and config.eval_size is None and config.momentum is None
+    assert config.window == 64 and config.corpus_sha256 is None
+    task = RunConfig.from_json(json.dumps(dict(old, task="adding", corpus=None)))
+    assert task.T == 100 and task.window is None and task.embed is None
+    with pytest.raises(ValueError, match="T=50 applies to task runs only"):
+        RunConfig.from_json(json.dumps(dict(old, T=50)))  # not a default: a real conflict
