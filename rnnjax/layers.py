@@ -107,7 +107,7 @@ def readout(vocab_size: int, *, init=jax.nn.initializers.lecun_normal()) -> Laye
 
     Args:
         vocab_size: K, the number of classes.
-        init: initialiser of V (the bias b starts at zero).
+        init: initialiser of V (b starts at zero).
 
     Returns:
         A `Layer`: ``init(key, input_size) -> ReadoutParams``; ``apply(params, h)`` maps
