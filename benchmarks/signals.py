@@ -21,12 +21,25 @@ from pathlib import Path
 # ---- settings -------------------------------------------------------------------------------
 TRIALS = 12
 SEED = 1
-MAX_DELAY_S = 6.0  # the signal comes uniformly within this long after training started
+MAX_DELAY_S = 6.0  # the signal comes uniformly within this long after the first log record
 ARGS = [
     *("--task", "adding", "--T", "50", "--hidden", "32", "--steps", "3000"),
     *("--checkpoint-every", "50", "--quiet"),
 ]
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+CRASHES = (-signal.SIGSEGV, -signal.SIGABRT, -signal.SIGBUS, -signal.SIGILL)
+
+
+def _records(out: Path) -> list[dict]:
+    path = out / "metrics.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [json.loads(line) for line in lines if line.strip().endswith("}")]
+
+
+def _trained(out: Path) -> bool:
+    return any("loss" in r for r in _records(out))
 
 
 def trial(out: Path, signum: int, delay: float) -> dict:
@@ -38,7 +51,7 @@ def trial(out: Path, signum: int, delay: float) -> dict:
         text=True,  # SIGINT delivered as a terminal would (not inherited as ignored)
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
-    while not (out / "metrics.jsonl").exists() and proc.poll() is None:
+    while not _trained(out) and proc.poll() is None:  # the first training record is logged
         time.sleep(0.05)
     time.sleep(delay)
     proc.send_signal(signum)
@@ -47,16 +60,12 @@ def trial(out: Path, signum: int, delay: float) -> dict:
     saved = (
         sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else []
     )
-    logged = [
-        json.loads(line).get("step", 0)
-        for line in (out / "metrics.jsonl").read_text().splitlines()
-        if line.strip().endswith("}")
-    ]
+    logged = [r.get("step", 0) for r in _records(out)]
     return {
         "signal": signal.Signals(signum).name,
         "delay_s": round(delay, 2),
         "exit_status": proc.returncode,
-        "crashed": proc.returncode < 0 or "Fatal Python error" in stderr,
+        "crashed": proc.returncode in CRASHES or "Fatal Python error" in stderr,
         "last_logged_step": max(logged, default=0),
         "last_checkpoint": saved[-1] if saved else None,
         "stderr_lines": len(stderr.splitlines()),

@@ -105,6 +105,16 @@ TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
 }
 
 
+class _ShowDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows "(default: X)" after a flag's help, unless it has none or names it already."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        default, text = action.default, action.help or ""
+        if action.required or default is None or default is False or "default" in text:
+            return action.help
+        return super()._get_help_string(action)
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage errors as one line on stderr and exit status 2."""
 
@@ -208,7 +218,9 @@ def _print_summary(out: str, summary: dict) -> None:
 
 
 def _add_sample(sub) -> None:
-    p = sub.add_parser("sample", help="sample text from a trained character model")
+    p = sub.add_parser(
+        "sample", help="sample text from a trained character model", formatter_class=_ShowDefaults
+    )
     p.add_argument("--run", required=True, help="the run directory of a text run")
     p.add_argument("--prompt", default="\n", help="text to start from (default: a newline)")
     p.add_argument("--length", type=int, default=300, help="characters to generate")
@@ -247,15 +259,19 @@ def _add_grads(sub) -> None:
         description="Diagnose the gradient flow of a freshly initialised cell on random inputs: "
         "Jacobian norms over time, Pascanu's bound, loss-gradient contributions and Lyapunov "
         "exponents; writes OUT/report.json and OUT/report.png and prints the verdict.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_ShowDefaults,
     )
     add_grads_arguments(p)
     p.set_defaults(func=lambda args, stop: run_grads(args))
 
 
 def _add_demo(sub) -> None:
-    p = sub.add_parser("demo", help="Simple RNN vs LSTM on Python's help text (~2 minutes)")
-    p.add_argument("--out", default="runs/demo", help="where the report goes (runs/demo)")
+    p = sub.add_parser(
+        "demo",
+        help="Simple RNN vs LSTM on Python's help text (~2 minutes)",
+        formatter_class=_ShowDefaults,
+    )
+    p.add_argument("--out", default="runs/demo", help="where the report goes")
     p.add_argument("--seconds", type=float, default=None, help="training time per model")
     p.set_defaults(func=lambda args, stop: _demo(args))
 
