@@ -1,18 +1,18 @@
 """The ``rnnjax`` command: train, sample, grads, demo.
 
-::
-
     rnnjax train --task adding --T 100 --cell lstm --hidden 64 --steps 2000 --out runs/adding
     rnnjax train --corpus default --cell gru --layers 2 --out runs/gru
     rnnjax train --out runs/gru --resume --steps 4000
     rnnjax sample --run runs/gru --prompt "def " --temperature 0.8
-    rnnjax grads ...          # the gradient report of rnnjax.analysis
-    rnnjax demo               # Simple RNN vs LSTM on Python's help text, in about 2 minutes
+    rnnjax grads --cell lstm --T 200 --out runs/grads
+    rnnjax demo
 
-Bad input (unknown task or cell, T <= 0, a missing / empty / binary / non-UTF-8 corpus, a
-missing run directory, a corrupted or incompatible checkpoint, ...) prints one line on stderr
-and exits with status 2, before anything is written. A run stopped by non-finite losses
-exits with status 1.
+Bad input (unknown task or cell, a flag that does not apply to the run, a missing / empty /
+binary / non-UTF-8 corpus, a run directory that cannot be written, a corrupted or
+incompatible checkpoint, ...) prints one line on stderr and exits with status 2, before
+anything is written. A run stopped by non-finite losses exits with status 1. Ctrl-C (SIGINT)
+or SIGTERM during ``train`` finishes the current step, writes a checkpoint and exits with
+status 130 (SIGINT) or 143 (SIGTERM); a second signal exits at once.
 """
 
 from __future__ import annotations
@@ -20,53 +20,107 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+from rnnjax.data.tasks import TASKS
+from rnnjax.initializers import SCHEMES, SQUARE_RECURRENCE
+from rnnjax.kernels import BACKENDS
 from rnnjax.train.config import RunConfig
+from rnnjax.train.model import CELLS
+from rnnjax.train.step import OPTIMIZERS
+
+TRAIN_HELP = """\
+Train a recurrent network on a long-range task (--task) or on a text corpus
+(--corpus), or continue a run (--out DIR --resume).
+
+A run directory holds config.json, metrics.jsonl and checkpoints/. A flag that
+does not apply to the run is an error (--T or --definition with --corpus,
+--window with --task, --momentum with adam). Bad input prints one line and exits
+with status 2, writing nothing; non-finite training exits with 1. Ctrl-C or
+SIGTERM finishes the current step, writes a checkpoint and exits with 130 or 143
+(a second signal exits at once).
+"""
+
+TRAIN_EXAMPLES = """\
+examples:
+  rnnjax train --task adding --T 100 --cell lstm --steps 2000 --out runs/adding
+  rnnjax train --corpus default --cell gru --layers 2 --out runs/gru
+  rnnjax train --corpus book.txt --hidden 256 --window 100 --out runs/book
+  rnnjax train --out runs/gru --resume --steps 4000
+"""
+
+_CHOICES = {"cell": tuple(CELLS), "backend": tuple(BACKENDS), "optimizer": tuple(OPTIMIZERS)}
 
 # flag -> (RunConfig field, type, help); defaults come from RunConfig (None = kind-dependent)
 TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--task": (
         "task",
         str,
-        "a long-range task: adding, multiplication, temporal_order, "
-        "temporal_order_3bit, permutation, memorisation, copy; or an application with its "
-        "own flags (rnnjax train --task NAME -h): translate, caption, qa, handwriting, tree",
+        f"a long-range task: {', '.join(TASKS)}; or an application with its own flags "
+        f"(rnnjax train --task NAME -h): translate, caption, qa, handwriting, tree",
     ),
-    "--T": ("T", int, "task length parameter (default 100)"),
-    "--definition": ("definition", str, "adding only: hochreiter (default) or pascanu"),
+    "--T": ("T", int, "tasks: length parameter (default 100)"),
+    "--definition": ("definition", str, "adding task: hochreiter (default) or pascanu"),
     "--corpus": ("corpus", str, "a UTF-8 text file, or 'default' for Python's help text"),
-    "--cell": ("cell", str, "lstm (default), simple_rnn, gru, multiplicative_rnn, min_gru, ..."),
+    "--cell": ("cell", str, f"{', '.join(CELLS)} (default lstm)"),
     "--hidden": ("hidden", int, "units per layer (default 64 for tasks, 128 for text)"),
     "--layers": ("layers", int, "stacked layers (default 1)"),
-    "--init": ("init", str, "Simple RNN init scheme: sigmoid, basic_tanh, smart_tanh, irnn"),
-    "--forget-bias": ("forget_bias", float, "LSTM: initial forget-gate bias (default 1)"),
-    "--embed": ("embed", int, "character embedding size (default 32)"),
-    "--dropout": ("dropout", float, "dropout between layers (default 0)"),
+    "--init": (
+        "init",
+        str,
+        f"initialisation: {', '.join(SCHEMES)} (simple_rnn schemes), or rho=R: recurrent "
+        f"matrix of spectral radius R ({', '.join(SQUARE_RECURRENCE)}) (default: the cell's)",
+    ),
+    "--forget-bias": ("forget_bias", float, "lstm: initial forget-gate bias (default 1)"),
+    "--embed": ("embed", int, "text: character embedding size (default 32)"),
+    "--dropout": ("dropout", float, "text: dropout between layers (default 0)"),
     "--input-dropout": ("input_dropout", float, "variational dropout on x_t (default 0)"),
-    "--recurrent-dropout": ("recurrent_dropout", float, "variational dropout on h_{t-1}"),
+    "--recurrent-dropout": (
+        "recurrent_dropout",
+        float,
+        "variational dropout on h_{t-1} (default 0)",
+    ),
     "--zoneout": ("zoneout", float, "zoneout probability of h and c (default 0)"),
     "--weight-drop": ("weight_drop", float, "DropConnect on the recurrent matrix (default 0)"),
-    "--backend": ("backend", str, "unroll backend (default scan)"),
-    "--optimizer": ("optimizer", str, "adam (default), sgd, rmsprop or adagrad"),
+    "--backend": (
+        "backend",
+        str,
+        f"unroll backend: {', '.join(BACKENDS)} (default scan; pallas needs a GPU or TPU)",
+    ),
+    "--optimizer": ("optimizer", str, f"{', '.join(OPTIMIZERS)} (default adam)"),
     "--lr": ("lr", float, "learning rate (default 1e-3 for tasks, 2e-3 for text)"),
-    "--momentum": ("momentum", float, "momentum of sgd / rmsprop (default 0)"),
+    "--momentum": ("momentum", float, "sgd / rmsprop: momentum (default 0)"),
     "--lr-decay": ("lr_decay", float, "lr multiplied by this every 1000 steps (default 1)"),
     "--clip": ("clip", float, "global-norm clipping threshold (default 1; 0 = off)"),
-    "--omega": ("omega", float, "weight of Pascanu's regulariser Ω (default 0 = off)"),
-    "--omega-decay": ("omega_decay", float, "Ω weight multiplied by this every step (default 1)"),
+    "--omega": ("omega", float, "weight of Pascanu's regulariser Omega (default 0 = off)"),
+    "--omega-decay": ("omega_decay", float, "with --omega: weight x this every step (default 1)"),
     "--batch-size": ("batch_size", int, "sequences (or text streams) per step (default 32)"),
-    "--window": ("window", int, "truncated-BPTT window in characters (default 64)"),
-    "--val-fraction": ("val_fraction", float, "share of the text held out (default 0.1)"),
+    "--window": ("window", int, "text: truncated-BPTT window in characters (default 64)"),
+    "--val-fraction": ("val_fraction", float, "text: share held out for validation (default 0.1)"),
     "--steps": ("steps", int, "training steps (default 2000)"),
     "--seed": ("seed", int, "random seed (default 0)"),
     "--eval-every": ("eval_every", int, "evaluate every N steps (default 250)"),
-    "--eval-size": ("eval_size", int, "fresh test sequences per task evaluation (default 1000)"),
+    "--eval-size": ("eval_size", int, "tasks: fresh test sequences per evaluation (default 1000)"),
     "--log-every": ("log_every", int, "log every N steps (default 10)"),
     "--checkpoint-every": ("checkpoint_every", int, "checkpoint every N steps (default 100)"),
     "--keep": ("keep", int, "checkpoints kept (default 3)"),
-    "--max-bad-steps": ("max_bad_steps", int, "stop after N non-finite steps in a row (10)"),
+    "--max-bad-steps": (
+        "max_bad_steps",
+        int,
+        "stop after N non-finite steps in a row (default 10)",
+    ),
 }
+
+
+class _ShowDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows "(default: X)" after a flag's help, unless it has none or names it already."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        default, text = action.default, action.help or ""
+        if action.required or default is None or default is False or "default" in text:
+            return action.help
+        return super()._get_help_string(action)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -80,7 +134,8 @@ def _add_train(sub) -> None:
     p = sub.add_parser(
         "train",
         help="train on a task or a corpus",
-        description=__doc__,
+        description=TRAIN_HELP,
+        epilog=TRAIN_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     for flag, (dest, kind, text) in TRAIN_FLAGS.items():
@@ -104,8 +159,15 @@ def _add_train(sub) -> None:
     p.set_defaults(func=_train)
 
 
-def _train(args) -> int:
-    from rnnjax.train import initialize_distributed, train
+def _same(name: str, given: Any, saved: Any) -> bool:
+    """Whether a flag given on resume equals the run's recorded value."""
+    if name == "corpus" and given != "default" and saved not in (None, "default"):
+        return Path(given).absolute() == Path(saved).absolute()
+    return bool(given == saved)
+
+
+def _train(args, stop) -> int:
+    from rnnjax.train import RunDir, initialize_distributed, train
     from rnnjax.train.checkpoint import CHECKPOINTS
     from rnnjax.train.parallel import exit_on_error
 
@@ -116,11 +178,14 @@ def _train(args) -> int:
     if args.resume:
         if not args.out:
             raise ValueError("--resume needs --out DIR, the run to continue")
-        ignored = sorted(k for k in given if k != "steps")
+        saved = RunDir(args.out).read_config()
+        ignored = sorted(
+            k for k, v in given.items() if k != "steps" and not _same(k, v, getattr(saved, k))
+        )
         if ignored:
             print(
                 f"rnnjax: note: --resume uses the settings in {args.out}/config.json; "
-                f"ignoring {', '.join(ignored)}",
+                f"ignoring {', '.join(ignored)} (different from the run's)",
                 file=sys.stderr,
             )
         config = RunConfig(steps=given.get("steps"))
@@ -135,16 +200,33 @@ def _train(args) -> int:
     )
     progress = None if args.quiet else sys.stderr
     with exit_on_error("rnnjax train", f"{out}/{CHECKPOINTS}"):  # several processes: see there
-        summary = train(config, out, resume=args.resume, progress=progress)
+        summary = train(config, out, resume=args.resume, progress=progress, stop=stop)
     _print_summary(out, summary)
+    if summary["interrupted"]:
+        saved_step = summary["checkpoint"]
+        where = (
+            f"checkpoint at step {saved_step} in {out}/checkpoints"
+            if saved_step is not None
+            else "no checkpoint"
+        )
+        print(
+            f"rnnjax train: interrupted by {stop.name} after step {summary['step']}; {where}; "
+            f"continue with: rnnjax train --out {out} --resume",
+            file=sys.stderr,
+        )
+        return stop.exit_status
     return 0
 
 
 def _print_summary(out: str, summary: dict) -> None:
     train, evaluation = summary["train"], summary["eval"]
+    rate = summary["steps_per_s"]
+    speed = f"{rate:.1f} steps/s" if rate is not None else "no step timed"
+    ran = summary.get("steps_run", summary["step"])
+    this_time = f" ({ran} in this call)" if ran != summary["step"] else ""
     print(
-        f"run {out}: {summary['step']} steps, {summary['n_params']:,} parameters, "
-        f"{summary['steps_per_s']:.1f} steps/s, {summary['skipped']} skipped"
+        f"run {out}: {summary['step']} steps{this_time}, {summary['n_params']:,} parameters, "
+        f"{speed}, {summary['skipped']} skipped"
     )
     shown = ("loss", "bpc", "accuracy", "grad_norm", "clip_rate")
     print("  train: " + ", ".join(f"{k} {train[k]:.4g}" for k in shown if k in train))
@@ -154,14 +236,16 @@ def _print_summary(out: str, summary: dict) -> None:
 
 
 def _add_sample(sub) -> None:
-    p = sub.add_parser("sample", help="sample text from a trained character model")
+    p = sub.add_parser(
+        "sample", help="sample text from a trained character model", formatter_class=_ShowDefaults
+    )
     p.add_argument("--run", required=True, help="the run directory of a text run")
     p.add_argument("--prompt", default="\n", help="text to start from (default: a newline)")
     p.add_argument("--length", type=int, default=300, help="characters to generate")
     p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature")
     p.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest")
     p.add_argument("--seed", type=int, default=0, help="random seed")
-    p.set_defaults(func=_sample)
+    p.set_defaults(func=lambda args, stop: _sample(args))
 
 
 def _sample(args) -> int:
@@ -187,16 +271,27 @@ def _sample(args) -> int:
 def _add_grads(sub) -> None:
     from rnnjax.analysis.command import add_grads_arguments, run_grads
 
-    p = sub.add_parser("grads", help="gradient-flow report of a cell (rnnjax.analysis)")
+    p = sub.add_parser(
+        "grads",
+        help="gradient-flow report of a cell (rnnjax.analysis)",
+        description="Diagnose the gradient flow of a freshly initialised cell on random inputs: "
+        "Jacobian norms over time, Pascanu's bound, loss-gradient contributions and Lyapunov "
+        "exponents; writes OUT/report.json and OUT/report.png and prints the verdict.",
+        formatter_class=_ShowDefaults,
+    )
     add_grads_arguments(p)
-    p.set_defaults(func=run_grads)
+    p.set_defaults(func=lambda args, stop: run_grads(args))
 
 
 def _add_demo(sub) -> None:
-    p = sub.add_parser("demo", help="Simple RNN vs LSTM on Python's help text (~2 minutes)")
-    p.add_argument("--out", default="runs/demo", help="where the report goes (runs/demo)")
+    p = sub.add_parser(
+        "demo",
+        help="Simple RNN vs LSTM on Python's help text (~2 minutes)",
+        formatter_class=_ShowDefaults,
+    )
+    p.add_argument("--out", default="runs/demo", help="where the report goes")
     p.add_argument("--seconds", type=float, default=None, help="training time per model")
-    p.set_defaults(func=_demo)
+    p.set_defaults(func=lambda args, stop: _demo(args))
 
 
 def _demo(args) -> int:
@@ -206,7 +301,14 @@ def _demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="rnnjax", description="Functional recurrent networks in JAX.")
+    from rnnjax import __version__
+
+    parser = _Parser(
+        prog="rnnjax",
+        description="Functional recurrent networks in JAX: train, sample, analyse gradients.",
+        epilog="rnnjax COMMAND --help shows the flags of a command.",
+    )
+    parser.add_argument("--version", action="version", version=f"rnnjax {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_train(sub)
     _add_sample(sub)
@@ -215,7 +317,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _one_line(err: Exception) -> str:
+def _one_line(err: BaseException) -> str:
+    if isinstance(err, OSError) and err.strerror:
+        where = f"{err.filename}: " if err.filename else ""
+        return f"{where}{err.strerror}"
     return " ".join(str(err).split()) or type(err).__name__
 
 
@@ -228,23 +333,29 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if task_of(argv[1:]) in APPLICATIONS:
             return run_application(argv[1:])
+    from rnnjax.train import TrainingHaltedError, TrainingInterruptedError
+    from rnnjax.train.interrupt import SIGNALS, graceful_stop
+
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exit_:  # usage errors (status 2) and --help (status 0)
         return int(exit_.code or 0)
-    from rnnjax.train import TrainingHaltedError
-
-    try:
-        return int(args.func(args))
-    except ValueError as err:
-        print(f"rnnjax {args.command}: error: {_one_line(err)}", file=sys.stderr)
-        return 2
-    except TrainingHaltedError as err:
-        print(f"rnnjax {args.command}: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"rnnjax {args.command}: interrupted", file=sys.stderr)
-        return 130
+    # train: SIGINT / SIGTERM stop the loop after the current step (see rnnjax.train.interrupt)
+    with graceful_stop(SIGNALS if args.command == "train" else ()) as stop:
+        try:
+            return int(args.func(args, stop))
+        except (ValueError, OSError) as err:  # bad input, files that cannot be read or written
+            print(f"rnnjax {args.command}: error: {_one_line(err)}", file=sys.stderr)
+            return 2
+        except TrainingHaltedError as err:
+            print(f"rnnjax {args.command}: {err}", file=sys.stderr)
+            return 1
+        except TrainingInterruptedError as err:
+            print(f"rnnjax {args.command}: {err}", file=sys.stderr)
+            return stop.exit_status
+        except KeyboardInterrupt:
+            print(f"rnnjax {args.command}: interrupted", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":

@@ -130,3 +130,48 @@ def scheme(name: str) -> dict[str, Any]:
     if name not in _SCHEMES:
         raise ValueError(f"unknown init scheme {name=}; choose one of {SCHEMES}")
     return dict(_SCHEMES[name])
+
+
+SQUARE_RECURRENCE = ("simple_rnn", "lstm", "gru")  # cells with a square W per gate block
+
+
+def for_cell(cell: str, init: str | None) -> dict[str, Any]:
+    """The cell factory's keyword arguments for an ``--init`` value (one rule for every command).
+
+    Args:
+        cell: the cell family ("simple_rnn", "lstm", ...).
+        init: None or "default" (the factory's own defaults); a scheme of `SCHEMES`
+            (Simple RNN only: a scheme sets the activation too); or ``"rho=R"``: every
+            recurrent block rescaled to spectral radius R (cells of `SQUARE_RECURRENCE`).
+
+    Returns:
+        Keyword arguments for the factory (empty for the defaults).
+
+    Raises:
+        ValueError: an unknown value, or one that does not apply to ``cell``.
+    """
+    if init is None or init == "default":
+        return {}
+    if init.startswith("rho="):
+        try:
+            rho = float(init[4:])
+        except ValueError:
+            raise ValueError(f"init {init!r}: rho must be a number, e.g. rho=1.5") from None
+        if not rho >= 0:
+            raise ValueError(f"init {init!r}: rho must be >= 0")
+        if cell not in SQUARE_RECURRENCE:
+            raise ValueError(
+                f"init {init!r} rescales a square recurrent matrix; the {cell} cell has none "
+                f"(it applies to {', '.join(SQUARE_RECURRENCE)})"
+            )
+        return {"recurrent_init": spectral_radius(rho)}
+    if init not in _SCHEMES:
+        raise ValueError(
+            f"unknown init {init!r}; choose default, one of {', '.join(SCHEMES)} or rho=R"
+        )
+    if cell != "simple_rnn":
+        raise ValueError(
+            f"init {init!r} is a Simple RNN scheme (it sets the activation too); it does not "
+            f"apply to {cell}: use default or rho=R"
+        )
+    return scheme(init)

@@ -48,6 +48,47 @@ def _gates(cell: Cell) -> int:
     return {"simple_rnn": 1, "lstm": 4, "gru": 3}[cell.name]
 
 
+_TORCH_MODULES = {1: "nn.RNN", 3: "nn.GRU", 4: "nn.LSTM"}
+_TORCH_CELLS = {1: "simple_rnn", 3: "gru", 4: "lstm"}
+
+
+def _check_mapping(value: Any, function: str, wanted: str) -> None:
+    """ValueError unless ``value`` is a mapping (a module passed instead of its weights)."""
+    if isinstance(value, Mapping):
+        return
+    hint = ""
+    if hasattr(value, "state_dict"):
+        hint = " module: pass its .state_dict(), not the module itself"
+    raise ValueError(f"{function} needs {wanted}, a mapping; got a {type(value).__name__}{hint}")
+
+
+def _check_source(cell: Cell, gates: float, hidden: int, seen: str) -> None:
+    """ValueError if the weights are of another family or hidden size than ``cell``.
+
+    Args:
+        gates: the number of gate blocks in the weights (G / H; not an integer for weights of
+            no RNN layer).
+        hidden: their hidden size H.
+        seen: the array that shows it, for the message (e.g. "weight_hh_l0 (64, 16)").
+    """
+    if gates != _gates(cell):
+        source = f"{gates:g} gate blocks of H={hidden}"
+        if gates in _TORCH_MODULES:
+            source = (
+                f"an {_TORCH_MODULES[int(gates)]} layer ({source}; convert it into "
+                f"rj.{_TORCH_CELLS[int(gates)]}({hidden}))"
+            )
+        raise ValueError(
+            f"the weights ({seen}) are {source}, but the cell is {cell.name}, which has "
+            f"{_gates(cell)} gate block{'s' if _gates(cell) > 1 else ''}"
+        )
+    if hidden != cell.hidden_size:
+        raise ValueError(
+            f"the weights have hidden size H={hidden} ({seen}) but the cell is "
+            f"{cell.name} with hidden_size={cell.hidden_size}"
+        )
+
+
 def _assemble(cell: Cell, U: np.ndarray, W: np.ndarray, b: np.ndarray, b_hn=None):
     """Checks shapes against the cell and builds its params NamedTuple."""
     H, G = cell.hidden_size, _gates(cell) * cell.hidden_size
@@ -83,6 +124,7 @@ def from_torch(
         >>> params = from_torch(rj.lstm(128), torch_lstm.state_dict())
     """
     _check_family(cell, ("simple_rnn", "lstm", "gru"), "PyTorch")
+    _check_mapping(state_dict, "from_torch", "the module's state_dict()")
     suffix = f"_l{layer}" + ("_reverse" if reverse else "")
     name = f"weight_ih{suffix}"
     if name not in state_dict:
@@ -90,19 +132,32 @@ def from_torch(
     if f"weight_hr{suffix}" in state_dict:
         raise ValueError("LSTMs with proj_size > 0 (weight_hr) are not supported")
     w_ih = _array(state_dict[f"weight_ih{suffix}"])  # (G, D)
-    w_hh = _array(state_dict[f"weight_hh{suffix}"])  # (G, H)
-    G = w_ih.shape[0]
+    w_hh = _array(state_dict.get(f"weight_hh{suffix}", np.zeros((0,), np.float32)))  # (G, H)
+    if w_ih.ndim != 2 or w_hh.ndim != 2 or w_hh.shape[0] != w_ih.shape[0] or not w_hh.size:
+        raise ValueError(
+            f"state_dict has weight_ih{suffix} {w_ih.shape} and weight_hh{suffix} "
+            f"{w_hh.shape}; a PyTorch RNN layer has (G·H, D) and (G·H, H)"
+        )
+    G, H = w_hh.shape
+    _check_source(cell, G / H, H, f"weight_hh{suffix} {w_hh.shape}")
     zeros = np.zeros((G,), np.float32)
     b_ih = _array(state_dict.get(f"bias_ih{suffix}", zeros))  # (G,)
     b_hh = _array(state_dict.get(f"bias_hh{suffix}", zeros))  # (G,)
+    for bias_name, bias in ((f"bias_ih{suffix}", b_ih), (f"bias_hh{suffix}", b_hh)):
+        if bias.shape != (G,):
+            raise ValueError(f"state_dict has {bias_name} {bias.shape}; expected ({G},)")
     if cell.name == "gru":
-        H = G // 3
         b = b_ih + np.concatenate([b_hh[: 2 * H], np.zeros((H,), np.float32)])
         return _assemble(cell, w_ih.T, w_hh.T, b, b_hn=b_hh[2 * H :])
     return _assemble(cell, w_ih.T, w_hh.T, b_ih + b_hh)
 
 
 _FLAX_GATES = {"simple_rnn": ("",), "lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n")}
+_FLAX_CELLS = {"simple_rnn": "SimpleCell", "lstm": "LSTMCell", "gru": "GRUCell"}
+
+
+def _flax_keys(family: str) -> list[str]:
+    return [side + gate for gate in _FLAX_GATES[family] for side in "ih"]
 
 
 def from_flax(cell: Cell, params: Mapping[str, Any]) -> Any:
@@ -121,13 +176,26 @@ def from_flax(cell: Cell, params: Mapping[str, Any]) -> Any:
         The cell's params.
     """
     _check_family(cell, tuple(_FLAX_GATES), "Flax")
+    _check_mapping(params, "from_flax", "the cell's variables ({'params': {...}})")
     params = params.get("params", params)
+    _check_mapping(params, "from_flax", "the cell's variables ({'params': {...}})")
     names = [("i" + g, "h" + g) for g in _FLAX_GATES[cell.name]]
     if cell.name == "simple_rnn":
         names = [("i", "h")]
     missing = [n for pair in names for n in pair if n not in params]
     if missing:
+        found = [family for family in _FLAX_GATES if set(_flax_keys(family)) <= set(params)]
+        if found:
+            raise ValueError(
+                f"flax params hold a {_FLAX_CELLS[found[-1]]} (keys {sorted(params)}) but the "
+                f"cell is {cell.name}; build rj.{found[-1]}(...) or convert the right module"
+            )
         raise ValueError(f"flax params lack {missing}; found {sorted(params)}")
+    for _, h in names:
+        kernel = np.shape(params[h].get("kernel", ()))
+        if len(kernel) != 2 or kernel[0] != kernel[1]:
+            raise ValueError(f"flax params have {h}/kernel {kernel}; expected a square (H, H)")
+        _check_source(cell, _gates(cell), kernel[0], f"{h}/kernel {kernel}")
 
     def bias(name: str, size: int) -> np.ndarray:
         b = params[name].get("bias")

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from rnnjax._ids import check_ids
 from rnnjax.cells.base import Array, Cell, check_positive, expand
 from rnnjax.driver import unroll
 from rnnjax.regularise import with_key
@@ -37,7 +38,13 @@ class EmbeddingParams(NamedTuple):
     E: Array
 
 
-def embedding(vocab_size: int, features: int, *, init=jax.nn.initializers.normal(1.0)) -> Layer:
+def embedding(
+    vocab_size: int,
+    features: int,
+    *,
+    pad_id: int | None = None,
+    init=jax.nn.initializers.normal(1.0),
+) -> Layer:
     r"""Token embedding: x_t = onehot(k_t) E, computed as the row lookup E[k_t].
 
     The lecture's "why not just indices?": feeding the index k as a number would make tokens
@@ -45,17 +52,33 @@ def embedding(vocab_size: int, features: int, *, init=jax.nn.initializers.normal
     equidistant, and multiplying it by E selects row k — which is exactly the lookup done here
     (tests check ``apply(params, k) == one_hot(k) @ E``).
 
+    Ids outside the vocabulary never index another row (-1 is not the last row, as NumPy
+    indexing would make it) and never give NaN:
+
+    - concrete tokens (outside ``jit``) in [0, V) or equal to ``pad_id`` are accepted; any
+      other value raises a ValueError naming it;
+    - under ``jit`` / ``vmap`` the values cannot be checked: an id outside [0, V) gives the
+      zero vector, like ``pad_id``, and no gradient reaches E from it.
+
     Args:
         vocab_size: V.
         features: D, the size of each embedding vector.
+        pad_id: the padding id (e.g. -1 or 0): its tokens embed to the zero vector and add no
+            gradient to E (PyTorch's ``padding_idx``). None: no padding id.
         init: initialiser of E (default N(0, 1)).
 
     Returns:
         A `Layer`: ``init(key) -> EmbeddingParams``; ``apply(params, tokens) -> (..., D)`` for
-        int tokens (...) in [0, V).
+        int tokens (...) in [0, V) (or ``pad_id``).
+
+    Example:
+        >>> emb = embedding(65, 32, pad_id=-1)
+        >>> x = emb.apply(emb.init(key), jnp.array([[3, 7, -1]]))   # (1, 3, 32); x[0, 2] = 0
     """
     V = check_positive("vocab_size", vocab_size)
     D = check_positive("features", features)
+    if pad_id is not None and (isinstance(pad_id, bool) or not isinstance(pad_id, int)):
+        raise ValueError(f"pad_id must be an int or None, got {pad_id=!r}")
 
     def init_fn(key) -> EmbeddingParams:
         return EmbeddingParams(E=init(key, (V, D), jnp.float32))  # (V, D)
@@ -64,7 +87,12 @@ def embedding(vocab_size: int, features: int, *, init=jax.nn.initializers.normal
         tokens = jnp.asarray(tokens)
         if not jnp.issubdtype(tokens.dtype, jnp.integer):
             raise ValueError(f"embedding needs integer tokens, got {tokens.dtype=}")
-        return jnp.take(params.E, tokens, axis=0)  # (..., D)
+        check_ids("tokens", tokens, V, allowed=pad_id)
+        keep = (tokens >= 0) & (tokens < V)  # (...)
+        if pad_id is not None:
+            keep &= tokens != pad_id
+        rows = jnp.take(params.E, jnp.clip(tokens, 0, V - 1), axis=0)  # (..., D)
+        return jnp.where(keep[..., None], rows, jnp.zeros((), rows.dtype))
 
     return Layer(init_fn, apply)
 

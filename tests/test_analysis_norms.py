@@ -59,7 +59,8 @@ def test_jacobians_and_norms_equal_jacfwd_of_the_unrolled_map(name):
     cell = CELL_FACTORIES[name](3)
     # moderate scales: deep in saturation float32's tanh' = 1 − tanh² itself loses digits
     params, xs, carry = _random_setup(cell, jax.random.key(zlib.crc32(name.encode())))
-    if getattr(cell.config, "activation", None) == "relu":  # keep the units active: no rank-deficient
+    relu = getattr(cell.config, "activation", None) == "relu"
+    if relu:  # keep the units active: no rank-deficient
         params = params._replace(b=params.b + 1.0)  # products, so κ below stays small
     jacs, out = jax.jit(
         lambda p, x, c: (

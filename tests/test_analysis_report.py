@@ -128,7 +128,7 @@ def test_run_grads_writes_the_report_and_refuses_to_overwrite(tmp_path, capsys):
         (["--T", "0"], "--T must be >= 1"),
         (["--batch", "-1"], "--batch must be >= 1"),
         (["--init", "rho=abc"], "rho must be a number"),
-        (["--init", "glorot"], "unknown --init"),
+        (["--init", "glorot"], "unknown init"),
         (["--cell", "multiplicative_rnn", "--init", "rho=1.5"], "square recurrent matrix"),
         (["--lyapunov", "-2"], "--lyapunov must be >= 0"),
     ],
@@ -138,14 +138,29 @@ def test_grads_flags_are_validated(argv, message, tmp_path):
         build(_args(*argv, "--out", str(tmp_path)))
 
 
-@pytest.mark.parametrize("init", ["sigmoid", "basic_tanh", "smart_tanh", "irnn", "rho=1.5"])
-def test_every_init_builds_every_cell(init, tmp_path):
+@pytest.mark.parametrize(
+    "init", ["default", "sigmoid", "basic_tanh", "smart_tanh", "irnn", "rho=1.5"]
+)
+def test_grads_and_train_accept_the_same_inits(init, tmp_path):
+    """One rule for --init in both commands: schemes for the Simple RNN, rho=R for every cell
+    with a square recurrent matrix; what one refuses, the other refuses with the same words."""
+    from rnnjax.train import build_cells
+
     for cell in ("simple_rnn", "lstm", "gru", "multiplicative_rnn"):
         args = _args("--cell", cell, "--init", init, "--hidden", "16", "--T", "3",
                      "--out", str(tmp_path))  # fmt: skip
-        if cell == "multiplicative_rnn" and init in ("smart_tanh", "irnn", "rho=1.5"):
+        refused = (init not in ("default", "rho=1.5") and cell != "simple_rnn") or (
+            init == "rho=1.5" and cell == "multiplicative_rnn"
+        )
+        if refused:
+            with pytest.raises(ValueError) as by_grads:
+                build(args)
+            with pytest.raises(ValueError) as by_train:
+                build_cells(cell, 16, init=init)
+            assert str(by_train.value) == str(by_grads.value)
             continue
         built, params, xs = build(args)
+        assert build_cells(cell, 16, init=init)[0].name == cell
         assert built.name == cell and xs.shape == (8, 3, 16)
         if init == "rho=1.5" and cell == "simple_rnn":
             rho = np.max(np.abs(np.linalg.eigvals(np.asarray(params.W, np.float64))))

@@ -39,8 +39,9 @@ def add_grads_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--init",
         default="default",
-        help=f"initialisation: one of {', '.join(INIT_NAMES)}, or rho=R to rescale the "
-        f"recurrent matrix (each gate block) to spectral radius R",
+        help=f"initialisation: default; {', '.join(initializers.SCHEMES)} (Simple RNN "
+        f"schemes); or rho=R: each recurrent block rescaled to spectral radius R "
+        f"({', '.join(initializers.SQUARE_RECURRENCE)})",
     )
     parser.add_argument("--seed", type=int, default=0, help="PRNG seed of params and inputs")
     parser.add_argument("--lyapunov", type=int, default=8, help="Lyapunov exponents (0: skip)")
@@ -49,31 +50,8 @@ def add_grads_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _init_kwargs(cell_name: str, init: str) -> dict[str, Any]:
-    """The factory keyword arguments that realise ``--init`` for the given cell."""
-    if init == "default":
-        return {}
-    if init.startswith("rho="):
-        try:
-            rho = float(init[4:])
-        except ValueError:
-            raise ValueError(f"--init {init!r}: rho must be a number, e.g. rho=1.5") from None
-        if not rho >= 0:
-            raise ValueError(f"--init {init!r}: rho must be >= 0")
-        kwargs: dict[str, Any] = {"recurrent_init": initializers.spectral_radius(rho)}
-    elif init in initializers.SCHEMES:
-        kwargs = initializers.scheme(init)
-    else:
-        raise ValueError(f"unknown --init {init!r}; choose one of {INIT_NAMES} or rho=R")
-    if cell_name in ("lstm", "gru"):  # gates fix their own non-linearities
-        kwargs.pop("activation", None)
-    if cell_name == "multiplicative_rnn":
-        if init.startswith("rho=") or init in ("smart_tanh", "irnn"):
-            raise ValueError(
-                f"--init {init} needs a square recurrent matrix; the multiplicative RNN's "
-                f"transition W_in diag(x U_f) W_out is factored"
-            )
-        kwargs["factor_init"] = kwargs.pop("recurrent_init")
-    return kwargs
+    """The factory keyword arguments that realise ``--init`` (the same rule as ``train``)."""
+    return initializers.for_cell(cell_name, init)
 
 
 def build(args: argparse.Namespace):
@@ -112,6 +90,12 @@ def run_grads(args: argparse.Namespace) -> int:
         raise ValueError(f"{json_path} already exists; pass --force to overwrite it")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise ValueError(f"--out {args.out} exists and is not a directory")
+    base = os.path.abspath(args.out)
+    while not os.path.exists(base):
+        base = os.path.dirname(base)
+    if not os.path.isdir(base) or not os.access(base, os.W_OK | os.X_OK):
+        problem = "is a file" if not os.path.isdir(base) else "is not writable"
+        raise ValueError(f"cannot create --out {args.out}: {base} {problem}")
     cell, params, xs = build(args)
     report = diagnose(cell, params, xs, lyapunov_k=args.lyapunov)
     from rnnjax.analysis.plot import plot_report

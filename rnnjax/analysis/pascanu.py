@@ -72,7 +72,8 @@ class PascanuBound(NamedTuple):
         gamma: γ = sup |σ'| of the activation (None for gated cells).
         eta: η = γ σ_max, the bound on ‖∂c_t/∂c_{t-1}‖ (None for gated cells).
         verdict: "vanishing" (η < 1: sufficient), "may_explode" (η > 1: the necessary
-            condition holds), "boundary" (η = 1) or "gated" (see ``gate``).
+            condition holds), "boundary" (η = 1 within 16 ulps of the params' dtype: an
+            orthogonal float32 W) or "gated" (see ``gate``).
         explanation: one sentence with the numbers.
         gate: `GateStats` for the LSTM / GRU, else None.
     """
@@ -237,12 +238,15 @@ def pascanu_bound(
         )
     g = _gamma(cell, gamma)
     eta = g * sigma
-    if eta < 1:
+    # η = 1 up to the rounding of the stored weights (an orthogonal float32 W has σ_max =
+    # 1 ± a few ulps) is the boundary, not a side of it
+    tol = 16 * float(np.finfo(jnp.result_type(*jax.tree.leaves(params))).eps)
+    if abs(eta - 1) <= tol:
+        verdict, why = "boundary", f"η = 1 (within {tol:.1g}): neither condition is decided"
+    elif eta < 1:
         verdict, why = "vanishing", "η < 1 is sufficient for vanishing: ‖∂c_T/∂c_t‖ ≤ η^(T-t)"
-    elif eta > 1:
-        verdict, why = "may_explode", "η > 1 is necessary (not sufficient) for exploding"
     else:
-        verdict, why = "boundary", "η = 1: neither condition is decided"
+        verdict, why = "may_explode", "η > 1 is necessary (not sufficient) for exploding"
     explanation = f"σ_max(W) = {sigma:.4g}, γ = {g:g}, η = γσ_max = {eta:.4g}: {why}"
     if rho is not None and getattr(cell.config, "activation", None) == "identity":
         explanation += f"; linear RNN: ρ(W) = {rho:.4g} decides ({'<' if rho < 1 else '>='} 1)"

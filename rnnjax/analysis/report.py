@@ -10,7 +10,12 @@ A `Report` gathers, for one cell, its parameters and a batch of inputs:
   `temporal_contributions`;
 - the leading Lyapunov exponents, `lyapunov_spectrum`;
 - a one-line verdict — vanishing, exploding or healthy — from the end-to-end factor
-  ‖∂c_T/∂c_0‖ (batch mean), with the numbers behind it.
+  ‖∂c_T/∂c_0‖ (batch mean), with the numbers behind it; "non-finite" when the inputs,
+  params or carry hold NaN / inf (or the norms come out NaN), never a verdict on them.
+
+Ragged batches: with ``lengths`` each example is measured over its own steps — its carry is
+held after its last step (∂c_t/∂c_{t-1} = I there), the loss ignores its padded steps and its
+padded inputs are never read, so padding changes nothing, whatever it holds.
 
 `plot_report` draws it so that the figure reads without the code. Norms are stored as log₁₀
 values: they span hundreds of decades and would under/overflow float32 (and even float64).
@@ -28,11 +33,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rnnjax.analysis._ragged import (
+    RaggedParams,
+    masked_step_loss,
+    non_finite,
+    ragged,
+    ragged_bound,
+    valid_steps,
+)
 from rnnjax.analysis.contributions import loss_gradient_norms, temporal_contributions
 from rnnjax.analysis.lyapunov import lyapunov_spectrum
 from rnnjax.analysis.norms import jacobian_norms
 from rnnjax.analysis.pascanu import PascanuBound, pascanu_bound
 from rnnjax.cells.base import Array, Cell
+from rnnjax.driver import check_inputs
 
 LOG10E = math.log10(math.e)
 
@@ -45,7 +59,8 @@ class Report:
         cell: the cell's family name; hidden_size: H; carry_size: N (flat carry).
         T, batch: sequence length and number of examples.
         ord: "2" (spectral) or "fro".
-        regime: "vanishing", "exploding" or "healthy".
+        regime: "vanishing", "exploding", "healthy", or "non-finite" (NaN or inf in the
+            inputs, params or carry, or norms that came out NaN: nothing can be concluded).
         verdict: one line with the regime and the numbers behind it.
         log10_backward: log₁₀‖∂c_T/∂c_t‖ per example, (B, T+1); log10_backward_mean (T+1,)
             is the log of the batch mean.
@@ -130,7 +145,10 @@ def random_readout_loss(hidden_size: int, key: Array | None = None) -> Callable:
 def classify(
     log10_end_to_end: float, vanishing_below: float, exploding_above: float
 ) -> tuple[str, str]:
-    """("vanishing" | "exploding" | "healthy", the comparison) from log₁₀‖∂c_T/∂c_0‖."""
+    """("vanishing" | "exploding" | "healthy" | "non-finite", the comparison) from
+    log₁₀‖∂c_T/∂c_0‖ (NaN: the norm is not defined, e.g. NaN inputs)."""
+    if math.isnan(log10_end_to_end):
+        return "non-finite", "is NaN"
     if log10_end_to_end < math.log10(vanishing_below):
         return "vanishing", f"< {vanishing_below:g}"
     if log10_end_to_end > math.log10(exploding_above):
@@ -153,6 +171,7 @@ def diagnose(
     xs: Array,
     carry: Any = None,
     *,
+    lengths: Array | None = None,
     step_loss: Callable[[Array, Array], Array] | None = None,
     ord: int | str = 2,
     lyapunov_k: int | None = 8,
@@ -166,13 +185,20 @@ def diagnose(
     The regime is read from the end-to-end factor ‖∂c_T/∂c_0‖ (log of the batch mean):
     below ``vanishing_below`` the first input's influence on the last carry has vanished,
     above ``exploding_above`` it has exploded; in between the cell is healthy over this T.
+    NaN or inf in ``xs`` (at valid steps), ``params`` or ``carry`` — or norms that come out
+    NaN — give the regime "non-finite" and a verdict that says where, never "healthy".
 
     Args:
         cell, params: the cell and its parameters.
         xs: (B, T, D) or (T, D).
         carry: initial carry (None: zeros).
+        lengths: optional (B,) ints in [1, T] (batched xs only): example b is measured over
+            its first ``lengths[b]`` steps. Its carry is held after them (∂c_t/∂c_{t-1} = I,
+            so ‖∂c_T/∂c_t‖ is ‖∂c_{L_b}/∂c_t‖), its padded outputs are left out of the loss,
+            its Lyapunov exponents are averaged over its own steps, and its padded inputs are
+            never read (NaN there is fine). Concrete values only (not under ``jit``).
         step_loss: ``(y_t, t) -> L_t`` as in `temporal_contributions`; default
-            `random_readout_loss`.
+            `random_readout_loss`. With ``lengths`` it receives y_t = 0 for padded examples.
         ord: 2 or "fro", for `jacobian_norms`.
         lyapunov_k: how many Lyapunov exponents (capped at N); None or 0 to skip.
         transient: Lyapunov transient (default T // 4).
@@ -183,10 +209,11 @@ def diagnose(
         `Report`.
 
     Raises:
-        ValueError: bad inputs, as in the tools it calls, or thresholds not 0 < v < 1 < e.
+        ValueError: bad inputs, as in the tools it calls; B = 0; lengths of the wrong shape
+            or outside [1, T]; or thresholds not 0 < v < 1 < e.
 
     Example:
-        >>> report = diagnose(rj.lstm(64), params, xs)
+        >>> report = diagnose(rj.lstm(64), params, xs, lengths=jnp.array([200, 150, 90]))
         >>> print(report.verdict)
         >>> plot_report(report).savefig("grads.png")
     """
@@ -195,7 +222,20 @@ def diagnose(
             f"need 0 < vanishing_below < 1 < exploding_above, got {vanishing_below=}, "
             f"{exploding_above=}"
         )
-    norms = jax.jit(lambda p, x, c: jacobian_norms(cell, p, x, c, ord=ord))(params, xs, carry)
+    xs = check_inputs(params, xs)
+    if xs.ndim == 3 and xs.shape[0] == 0:
+        raise ValueError(f"xs has no examples: {xs.shape=} gives B=0")
+    valid = None if lengths is None else valid_steps(xs, lengths)  # (B, T) bool
+    problem = non_finite(params, xs, carry, valid)
+    run_cell, run_params, run_xs = cell, params, xs
+    if valid is not None:
+        run_cell, run_params = ragged(cell), RaggedParams(params)
+        xs = jnp.where(valid[..., None], xs, jnp.zeros((), xs.dtype))  # padding never read
+        run_xs = jnp.concatenate([xs, valid[..., None].astype(xs.dtype)], axis=-1)  # (B, T, D+1)
+
+    norms = jax.jit(lambda p, x, c: jacobian_norms(run_cell, p, x, c, ord=ord))(
+        run_params, run_xs, carry
+    )
     log_b = np.asarray(norms.log_backward, np.float64) * LOG10E
     log_f = np.asarray(norms.log_forward, np.float64) * LOG10E
     batched = log_b.ndim == 2
@@ -207,21 +247,28 @@ def diagnose(
     mean_f = np.asarray(norms.log_forward_mean, np.float64) * LOG10E
 
     try:
-        bound: PascanuBound | None = pascanu_bound(cell, params, xs, carry)
+        bound: PascanuBound | None = (
+            pascanu_bound(cell, params, xs, carry)
+            if valid is None
+            else ragged_bound(cell, params, xs, carry, valid)
+        )
     except ValueError:  # e.g. a custom activation with unknown γ
         bound = None
 
     loss_fn = step_loss or random_readout_loss(cell.hidden_size)
     loss_name = "step_loss" if step_loss else "L = Σ_t mean_b ⟨y_t, r⟩ (r: random unit vector)"
+    if valid is not None:
+        loss_fn = masked_step_loss(loss_fn, jnp.asarray(valid))
+        loss_name += "; padded steps left out"
     log_lg = log_c = log_lag = None
     if contributions:
         steps = jnp.arange(T, dtype=jnp.int32)
         total = lambda ys: jnp.sum(jax.vmap(loss_fn, in_axes=(-2, 0))(ys, steps))  # noqa: E731
-        grads = jax.jit(lambda p, x, c: loss_gradient_norms(total, cell, p, x, c))(
-            params, xs, carry
+        grads = jax.jit(lambda p, x, c: loss_gradient_norms(total, run_cell, p, x, c))(
+            run_params, run_xs, carry
         )
-        tc = jax.jit(lambda p, x, c: temporal_contributions(loss_fn, cell, p, x, c))(
-            params, xs, carry
+        tc = jax.jit(lambda p, x, c: temporal_contributions(loss_fn, run_cell, p, x, c))(
+            run_params, run_xs, carry
         )
         with np.errstate(divide="ignore"):
             log_lg = np.log10(np.asarray(grads.norms, np.float64)).reshape(-1, T + 1)
@@ -233,27 +280,38 @@ def diagnose(
     if lyapunov_k:
         k = min(int(lyapunov_k), N)
         tr = T // 4 if transient is None else transient
-        lam = jax.jit(lambda p, x, c: lyapunov_spectrum(cell, p, x, c, k=k, transient=tr))(
-            params, xs, carry
+        lam = jax.jit(lambda p, x, c: lyapunov_spectrum(run_cell, p, x, c, k=k, transient=tr))(
+            run_params, run_xs, carry
         )
-        lyap = np.asarray(lam, np.float64).reshape(-1, k).mean(axis=0)
+        lam = np.asarray(lam, np.float64).reshape(-1, k)  # (B, k)
+        if valid is not None:  # held steps add log 1 = 0: average over each example's own
+            own = valid.sum(axis=1) - tr  # (B,) steps counted
+            lam = lam[own > 0] * ((T - tr) / own[own > 0])[:, None]
+        lyap = lam.mean(axis=0) if lam.size else None
 
     end = float(mean_b[0])  # log10 ‖∂c_T/∂c_0‖
     regime, comparison = classify(end, vanishing_below, exploding_above)
     rate = 10.0 ** (end / T) if math.isfinite(end) else 0.0
-    parts = [
-        f"{regime}: ‖∂c_T/∂c_0‖ = {_fmt_log10(end)} {comparison} over T = {T} steps "
-        f"(×{rate:.3g} per step)"
-    ]
-    if bound is not None and bound.eta is not None:
-        parts.append(f"Pascanu η = γσ_max = {bound.eta:.3g} ({bound.verdict})")
-    elif bound is not None and bound.gate is not None:
-        parts.append(
-            f"{bound.gate.gate} gate mean {bound.gate.mean:.3g} "
-            f"(half-life {bound.gate.half_life:.3g} steps)"
-        )
-    if lyap is not None:
-        parts.append(f"λ_max = {lyap[0]:.3g} per step")
+    if problem is not None or regime == "non-finite":
+        regime = "non-finite"
+        why = problem or f"‖∂c_T/∂c_0‖ = {_fmt_log10(end)} (the forward pass overflowed?)"
+        parts = [f"non-finite: {why}; no verdict on the gradient dynamics"]
+    else:
+        parts = [
+            f"{regime}: ‖∂c_T/∂c_0‖ = {_fmt_log10(end)} {comparison} over T = {T} steps "
+            f"(×{rate:.3g} per step)"
+        ]
+        if valid is not None:
+            parts[0] += f" (lengths {int(valid.sum(1).min())}..{int(valid.sum(1).max())})"
+        if bound is not None and bound.eta is not None:
+            parts.append(f"Pascanu η = γσ_max = {bound.eta:.3g} ({bound.verdict})")
+        elif bound is not None and bound.gate is not None:
+            parts.append(
+                f"{bound.gate.gate} gate mean {bound.gate.mean:.3g} "
+                f"(half-life {bound.gate.half_life:.3g} steps)"
+            )
+        if lyap is not None:
+            parts.append(f"λ_max = {lyap[0]:.3g} per step")
     return Report(
         cell=cell.name,
         hidden_size=cell.hidden_size,

@@ -43,7 +43,9 @@ def _expected_params(cell: Cell, input_size: int) -> Any:
         # traced: run it once, eagerly even inside a caller's jit, and keep only the shapes
         with jax.ensure_compile_time_eval():
             params = cell.init(jax.random.key(0), input_size)
-        return jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), params)
+        return jax.tree.map(
+            lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), params
+        )
 
 
 def expected_params(cell: Cell, input_size: int) -> Any:

@@ -11,9 +11,12 @@ or from the shell: ``rnnjax train --task adding --T 100 --cell lstm --out runs/a
 from rnnjax.train.checkpoint import Checkpointer, RunDir
 from rnnjax.train.config import RunConfig
 from rnnjax.train.evaluate import task_evaluator, text_evaluator
+from rnnjax.train.interrupt import StopRequest, graceful_stop
 from rnnjax.train.loop import (
     Setup,
     TrainingHaltedError,
+    TrainingInterruptedError,
+    corpus_digest,
     count_params,
     restore_run,
     setup,
@@ -54,11 +57,15 @@ __all__ = [
     "RunConfig",
     "RunDir",
     "Setup",
+    "StopRequest",
     "TrainState",
     "TrainingHaltedError",
+    "TrainingInterruptedError",
     "build_cells",
     "char_model",
+    "corpus_digest",
     "count_params",
+    "graceful_stop",
     "init_state",
     "initialize_distributed",
     "make_mesh",

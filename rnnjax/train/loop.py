@@ -16,14 +16,23 @@ Guarantees:
   row stop training with `TrainingHaltedError`, and no checkpoint is written after the last good
   step, so the latest checkpoint holds good parameters.
 - Data parallel over every device (`rnnjax.train.parallel`); the batch must divide evenly.
+- Nothing is written before every check has passed, the step included (it is compiled
+  first); a text run records its corpus's absolute path and SHA-256, and a resume on a
+  changed corpus is refused.
+- Interruption (``stop``, e.g. SIGINT / SIGTERM through `rnnjax.train.interrupt`): the
+  current step finishes, is logged and checkpointed, orbax is closed; a resumed run drops the
+  log records after its checkpoint, so ``metrics.jsonl`` holds every step once.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import sys
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
+from pathlib import Path
 from typing import Any, NamedTuple, TextIO
 
 import jax
@@ -31,7 +40,14 @@ import numpy as np
 from jax.sharding import Mesh
 
 from rnnjax.data.tasks import Task, make_task
-from rnnjax.data.text import TextData, Vocab, load_corpus, num_windows, prepare_text
+from rnnjax.data.text import (
+    DEFAULT_CORPUS,
+    TextData,
+    Vocab,
+    load_corpus,
+    num_windows,
+    prepare_text,
+)
 from rnnjax.regularise import regularised
 from rnnjax.train import parallel
 from rnnjax.train.checkpoint import RunDir
@@ -154,18 +170,58 @@ def restore_run(out: str) -> tuple[RunConfig, Model, TrainState, Vocab | None]:
     model, task = build_model(config, None if vocab is None else vocab.size)
     params = model.init(jax.random.key(config.seed))
     carry = () if task is not None else model.initial_carry(params, (config.batch_size,))
-    checkpoints = run.checkpointer(config.keep)
-    try:
+    with run.checkpointer(config.keep, create=False) as checkpoints:
         if checkpoints.latest_step() is None:
             raise ValueError(f"run {out} has no checkpoint yet")
         state = checkpoints.restore(init_state(params, _optimizer(config), carry))
-    finally:
-        checkpoints.close()
     return config, model, state, vocab
 
 
 def count_params(params: Any) -> int:
     return int(sum(np.size(x) for x in jax.tree.leaves(params)))
+
+
+def corpus_digest(text: str) -> str:
+    """The SHA-256 of a corpus's UTF-8 bytes (recorded in config.json, checked on resume)."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _corpus(config: RunConfig, text: str | None, out: str, resume: bool) -> tuple[RunConfig, str]:
+    """The corpus text and the config recording its absolute path and content hash.
+
+    On resume the recorded hash (if any) must match: resuming on other data is not exact.
+    """
+    assert config.corpus is not None
+    if text is None:
+        try:
+            text = load_corpus(config.corpus)
+        except ValueError as err:
+            if not resume:
+                raise
+            raise ValueError(f"cannot resume run {out}: {err}") from None
+    corpus = config.corpus
+    if corpus != DEFAULT_CORPUS:
+        corpus = str(Path(corpus).absolute())
+    digest = corpus_digest(text)
+    if resume and config.corpus_sha256 not in (None, digest):
+        raise ValueError(
+            f"the corpus {corpus} has changed since run {out} started (sha256 {digest[:12]}... "
+            f"now, {config.corpus_sha256[:12]}... recorded): resuming on other data would not "
+            f"be exact; restore the file or start a new run"
+        )
+    return dataclasses.replace(config, corpus=corpus, corpus_sha256=digest), text
+
+
+class TrainingInterruptedError(Exception):
+    """A signal stopped the run before its first step (nothing was written)."""
+
+
+def _check_platform(config: RunConfig) -> None:
+    if config.backend == "pallas" and jax.default_backend() == "cpu":
+        raise ValueError(
+            "backend 'pallas' needs a GPU or TPU: on the CPU it runs in Pallas's interpret "
+            "mode, hundreds of times slower than 'scan'; use --backend scan, fused or auto"
+        )
 
 
 def train(
@@ -178,8 +234,14 @@ def train(
     text: str | None = None,
     time_limit: float | None = None,
     clock: Callable[[], float] = time.perf_counter,
+    stop: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """Trains (or resumes) the run in directory ``out``.
+
+    Everything that can be checked is checked before anything is written: the settings, the
+    run directory (new and writable, or an existing run), the corpus, the checkpoint to
+    resume from and the jitted step itself (traced and compiled) — a rejected run leaves no
+    directory behind.
 
     Args:
         config: the run's settings. With ``resume`` only ``steps`` is read from it (when set):
@@ -194,42 +256,68 @@ def train(
         clock: the clock of ``time_limit``: wall time by default; ``time.process_time``
             counts the CPU time of this process instead (a CPU budget that load from other
             processes does not shrink).
+        stop: polled after every step (e.g. a `rnnjax.train.interrupt.StopRequest`): when it
+            returns True the run finishes that step, logs it, writes a checkpoint and returns
+            with ``summary["interrupted"]`` set, without the final evaluation.
 
     Returns:
-        A summary: the last training record, the final evaluation, ``n_params``,
-        ``steps_per_s`` and ``wall_s``.
+        A summary: ``step`` (the last step), ``steps_run`` (this call), the last training
+        record, the final evaluation, ``n_params``, ``steps_per_s`` (None if no step ran),
+        ``wall_s``, ``interrupted`` and the final ``state``.
 
     Raises:
-        ValueError: bad settings, corpus, run directory or checkpoint (nothing is written).
+        ValueError: bad settings, corpus, run directory or checkpoint (nothing is written), a
+            changed corpus on resume, or a file that cannot be written.
         TrainingHaltedError: after ``max_bad_steps`` non-finite steps in a row.
+        TrainingInterruptedError: ``stop`` fired before the first step (nothing is written).
     """
     run = RunDir(out)
     primary = jax.process_index() == 0  # several hosts: one writes the files, all train
+    # 1. checks: nothing is written until all of them pass
+    vocab = None
     if resume:
         saved = run.read_config()
-        config = RunConfig(**{**saved.__dict__, "steps": config.steps or saved.steps})
-        vocab = run.read_vocab() if saved.corpus is not None else None
+        config = RunConfig(**{**saved.__dict__, "steps": config.steps or saved.steps}).resolved()
+        if saved.corpus is not None:
+            vocab = run.read_vocab()
     else:
+        config = config.resolved()
         if primary:
             run.check_new()
-        vocab = None
+    _check_platform(config)
+    if config.kind == "text":
+        config, text = _corpus(config, text, out, resume)
     mesh = parallel.make_mesh(devices)
     s = setup(config, vocab, text, mesh)
     config = s.config
     step_fn, state, data, shardings = sharded_step(s, mesh)
-    checkpoints = run.checkpointer(config.keep)
-    if resume and checkpoints.latest_step() is not None:
-        state = parallel.place(checkpoints.restore(state), shardings)
+    if resume:
+        with run.checkpointer(config.keep, create=False) as saved_checkpoints:
+            if saved_checkpoints.latest_step() is not None:
+                state = parallel.place(saved_checkpoints.restore(state), shardings)
+    start = int(state.step)
+    if start >= config.steps:
+        raise ValueError(
+            f"run {out} is already at step {start} >= steps={config.steps}; pass a larger "
+            f"--steps to continue it"
+        )
+    compiled = step_fn.lower(state, data).compile()  # tracing errors surface here
+    if stop is not None and stop():
+        raise TrainingInterruptedError(f"interrupted before the first step; {out} not written")
+    # 2. the run directory
+    log = MetricsLog(run.metrics_path)
     if primary:
         run.write_config(config, s.text.vocab if s.text is not None else None)
+        if resume:
+            log.truncate(start)  # the steps after the checkpoint are replayed: log them once
+    checkpoints = run.checkpointer(config.keep)
     n_params = count_params(state.params)
-    log = MetricsLog(run.metrics_path)
     budget = None if time_limit is None else (time_limit, clock)
     progress = progress if primary else None
-    return _loop(s, state, step_fn, data, checkpoints, log, progress, n_params, budget)
+    return _loop(s, state, compiled, data, checkpoints, log, progress, n_params, budget, stop)
 
 
-def sharded_step(s: Setup, mesh: Mesh) -> tuple[Callable, TrainState, Any, TrainState]:
+def sharded_step(s: Setup, mesh: Mesh) -> tuple[Any, TrainState, Any, TrainState]:
     """The jitted train step over ``mesh`` with the initial state and the data placed on it.
 
     Parameters and optimiser state are replicated; the BPTT carry and the text streams are
@@ -255,7 +343,7 @@ def sharded_step(s: Setup, mesh: Mesh) -> tuple[Callable, TrainState, Any, Train
         s.optimizer,
         seed=config.seed,
         max_bad_steps=config.max_bad_steps,
-        dropout=config.dropout > 0 or bool(regularisation(config)),
+        dropout=bool(config.dropout) or bool(regularisation(config)),
     )
     in_shardings = (shardings, rows if config.kind == "text" else rep)  # streams or seed key
     jitted = jax.jit(step_fn, in_shardings=in_shardings, out_shardings=(shardings, rep))
@@ -275,7 +363,7 @@ def _check_halted(state: TrainState, step: int, config: RunConfig, checkpoints) 
 
 
 def _loop(
-    s: Setup, state, step_fn, data, checkpoints, log, progress, n_params, budget
+    s: Setup, state, step_fn, data, checkpoints, log, progress, n_params, budget, stop
 ) -> dict[str, Any]:
     config = s.config
     start = int(state.step)
@@ -287,7 +375,8 @@ def _loop(
     record: dict[str, Any] = {}
     t0 = t_log = time.perf_counter()
     c0 = clock() if clock is not None else 0.0
-    step, timed_steps, train_time = start, 0, 0.0
+    step, train_time, interrupted = start, 0.0, False
+    saved = checkpoints.latest_step()  # the step of the newest checkpoint
     evaluation: dict[str, float] = {}
     try:
         while step < total:
@@ -296,13 +385,14 @@ def _loop(
             step += 1
             if clock is not None and step % config.log_every == 0 and clock() - c0 > limit:
                 total = step  # the time budget is spent: stop here
-            do_eval = step % config.eval_every == 0 or step == total
+            if stop is not None and stop():
+                total, interrupted = step, True  # finish this step, checkpoint, leave
+            do_eval = step % config.eval_every == 0 or (step == total and not interrupted)
             do_save = step % config.checkpoint_every == 0 or step == total
             if step % config.log_every == 0 or do_eval or do_save:
                 record = reduce_steps(buffer)  # waits for the buffered steps
-                now = time.perf_counter()
-                if step - len(buffer) > start:  # the first interval includes compilation
-                    timed_steps, train_time = timed_steps + len(buffer), train_time + now - t_log
+                now = time.perf_counter()  # the step is compiled already: every interval counts
+                train_time += now - t_log
                 record.update(step=step, steps_per_s=len(buffer) / (now - t_log), time=now - t0)
                 log.write(record)
                 bar.update(step, record)
@@ -310,21 +400,29 @@ def _loop(
                 _check_halted(state, step, config, checkpoints)
                 if do_save and int(state.bad_run) == 0:
                     checkpoints.save(step, state)
+                    saved = step
                 if do_eval:
                     evaluation = s.evaluate(state.params)
                     log.write({"split": "test" if s.task else "val", "step": step, **evaluation})
                 t_log = time.perf_counter()  # evaluation and saving are not training time
     finally:
-        bar.close()
-        checkpoints.close()
+        try:  # no computation may outlive the loop (XLA torn down under it crashes)
+            jax.block_until_ready(state)
+        finally:
+            bar.close()
+            checkpoints.close()
+    ran = step - start
     return {
         "step": step,
+        "steps_run": ran,
         "train": record,
         "eval": evaluation,
         "n_params": n_params,
         "skipped": int(state.skipped),
-        "steps_per_s": timed_steps / train_time if train_time > 0 else float("nan"),
+        "steps_per_s": ran / train_time if ran and train_time > 0 else None,
         "wall_s": time.perf_counter() - t0,
+        "interrupted": interrupted,
+        "checkpoint": saved,
         "state": state,
     }
 
@@ -332,7 +430,9 @@ def _loop(
 __all__ = [
     "Setup",
     "TrainingHaltedError",
+    "TrainingInterruptedError",
     "build_model",
+    "corpus_digest",
     "count_params",
     "restore_run",
     "setup",

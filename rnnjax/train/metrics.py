@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -46,11 +47,38 @@ def reduce_steps(step_metrics: list[dict[str, Any]]) -> dict[str, float]:
 
 
 class MetricsLog:
-    """Appends JSON records, one per line, to ``path`` (only on process 0 of a multi-host run)."""
+    """Appends JSON records, one per line, to ``path`` (only on process 0 of a multi-host run).
+
+    A resumed run first calls `truncate` with the step of the checkpoint it resumes from, so
+    the steps it replays are not logged twice.
+    """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.enabled = jax.process_index() == 0
+
+    def truncate(self, step: int) -> int:
+        """Drops the records after ``step`` (and a torn last line); returns how many went.
+
+        The file is rewritten through a temporary file and a rename, so a crash leaves either
+        the old or the new log.
+        """
+        if not self.enabled or not self.path.exists():
+            return 0
+        lines = self.path.read_text().splitlines()
+        kept = []
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if not isinstance(record, dict) or int(record.get("step", 0)) <= step:
+                kept.append(line)
+        if len(kept) < len(lines):
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            os.replace(tmp, self.path)
+        return len(lines) - len(kept)
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:

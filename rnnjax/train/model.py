@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from rnnjax.cells import Cell, gru, lstm, min_gru, min_lstm, multiplicative_rnn, simple_rnn
 from rnnjax.cells.base import Array, check_positive, expand
 from rnnjax.data.tasks import Task, TaskBatch
-from rnnjax.initializers import SCHEMES, scheme
+from rnnjax.initializers import for_cell
 from rnnjax.layers import EmbeddingParams, ReadoutParams, Stack, embedding, readout, stacked
 
 CELLS: dict[str, Callable[..., Cell]] = {
@@ -45,8 +45,9 @@ def build_cells(
         cell: one of `CELLS`.
         hidden: H, units per layer.
         layers: depth of the stack.
-        init: optional named scheme of `rnnjax.initializers` (Simple RNN only), e.g.
-            "smart_tanh" for Pascanu et al.'s initialisation.
+        init: optional initialisation, as `rnnjax.initializers.for_cell` reads it: a named
+            scheme (Simple RNN only), e.g. "smart_tanh" for Pascanu et al.'s, or "rho=R" for
+            a recurrent matrix of spectral radius R (simple_rnn, lstm, gru).
         forget_bias: initial forget-gate bias of an LSTM (default 1). σ(b)^k is the share of
             the cell state kept over k steps at the start: b = 1 keeps 0.73^k (4e-14 at
             k = 100), b = 5 keeps 0.993^k (0.51): long lags need the larger value.
@@ -55,13 +56,7 @@ def build_cells(
         raise ValueError(f"unknown cell {cell!r}; choose one of {', '.join(CELLS)}")
     check_positive("hidden", hidden)
     check_positive("layers", layers)
-    kwargs: dict[str, Any] = {}
-    if init is not None:
-        if cell != "simple_rnn":
-            raise ValueError(f"init={init!r} is a Simple RNN scheme; it does not apply to {cell}")
-        if init not in SCHEMES:
-            raise ValueError(f"unknown init scheme {init!r}; choose one of {', '.join(SCHEMES)}")
-        kwargs = scheme(init)
+    kwargs: dict[str, Any] = for_cell(cell, init)
     if forget_bias is not None:
         if cell != "lstm":
             raise ValueError(f"forget_bias={forget_bias} applies to the lstm only, not {cell}")
