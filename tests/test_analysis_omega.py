@@ -194,3 +194,29 @@ def test_paper_gradient_names_the_cells_it_does_not_cover():
         )
     with pytest.raises(ValueError, match="gradient must be one of"):
         analysis.pascanu_regularizer(gru, params, xs, loss_fn=loss, gradient="eq10")
+
+
+@pytest.mark.parametrize("backend", ["scan", "fused"])
+def test_simple_rnn_regularizer_from_one_backward_pass(backend):
+    """g = ∂L/∂(x_t U + b) and d = ∂L/∂y_t from probes added to unroll's input and output."""
+    cell, params = _srn_params(9, 1.2)
+    xs, lengths, readout, targets = _inputs(10)
+    loss = _loss_of_outputs(lengths, readout, targets)
+
+    def loss_of(p, dpx, dys):  # U' = [U; I] and x' = [x, dpx] add dpx to the projection
+        probe = p._replace(U=jnp.concatenate([p.U, jnp.eye(H)], axis=0))
+        _, ys = rj.unroll(cell, probe, jnp.concatenate([xs, dpx], -1), backend=backend)
+        return loss(ys + dys)
+
+    zeros = jnp.zeros((B, T, H))
+    _, (_, g, d) = jax.jit(jax.value_and_grad(loss_of, (0, 1, 2)))(params, zeros, zeros)
+    value, grad = jax.jit(jax.value_and_grad(analysis.simple_rnn_regularizer))(params.W, g, d)
+    want, want_grad = jax.jit(
+        jax.value_and_grad(lambda W: _paper_code_omega(W, params.U, params.b, xs, loss))
+    )(params.W)
+    np.testing.assert_allclose(value, want, rtol=1e-5)
+    np.testing.assert_allclose(grad, want_grad, rtol=2e-4, atol=1e-6 * np.abs(want_grad).max())
+    one = analysis.simple_rnn_regularizer(params.W, g[0], d[0], reduction="sum")
+    assert np.isfinite(float(one))
+    with pytest.raises(ValueError, match="must both be"):
+        analysis.simple_rnn_regularizer(params.W, g, d[:, 1:])

@@ -12,6 +12,7 @@ RNNs is hard"; Pascanu, Mikolov & Bengio 2013). This package measures every part
     analysis.temporal_contributions(step_loss, cell, params, xs)  # ‖∂L_t/∂c_τ‖, ∂L/∂θ by lag
     analysis.pascanu_bound(cell, params)              # σ_max(W), γ, η, verdict; LSTM gates
     analysis.pascanu_regularizer(cell, params, xs, loss_fn=loss)  # Ω, differentiable
+    analysis.simple_rnn_regularizer(W, dpx, dys)      # the same Ω from one backward pass
     analysis.clip_by_global_norm_with_stats(1.0)      # optax clipping + clip statistics
     analysis.lyapunov_spectrum(cell, params, xs, k=8) # Lyapunov exponents (QR method)
     analysis.cliff(ws, bs)                            # Pascanu's one-neuron gradient cliff
@@ -41,7 +42,13 @@ from rnnjax.analysis.contributions import (
 from rnnjax.analysis.jacobians import carry_jacobians
 from rnnjax.analysis.lyapunov import lyapunov_spectrum
 from rnnjax.analysis.norms import JacobianNorms, jacobian_norms
-from rnnjax.analysis.pascanu import GateStats, PascanuBound, pascanu_bound, pascanu_regularizer
+from rnnjax.analysis.pascanu import (
+    GateStats,
+    PascanuBound,
+    pascanu_bound,
+    pascanu_regularizer,
+    simple_rnn_regularizer,
+)
 from rnnjax.analysis.plot import plot_report
 from rnnjax.analysis.report import Report, diagnose
 
@@ -68,6 +75,7 @@ __all__ = [
     "pascanu_regularizer",
     "plot_cliff",
     "plot_report",
+    "simple_rnn_regularizer",
     "temporal_contributions",
     "with_clip_stats",
 ]

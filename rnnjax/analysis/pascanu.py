@@ -409,3 +409,73 @@ def pascanu_regularizer(
     if reduction == "mean":
         return jnp.sum(terms) / jnp.maximum(jnp.sum(valid), 1)
     return jnp.sum(terms) / terms.shape[0]
+
+
+def simple_rnn_regularizer(
+    W: Array,
+    preact_grads: Array,
+    output_grads: Array,
+    *,
+    squared: bool = True,
+    reduction: str = "mean",
+    min_norm: float = 1e-20,
+) -> Array:
+    r"""Ω of a Simple RNN (eq. 10, the paper's gradient) from ONE backward pass of the loss.
+
+    For c_t = σ(a_t), a_t = x_t U + c_{t-1} W + b, the gradient of the loss with respect to
+    the pre-activations, g_t = ∂L/∂a_t = v_t ⊙ σ'(a_t), already holds the product the
+    regulariser needs: v_t J_t = g_t Wᵀ. With d_t = ∂L/∂y_t the loss's direct gradient on
+    the outputs, the carry gradients follow without a second pass, v_t = d_t + g_{t+1} Wᵀ
+    (g_{T+1} = 0), and
+
+    .. math::
+        \Omega = \operatorname{mean}_t \Big( \frac{\| \mathrm{sg}(g_t)\, W^\top \|^2}
+                 {\| \mathrm{sg}(v_t) \|^2} - 1 \Big)^2
+
+    is exactly `pascanu_regularizer` with ``gradient="paper"`` (tests compare them); its
+    gradient reaches W only, through the explicit factor Wᵀ. g_t is the gradient with
+    respect to the projected inputs x_t U + b (what ``backend="fused"`` returns), d_t that
+    with respect to `rnnjax.unroll`'s outputs.
+
+    Args:
+        W: the recurrent matrix, (H, H) (differentiated).
+        preact_grads: g, (B, T, H) or (T, H) (treated as constants).
+        output_grads: d, the same shape (constants).
+        squared, reduction, min_norm: as in `pascanu_regularizer`.
+
+    Returns:
+        Ω, a scalar.
+
+    Raises:
+        ValueError: shapes that disagree, or an unknown reduction.
+
+    Example:
+        >>> loss_of = lambda p, dpx, dys: ...   # the loss with zero probes added to px and ys
+        >>> loss, (g_p, g, d) = jax.value_and_grad(loss_of, (0, 1, 2))(params, zeros, zeros)
+        >>> omega, g_omega = jax.value_and_grad(simple_rnn_regularizer)(params.W, g, d)
+    """
+    g = jnp.asarray(preact_grads)
+    d = jnp.asarray(output_grads)
+    if g.shape != d.shape or g.ndim not in (2, 3) or g.shape[-1] != W.shape[-1]:
+        raise ValueError(
+            f"preact_grads and output_grads must both be (B, T, H) or (T, H) with H = "
+            f"{W.shape[-1]}, got {g.shape} and {d.shape}"
+        )
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction=}")
+    const = jax.lax.stop_gradient
+    g, d = const(g), const(d)
+    g = g if g.ndim == 3 else g[None]  # (B, T, H)
+    d = d if d.ndim == 3 else d[None]
+    back = g @ const(W).T  # (B, T, H): g_t Wᵀ, the error reaching c_{t-1} through step t
+    v = d + jnp.concatenate([back[:, 1:], jnp.zeros_like(back[:, :1])], axis=1)  # ∂L/∂c_t
+    u = g @ W.T  # (B, T, H): v_t J_t with W live
+    num = jnp.sum(jnp.square(u), axis=-1)  # (B, T)
+    den = jnp.sum(jnp.square(v), axis=-1)  # (B, T)
+    valid = den >= min_norm
+    ratio = num / jnp.where(valid, den, 1.0)
+    ratio = ratio if squared else jnp.sqrt(ratio)
+    terms = jnp.where(valid, jnp.square(ratio - 1.0), 0.0)  # (B, T)
+    if reduction == "mean":
+        return jnp.sum(terms) / jnp.maximum(jnp.sum(valid), 1)
+    return jnp.sum(terms) / terms.shape[0]
