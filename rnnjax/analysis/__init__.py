@@ -16,6 +16,7 @@ RNNs is hard"; Pascanu, Mikolov & Bengio 2013). This package measures every part
     analysis.clip_by_global_norm_with_stats(1.0)      # optax clipping + clip statistics
     analysis.lyapunov_spectrum(cell, params, xs, k=8) # Lyapunov exponents (QR method)
     analysis.cliff(ws, bs)                            # Pascanu's one-neuron gradient cliff
+    analysis.fixed_points(cell, params, starts, x)    # fixed / slow points (Sussillo & Barak)
     report = analysis.diagnose(cell, params, xs)      # all of it, with a one-line verdict
     analysis.plot_report(report)                      # and its figure
 
@@ -39,6 +40,7 @@ from rnnjax.analysis.contributions import (
     loss_gradient_norms,
     temporal_contributions,
 )
+from rnnjax.analysis.fixed_points import FixedPoints, fixed_point_starts, fixed_points
 from rnnjax.analysis.jacobians import carry_jacobians
 from rnnjax.analysis.lyapunov import lyapunov_spectrum
 from rnnjax.analysis.norms import JacobianNorms, jacobian_norms
@@ -55,6 +57,7 @@ from rnnjax.analysis.report import Report, diagnose
 __all__ = [
     "Cliff",
     "ClipStatsState",
+    "FixedPoints",
     "GateStats",
     "JacobianNorms",
     "LossGradientNorms",
@@ -68,6 +71,8 @@ __all__ = [
     "clip_stats",
     "clip_with_stats",
     "diagnose",
+    "fixed_point_starts",
+    "fixed_points",
     "jacobian_norms",
     "loss_gradient_norms",
     "lyapunov_spectrum",
