@@ -25,11 +25,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import hashlib
 import json
 import math
 import os
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -272,7 +274,8 @@ def save(path: Path, data: dict, markdown_text: str) -> None:
 @contextlib.contextmanager
 def locked(path: Path):
     """An exclusive lock beside ``path`` (shards of a sweep write the same file)."""
-    with open(path.with_suffix(".lock"), "w") as handle:
+    name = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
+    with open(Path(tempfile.gettempdir()) / f"rnnjax-{name}.lock", "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
