@@ -340,8 +340,8 @@ def sweep_markdown(data: dict) -> str:
         f"in the H&S runs) and GRU: 50 units, default inits; 'SGD-C' rows use exactly "
         f"SGD-C's optimiser, 'Adam' rows Adam lr 1e-3 with clip 1.",
         "",
-        "| task | T | method | solved (seeds) | updates to success | test error per seed "
-        "(10,000 fresh) |",
+        "| task | T | method | solved (seeds) | updates to success, per seed | test error per "
+        "seed (10,000 fresh) |",
         "|---|---|---|---|---|---|",
     ]
     groups: dict[tuple, list] = {}
@@ -352,18 +352,47 @@ def sweep_markdown(data: dict) -> str:
         groups.items(), key=lambda kv: (kv[0][0], kv[0][1], order.index(kv[0][2]))
     ):
         rs = sorted(rs, key=lambda r: r["seed"])
-        when = [f"{r['solved_at']:,}" for r in rs if r["solved"]]
+        when = [f"{r['solved_at']:,}" if r["solved"] else "—" for r in rs]
         errors = ", ".join(f"{r['test_error']:.3f}" for r in rs)
         lines.append(
             f"| {task} | {T} | {method} | {sum(r['solved'] for r in rs)}/{len(rs)} | "
-            f"{' '.join(when) or '—'} | {errors} |"
+            f"{', '.join(when)} | {errors} |"
         )
     lines += [
         "",
         "Trivial error rates: temporal order 0.75 (a guess among 4 classes); addition about "
         "0.36 (always answering the mean, 0.5, misses when the squared error exceeds 0.04).",
+        "",
+        *budget_lines(data),
     ]
     return "\n".join(lines) + "\n"
+
+
+def budget_lines(data: dict) -> list[str]:
+    """What the whole sweep costs: the profile's CPU time per update, scaled by T."""
+    path = RESULTS / "long_range_profile.json"
+    if not path.exists():
+        return []
+    profile = json.loads(path.read_text())
+    per_update = {r["method"]: r["cpu_ms_per_update"] / 1e3 / r["T"] for r in profile["rows"]}
+    runs = len(TASKS) * len(SEEDS)
+    worst = sum(
+        per_update[m] * T * data["budget"] * runs
+        for T in LENGTHS
+        for m in METHODS
+        if m in per_update
+    )
+    spent = sum(r["seconds"] for r in data["runs"])
+    return [
+        f"Budget: {data['budget']:,} updates per run. `{profile['command']}` measured the CPU "
+        f"time of one update at T = {profile['rows'][0]['T']} on the shared machine (SGD-CR "
+        f"{1e3 * per_update['SGD-CR'] * 100:.1f} ms, LSTM SGD-C "
+        f"{1e3 * per_update['LSTM SGD-C'] * 100:.1f} ms); scaled by T, the whole plan "
+        f"({len(sweep_plan(LENGTHS, METHODS, SEEDS))} runs) costs at most {worst / 3600:.1f} "
+        f"CPU-hours if no run stopped early — about half that wall time on an idle 2-core "
+        f"machine running `--shard 0/2` and `--shard 1/2` side by side. The runs in this file "
+        f"took {spent / 3600:.1f} hours of wall time on the shared machine.",
+    ]
 
 
 # ---- Hochreiter & Schmidhuber's adding problem -----------------------------------------------
@@ -526,9 +555,19 @@ def run_profile(args, command: str) -> None:
         )
 
 
+def report(args, command: str) -> None:
+    """Rewrites the .md tables from the .json results (nothing is trained)."""
+    del args, command
+    for name, render in (("sweep", sweep_markdown), ("hochreiter", hochreiter_markdown)):
+        path = RESULTS / f"long_range_{name}.json"
+        if path.exists():
+            path.with_suffix(".md").write_text(render(json.loads(path.read_text())))
+            print(f"wrote {path.with_suffix('.md')}")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("part", choices=("sweep", "hochreiter", "profile"))
+    parser.add_argument("part", choices=("sweep", "hochreiter", "profile", "report"))
     parser.add_argument("--quick", action="store_true", help="tiny smoke run (not recorded)")
     parser.add_argument("--budget", type=int, default=None, help="updates per run at most")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
@@ -555,9 +594,8 @@ def main(argv=None) -> int:
     if args.budget and args.budget % CHECK_EVERY:
         parser.error(f"--budget must be a multiple of {CHECK_EVERY}, got {args.budget}")
     RESULTS.mkdir(exist_ok=True)
-    {"sweep": run_sweep, "hochreiter": run_hochreiter, "profile": run_profile}[args.part](
-        args, command
-    )
+    parts = dict(sweep=run_sweep, hochreiter=run_hochreiter, profile=run_profile, report=report)
+    parts[args.part](args, command)
     return 0
 
 
