@@ -220,3 +220,18 @@ def test_simple_rnn_regularizer_from_one_backward_pass(backend):
     assert np.isfinite(float(one))
     with pytest.raises(ValueError, match="must both be"):
         analysis.simple_rnn_regularizer(params.W, g, d[:, 1:])
+
+
+def test_training_with_omega_names_an_unsupported_cell_at_setup():
+    from rnnjax.analysis.pascanu import paper_gradient_supported
+    from rnnjax.data import make_task
+    from rnnjax.train import build_cells, task_model, task_objective
+    from rnnjax.train.step import omega_schedule
+
+    assert paper_gradient_supported(rj.simple_rnn(4)) and paper_gradient_supported(rj.lstm(4))
+    assert paper_gradient_supported(rj.lstm(4, peephole=True, coupled=True))
+    assert not paper_gradient_supported(rj.gru(4))
+    task = make_task("adding", 10)
+    model = task_model(task, build_cells("gru", 4))
+    with pytest.raises(ValueError, match="the gru cell's step does not"):
+        task_objective(model, task, 2, omega_schedule(1.0))

@@ -266,6 +266,20 @@ def _check_additive_recurrence(cell: Cell, params: Any, prob: Problem) -> None:
         )
 
 
+def paper_gradient_supported(cell: Cell) -> bool:
+    """Whether `pascanu_regularizer`'s default ``gradient="paper"`` covers this cell.
+
+    True for cells whose step is pointwise maths of px + h W (Simple RNN, LSTM and its
+    variants); False for the GRU, the multiplicative RNN and cells without a matrix W.
+    """
+    params = cell.init(jax.random.key(0), 1)
+    try:
+        _check_additive_recurrence(cell, params, prepare(cell, params, jnp.zeros((1, 1))))
+    except ValueError:
+        return False
+    return True
+
+
 def _pulled_back_paper(cell: Cell, params: Any, prob: Problem, states: Array, v: Array) -> Array:
     """u_{k+1} = v_{k+1} J_{k+1} with every activation constant and W live (eq. 10).
 
