@@ -511,8 +511,42 @@ def hochreiter_markdown(data: dict) -> str:
         "",
         "H&S 1997 (10 trials, 2,560 test sequences): T = 100: 1 wrong after 74,000 training "
         "sequences; T = 500: 0 wrong after 209,000; T = 1000: 1 wrong after 853,000.",
+        *decay_diagnosis(),
     ]
     return "\n".join(lines) + "\n"
+
+
+def decay_diagnosis() -> list[str]:
+    """Why seed 2 stalled under the previous schedule (long_range_hochreiter_decay.json)."""
+    path = RESULTS / "long_range_hochreiter_decay.json"
+    if not path.exists():
+        return []
+    old = json.loads(path.read_text())["result"]
+    decay, lr0 = old["config"]["lr_decay"], old["config"]["lr"]
+    lines = [
+        "",
+        f"Why seed 2 stalled before (`long_range_hochreiter_decay.md`: lr {lr0} × {decay} every "
+        f"1,000 updates, a fixed 12,000 updates):",
+        "",
+        "| seed | validation at 2,000 | at 8,000 (lr then) | at 11,000 → 12,000 (lr then) | test |",
+        "|---|---|---|---|---|",
+    ]
+    for r in old["runs"]:
+        acc = {p["step"]: p["valid_accuracy"] for p in r["curve"]}
+        lines.append(
+            f"| {r['seed']} | {acc[2000]:.1%} | {acc[8000]:.1%} ({lr0 * decay**8:.1e}) | "
+            f"{acc[11000]:.1%} → {acc[12000]:.1%} ({lr0 * decay**12:.1e}) | "
+            f"{r['test_accuracy']:.2%} |"
+        )
+    lines += [
+        "",
+        "Seed 2 left the initial plateau later than seeds 0 and 1, so it was still improving "
+        "when the fixed exponential decay had cut the learning rate below 1e-4: the "
+        "schedule, not the network, stopped it. The runs above halve the rate only when the "
+        "validation error stops improving, and stop at the validation target instead of a "
+        "fixed count.",
+    ]
+    return lines
 
 
 # ---- profile ---------------------------------------------------------------------------------
