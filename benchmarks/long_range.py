@@ -579,10 +579,23 @@ def run_profile(args, command: str) -> None:
                 ms_per_1000_scored=1e3 * score,
                 first_chunk_s=first,
             )
+            if args.vmap:  # the 5 seeds as one vmapped chunk, against one seed at a time
+                many = jax.jit(jax.vmap(chunk.__wrapped__))
+                keys = jnp.stack([jax.random.key(seed) for seed in SEEDS])
+                one_by_one = [
+                    init_state(model.init(jax.random.key(seed)), opt, ()) for seed in SEEDS
+                ]
+                states = jax.tree.map(lambda *leaves: jnp.stack(leaves), *one_by_one)
+                jax.block_until_ready(many(states, keys))  # compiles
+                c0, p0 = time.perf_counter(), time.process_time()
+                jax.block_until_ready(many(states, keys))
+                per = CHECK_EVERY * len(SEEDS)
+                row["vmap_ms_per_seed_update"] = 1e3 * (time.perf_counter() - c0) / per
+                row["vmap_cpu_ms_per_seed_update"] = 1e3 * (time.process_time() - p0) / per
             rows.append(row)
             print(json.dumps(row), flush=True)
     if not args.quick:
-        out = RESULTS / "long_range_profile.json"
+        out = RESULTS / f"long_range_profile{'_vmap' if args.vmap else ''}.json"
         out.write_text(
             json.dumps(dict(command=command, machine=platform.machine(), rows=rows), indent=1)
             + "\n"
@@ -610,6 +623,7 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--shard", default="0/1", help="k/n: run every n-th run of the plan, from the k-th"
     )
+    parser.add_argument("--vmap", action="store_true", help="profile: also time 5 vmapped seeds")
     args = parser.parse_args(argv)
     try:
         k, n = (int(v) for v in args.shard.split("/"))
