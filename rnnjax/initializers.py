@@ -9,8 +9,12 @@ The named schemes of Pascanu, Mikolov & Bengio (2013), section 4 and their code
 
 - ``"sigmoid"``: sigmoid units, every weight ~ N(0, 0.01), biases 0.
 - ``"basic_tanh"``: tanh units, every weight ~ N(0, 0.1), biases 0.
-- ``"smart_tanh"``: tanh units, U ~ N(0, 0.01); W sparse with 15 non-zeros per unit drawn from
-  N(0, 1), then rescaled to spectral radius 0.95; biases 0.
+- ``"smart_tanh"``: tanh units, U ~ N(0, 0.01); W sparse with 15 non-zeros in each row —
+  each unit's *outgoing* weights, as ``W_hh[dx][spng[15:]] = 0`` with ``h @ W_hh`` in the
+  paper's code — then rescaled to spectral radius 0.95; biases 0.
+
+The readout V of those networks is N(0, 0.01) (sigmoid, smart_tanh) or N(0, 0.1) (basic_tanh):
+`readout_init` gives it (``rnnjax.train`` uses it for a model built with ``init=NAME``).
 
 and ``"irnn"`` (Le, Jaitly & Hinton 2015): ReLU units, W = I, U ~ N(0, 0.001), biases 0.
 
@@ -56,8 +60,9 @@ def spectral_radius(radius: float, nonzeros: int | None = None):
 
     Args:
         radius: the target spectral radius (largest |eigenvalue|).
-        nonzeros: if given, each column (unit) keeps only this many non-zero incoming weights
-            (Pascanu's "smart tanh" uses 15); otherwise the matrix is dense N(0, 1/n).
+        nonzeros: if given, each row keeps only this many non-zero entries — with the
+            library's ``c_{t-1} @ W`` row i holds unit i's outgoing weights, as in Pascanu's
+            code for "smart tanh" (15 per row); otherwise the matrix is dense N(0, 1/n).
 
     The eigenvalues are computed on the host with numpy at init time (square shapes only).
     """
@@ -76,9 +81,9 @@ def spectral_radius(radius: float, nonzeros: int | None = None):
             if not 0 < nonzeros <= n:
                 raise ValueError(f"nonzeros must be in [1, {n}], got {nonzeros=}")
             scores = np.asarray(jax.random.uniform(k_mask, (n, n)))
-            keep = np.argsort(scores, axis=0)[:nonzeros]  # (nonzeros, n) row indices per unit
+            keep = np.argsort(scores, axis=1)[:, :nonzeros]  # (n, nonzeros) columns per row
             mask = np.zeros((n, n), bool)
-            np.put_along_axis(mask, keep, True, axis=0)
+            np.put_along_axis(mask, keep, True, axis=1)
             w = np.where(mask, w, 0.0)
         rho = np.max(np.abs(np.linalg.eigvals(w)))
         if rho == 0:
@@ -116,6 +121,28 @@ _SCHEMES: dict[str, dict[str, Any]] = {
 }
 
 SCHEMES = tuple(_SCHEMES)
+_READOUT_STD = {"sigmoid": 0.01, "basic_tanh": 0.1, "smart_tanh": 0.01}
+
+
+def readout_init(name: str | None):
+    """The initialiser of the readout V that goes with a named scheme.
+
+    Pascanu et al.'s code draws W_hy ~ N(0, 0.01) for "sigmoid" and "smart_tanh" and
+    N(0, 0.1) for "basic_tanh"; other schemes (and None) keep the library's LeCun-normal.
+
+    Args:
+        name: a scheme name of `SCHEMES`, None, "default" or "rho=R" (the last three: LeCun).
+    """
+    if (
+        name is not None
+        and name != "default"
+        and not name.startswith("rho=")
+        and name not in _SCHEMES
+    ):
+        raise ValueError(f"unknown init scheme {name=}; choose one of {SCHEMES}")
+    if name in _READOUT_STD:
+        return normal(_READOUT_STD[name])
+    return jax.nn.initializers.lecun_normal()
 
 
 def scheme(name: str) -> dict[str, Any]:

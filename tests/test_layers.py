@@ -126,10 +126,22 @@ def test_smart_tanh_scheme_is_sparse_with_radius_095(rng):
     cell = rj.simple_rnn(50, **kwargs)
     params = cell.init(rng, 3)
     W = np.asarray(params.W)
-    assert ((W != 0).sum(axis=0) == 15).all()  # 15 incoming weights per unit
+    assert ((W != 0).sum(axis=1) == 15).all()  # 15 outgoing weights per unit (h @ W: rows)
+    assert not ((W != 0).sum(axis=0) == 15).all()  # (columns are not constrained)
     np.testing.assert_allclose(np.abs(np.linalg.eigvals(W)).max(), 0.95, rtol=1e-4)
     assert cell.config.activation == "tanh"
     assert np.std(np.asarray(params.U)) < 0.02  # U ~ N(0, 0.01)
+
+
+@pytest.mark.parametrize(("name", "std"), [("smart_tanh", 0.01), ("basic_tanh", 0.1)])
+def test_pascanu_readout_init(name, std):
+    V = rj.initializers.readout_init(name)(jax.random.key(0), (200, 50))
+    np.testing.assert_allclose(np.std(np.asarray(V)), std, rtol=0.05)
+    task = rj.data.make_task("temporal_order", 20)
+    model = rj.train.task_model(task, rj.train.build_cells("simple_rnn", 50, init=name), init=name)
+    np.testing.assert_allclose(np.std(model.init(jax.random.key(1)).out.V), std, rtol=0.2)
+    with pytest.raises(ValueError, match="unknown init scheme"):
+        rj.initializers.readout_init("xavier")
 
 
 def test_irnn_scheme_is_identity_relu(rng):

@@ -12,9 +12,11 @@ RNNs is hard"; Pascanu, Mikolov & Bengio 2013). This package measures every part
     analysis.temporal_contributions(step_loss, cell, params, xs)  # ‖∂L_t/∂c_τ‖, ∂L/∂θ by lag
     analysis.pascanu_bound(cell, params)              # σ_max(W), γ, η, verdict; LSTM gates
     analysis.pascanu_regularizer(cell, params, xs, loss_fn=loss)  # Ω, differentiable
+    analysis.simple_rnn_regularizer(W, dpx, dys)      # the same Ω from one backward pass
     analysis.clip_by_global_norm_with_stats(1.0)      # optax clipping + clip statistics
     analysis.lyapunov_spectrum(cell, params, xs, k=8) # Lyapunov exponents (QR method)
     analysis.cliff(ws, bs)                            # Pascanu's one-neuron gradient cliff
+    analysis.fixed_points(cell, params, starts, x)    # fixed / slow points (Sussillo & Barak)
     report = analysis.diagnose(cell, params, xs)      # all of it, with a one-line verdict
     analysis.plot_report(report)                      # and its figure
 
@@ -38,16 +40,24 @@ from rnnjax.analysis.contributions import (
     loss_gradient_norms,
     temporal_contributions,
 )
+from rnnjax.analysis.fixed_points import FixedPoints, fixed_point_starts, fixed_points
 from rnnjax.analysis.jacobians import carry_jacobians
 from rnnjax.analysis.lyapunov import lyapunov_spectrum
 from rnnjax.analysis.norms import JacobianNorms, jacobian_norms
-from rnnjax.analysis.pascanu import GateStats, PascanuBound, pascanu_bound, pascanu_regularizer
+from rnnjax.analysis.pascanu import (
+    GateStats,
+    PascanuBound,
+    pascanu_bound,
+    pascanu_regularizer,
+    simple_rnn_regularizer,
+)
 from rnnjax.analysis.plot import plot_report
 from rnnjax.analysis.report import Report, diagnose
 
 __all__ = [
     "Cliff",
     "ClipStatsState",
+    "FixedPoints",
     "GateStats",
     "JacobianNorms",
     "LossGradientNorms",
@@ -61,6 +71,8 @@ __all__ = [
     "clip_stats",
     "clip_with_stats",
     "diagnose",
+    "fixed_point_starts",
+    "fixed_points",
     "jacobian_norms",
     "loss_gradient_norms",
     "lyapunov_spectrum",
@@ -68,6 +80,7 @@ __all__ = [
     "pascanu_regularizer",
     "plot_cliff",
     "plot_report",
+    "simple_rnn_regularizer",
     "temporal_contributions",
     "with_clip_stats",
 ]

@@ -17,7 +17,8 @@ without peepholes — so the forget gate decides how long the path lasts (f = 1:
 "gradient 1"). For the GRU the update gate z_t plays that role (h_t = z_t ⊙ h_{t-1} + ...).
 
 The regulariser (eq. 9; eq. 10 with squared norms, as in the paper's code) asks every step to
-preserve the norm of the back-propagated error:
+preserve the norm of the back-propagated error (its gradient, by default, as eq. 10 and the
+paper's code take it: activations and errors constant, only W differentiated):
 
 .. math::
     \\Omega = \\sum_k \\Bigg( \\frac{\\| \\frac{\\partial L}{\\partial c_{k+1}}
@@ -35,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rnnjax.analysis._core import batch_trajectory, prepare, step_fn
+from rnnjax.analysis._core import Problem, batch_trajectory, flatten_carry, prepare, step_fn
 from rnnjax.analysis.contributions import carry_gradients
 from rnnjax.cells.base import ACTIVATIONS, Array, Cell, split_blocks
 
@@ -253,6 +254,97 @@ def pascanu_bound(
     return PascanuBound(sigma, rho, g, eta, verdict, explanation, None)
 
 
+GRADIENTS = ("paper", "through_activations")
+
+
+def _check_gradient(gradient: str) -> None:
+    if gradient not in GRADIENTS:
+        raise ValueError(f"gradient must be one of {GRADIENTS}, got {gradient=}")
+
+
+def _check_additive_recurrence(cell: Cell, params: Any, prob: Problem) -> None:
+    """Raises unless the cell reads its recurrent matrix only as ``px + h W`` (see below).
+
+    The paper's gradient differentiates W where it multiplies the previous output, with every
+    activation held fixed; that is well defined when the step is pointwise maths of
+    z = px + h_{k} W (and of the carry). A pure predicate, checked numerically on random
+    values shaped like the arguments: ``recur(θ, c, px) == recur(θ with W = 0, c, px + h W)``.
+    """
+    W = getattr(params, "W", None)
+    if W is None or jnp.ndim(W) != 2:
+        raise ValueError(
+            f"gradient='paper' differentiates the recurrent matrix params.W; the {cell.name} "
+            f"cell has none: pass gradient='through_activations'"
+        )
+    with jax.ensure_compile_time_eval():
+        keys = iter(jax.random.split(jax.random.key(0), 3 + len(jax.tree.leaves(params))))
+        probe = jax.tree.map(
+            lambda a: 0.5 * jax.random.normal(next(keys), jnp.shape(a), jnp.float32), params
+        )
+        c = 0.5 * jax.random.normal(next(keys), (prob.N,), jnp.float32)
+        px = jax.random.normal(next(keys), (prob.px.shape[-1],), jnp.float32)
+        carry = prob.unflatten(c)
+        direct = flatten_carry(cell.recur(probe, carry, px)[0])
+        z = px + carry.h @ probe.W  # (G,)
+        moved = flatten_carry(cell.recur(probe._replace(W=jnp.zeros_like(probe.W)), carry, z)[0])
+        additive = bool(jnp.allclose(direct, moved, rtol=1e-2, atol=1e-2))  # bf16 matmuls
+    if not additive:
+        raise ValueError(
+            f"gradient='paper' needs a step that reads W only as px + h W (pointwise maths "
+            f"after it); the {cell.name} cell's step does not (e.g. the GRU's reset gate "
+            f"multiplies h W): pass gradient='through_activations'"
+        )
+
+
+def paper_gradient_supported(cell: Cell) -> bool:
+    """Whether `pascanu_regularizer`'s default ``gradient="paper"`` covers this cell.
+
+    True for cells whose step is pointwise maths of px + h W (Simple RNN, LSTM and its
+    variants); False for the GRU, the multiplicative RNN and cells without a matrix W.
+    """
+    params = cell.init(jax.random.key(0), 1)
+    try:
+        _check_additive_recurrence(cell, params, prepare(cell, params, jnp.zeros((1, 1))))
+    except ValueError:
+        return False
+    return True
+
+
+def _pulled_back_paper(cell: Cell, params: Any, prob: Problem, states: Array, v: Array) -> Array:
+    """u_{k+1} = v_{k+1} J_{k+1} with every activation constant and W live (eq. 10).
+
+    With z = px + c_k W the step's Jacobian is J = (∂F/∂z) Wᵀ on the h-part of the carry plus
+    the direct ∂F/∂c (the LSTM's f_t on its cell state), so v J = w Wᵀ + (direct part) with
+    w = v ∂F/∂z = ∂(v·F)/∂px. w and the direct part are evaluated on the constant trajectory;
+    only the W of w Wᵀ carries Ω's gradient.
+    """
+    const = jax.lax.stop_gradient
+    step = step_fn(cell, const(params), prob.unflatten)
+
+    def frozen(c_prev, px_t, v_t):  # (u at the current W, w), both constant
+        _, pull = jax.vjp(step, c_prev, px_t)
+        return pull(v_t)  # (N,), (G,)
+
+    u0, w = jax.vmap(jax.vmap(frozen))(states[:, :-1], const(prob.px), v)  # (B, T, N), (B, T, G)
+    delta = params.W - const(params.W)  # zero, but W's gradient flows through it
+    zeros = prob.unflatten(jnp.zeros_like(u0))
+    live_h = w @ delta.T  # (B, T, H)
+    live = flatten_carry(zeros._replace(h=live_h.astype(u0.dtype)))  # (B, T, N)
+    return const(u0) + live
+
+
+def _pulled_back_through_activations(
+    cell: Cell, params: Any, prob: Problem, states: Array, v: Array
+) -> Array:
+    """u_{k+1} = v_{k+1} J_{k+1}(θ) with c_k and v constant, differentiated through σ'(a) too."""
+    step = step_fn(cell, params, prob.unflatten)
+
+    def pulled_back(c_prev, px_t, v_t):  # (N,)
+        return jax.vjp(lambda c: step(c, px_t), c_prev)[1](v_t)[0]
+
+    return jax.vmap(jax.vmap(pulled_back))(states[:, :-1], jax.lax.stop_gradient(prob.px), v)
+
+
 def pascanu_regularizer(
     cell: Cell,
     params: Any,
@@ -264,22 +356,35 @@ def pascanu_regularizer(
     squared: bool = True,
     reduction: str = "mean",
     min_norm: float = 1e-20,
+    gradient: str = "paper",
 ) -> Array:
     r"""Ω of Pascanu et al. (eq. 10 by default, eq. 9 with ``squared=False``), differentiable.
 
     .. math::
-        \Omega = \sum_{k=0}^{T-1} \Big( \frac{\|v_{k+1} J_{k+1}(\theta)\|^2}
+        \Omega = \sum_{k=0}^{T-1} \Big( \frac{\|v_{k+1} J_{k+1}\|^2}
                  {\|v_{k+1}\|^2} - 1 \Big)^2, \qquad
-        v_{k+1} = \mathrm{sg}\Big(\frac{\partial L}{\partial c_{k+1}}\Big), \quad
-        J_{k+1}(\theta) = \frac{\partial c_{k+1}}{\partial c_k}\Big|_{c_k = \mathrm{sg}(c_k)}
+        v_{k+1} = \frac{\partial L}{\partial c_{k+1}}, \quad
+        J_{k+1} = \frac{\partial c_{k+1}}{\partial c_k}
+                = \mathrm{diag}\big(\sigma'(a_{k+1})\big) W^\top \ \text{(Simple RNN)}
 
-    As in the paper, the back-propagated error v and the carries c_k are constants
-    (``jax.lax.stop_gradient``), so only the immediate dependence of the step Jacobian on the
-    parameters is differentiated; the projected inputs x_t U + b are constants too, so U and b
-    receive no gradient from Ω. (The paper's state is the pre-activation, so its σ'(x_k) is a
-    constant as well; here the carry is held fixed and the gradient also flows through the
-    activation derivatives' dependence on W.) Terms whose ‖v‖² < ``min_norm`` are skipped,
-    as in the paper's code (``bound = 1e-20``).
+    Ω's value does not depend on ``gradient``; its gradient does:
+
+    - ``"paper"`` (default): eq. 10 as the paper and its code compute it. The paper's state
+      x_k is the pre-activation and "x_k and ∂E/∂x_{k+1} are constants", so σ'(a_{k+1}) and
+      v are fixed and only the explicit recurrent matrix is differentiated:
+      v J = sg(v ⊙ σ'(a_{k+1})) Wᵀ — the code's ``tmp_x = (d_ht[1:] * (1 - ht**2)) @ W_hh.T``,
+      differentiated before ``d_ht`` and ``ht`` are substituted. For any cell whose step is
+      pointwise maths of z = px + c_k W (Simple RNN, LSTM with or without peepholes or coupled
+      gates) the same rule holds every activation fixed and differentiates the W of
+      ``w Wᵀ``, w = ∂(v·F)/∂z; other cells (GRU, multiplicative RNN) raise a ValueError.
+    - ``"through_activations"``: c_k and v constant, but J_{k+1}(θ) is differentiated
+      through σ'(a_{k+1}(W)) as well (the second-derivative terms the paper drops). Works for
+      every cell.
+
+    Only the recurrent matrix receives a gradient under ``"paper"``; under
+    ``"through_activations"`` the projected inputs x_t U + b are constants, so U and b get none
+    either. Terms whose ‖v‖² < ``min_norm`` are skipped, as in the paper's code
+    (``bound = 1e-20``).
 
     Use it inside any loss; a train step (loss_fn of the outputs, targets closed over)::
 
@@ -300,23 +405,29 @@ def pascanu_regularizer(
         reduction: "mean" — the average over the (example, step) terms that count, as in the
             paper's code — or "sum" — Σ_k per sequence (eq. 9), averaged over the batch.
         min_norm: skip terms with ‖v‖² below this.
+        gradient: "paper" or "through_activations" (above).
 
     Returns:
         Ω, a scalar (0 when every step preserves the error's norm).
 
     Raises:
         ValueError: neither or both of loss_fn / carry_grads, carry_grads of the wrong shape,
-            unknown reduction, or the errors of `loss_gradient_norms`.
+            unknown reduction or gradient, a cell that ``"paper"`` does not cover, or the
+            errors of `loss_gradient_norms`.
 
     References:
-        Pascanu, Mikolov & Bengio, ICML 2013, section 3.3, eq. 9–10; pascanur/trainingRNNs.
+        Pascanu, Mikolov & Bengio, ICML 2013, section 3.3, eq. 9–10; pascanur/trainingRNNs
+        (``RNN.py``: ``tmp_reg`` and ``TT.grad(tmp_reg, W_hh)``).
     """
     if (loss_fn is None) == (carry_grads is None):
         raise ValueError("pass exactly one of loss_fn and carry_grads")
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction=}")
+    _check_gradient(gradient)
     const = jax.lax.stop_gradient
     prob = prepare(cell, params, xs, carry)
+    if gradient == "paper":
+        _check_additive_recurrence(cell, params, prob)
     if loss_fn is not None:
         _, grads = carry_gradients(loss_fn, cell, const(params), prob)  # (T+1, B, N)
         v = jnp.swapaxes(grads[1:], 0, 1)  # (B, T, N): ∂L/∂c_{k+1}
@@ -331,12 +442,78 @@ def pascanu_regularizer(
             )
     v = const(v)
     states = const(batch_trajectory(prob, step_fn(cell, const(params), prob.unflatten)))
-    step = step_fn(cell, params, prob.unflatten)
+    pull = _pulled_back_paper if gradient == "paper" else _pulled_back_through_activations
+    u = pull(cell, params, prob, states, v)  # (B, T, N)
+    num = jnp.sum(jnp.square(u), axis=-1)  # (B, T)
+    den = jnp.sum(jnp.square(v), axis=-1)  # (B, T)
+    valid = den >= min_norm
+    ratio = num / jnp.where(valid, den, 1.0)
+    ratio = ratio if squared else jnp.sqrt(ratio)
+    terms = jnp.where(valid, jnp.square(ratio - 1.0), 0.0)  # (B, T)
+    if reduction == "mean":
+        return jnp.sum(terms) / jnp.maximum(jnp.sum(valid), 1)
+    return jnp.sum(terms) / terms.shape[0]
 
-    def pulled_back(c_prev, px_t, v_t):  # v_{k+1} J_{k+1}(θ), (N,)
-        return jax.vjp(lambda c: step(c, px_t), c_prev)[1](v_t)[0]
 
-    u = jax.vmap(jax.vmap(pulled_back))(states[:, :-1], const(prob.px), v)  # (B, T, N)
+def simple_rnn_regularizer(
+    W: Array,
+    preact_grads: Array,
+    output_grads: Array,
+    *,
+    squared: bool = True,
+    reduction: str = "mean",
+    min_norm: float = 1e-20,
+) -> Array:
+    r"""Ω of a Simple RNN (eq. 10, the paper's gradient) from ONE backward pass of the loss.
+
+    For c_t = σ(a_t), a_t = x_t U + c_{t-1} W + b, the gradient of the loss with respect to
+    the pre-activations, g_t = ∂L/∂a_t = v_t ⊙ σ'(a_t), already holds the product the
+    regulariser needs: v_t J_t = g_t Wᵀ. With d_t = ∂L/∂y_t the loss's direct gradient on
+    the outputs, the carry gradients follow without a second pass, v_t = d_t + g_{t+1} Wᵀ
+    (g_{T+1} = 0), and
+
+    .. math::
+        \Omega = \operatorname{mean}_t \Big( \frac{\| \mathrm{sg}(g_t)\, W^\top \|^2}
+                 {\| \mathrm{sg}(v_t) \|^2} - 1 \Big)^2
+
+    is exactly `pascanu_regularizer` with ``gradient="paper"`` (tests compare them); its
+    gradient reaches W only, through the explicit factor Wᵀ. g_t is the gradient with
+    respect to the projected inputs x_t U + b (what ``backend="fused"`` returns), d_t that
+    with respect to `rnnjax.unroll`'s outputs.
+
+    Args:
+        W: the recurrent matrix, (H, H) (differentiated).
+        preact_grads: g, (B, T, H) or (T, H) (treated as constants).
+        output_grads: d, the same shape (constants).
+        squared, reduction, min_norm: as in `pascanu_regularizer`.
+
+    Returns:
+        Ω, a scalar.
+
+    Raises:
+        ValueError: shapes that disagree, or an unknown reduction.
+
+    Example:
+        >>> loss_of = lambda p, dpx, dys: ...   # the loss with zero probes added to px and ys
+        >>> loss, (g_p, g, d) = jax.value_and_grad(loss_of, (0, 1, 2))(params, zeros, zeros)
+        >>> omega, g_omega = jax.value_and_grad(simple_rnn_regularizer)(params.W, g, d)
+    """
+    g = jnp.asarray(preact_grads)
+    d = jnp.asarray(output_grads)
+    if g.shape != d.shape or g.ndim not in (2, 3) or g.shape[-1] != W.shape[-1]:
+        raise ValueError(
+            f"preact_grads and output_grads must both be (B, T, H) or (T, H) with H = "
+            f"{W.shape[-1]}, got {g.shape} and {d.shape}"
+        )
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction=}")
+    const = jax.lax.stop_gradient
+    g, d = const(g), const(d)
+    g = g if g.ndim == 3 else g[None]  # (B, T, H)
+    d = d if d.ndim == 3 else d[None]
+    back = g @ const(W).T  # (B, T, H): g_t Wᵀ, the error reaching c_{t-1} through step t
+    v = d + jnp.concatenate([back[:, 1:], jnp.zeros_like(back[:, :1])], axis=1)  # ∂L/∂c_t
+    u = g @ W.T  # (B, T, H): v_t J_t with W live
     num = jnp.sum(jnp.square(u), axis=-1)  # (B, T)
     den = jnp.sum(jnp.square(v), axis=-1)  # (B, T)
     valid = den >= min_norm

@@ -104,7 +104,7 @@ def build_model(config: RunConfig, vocab_size: int | None = None) -> tuple[Model
         cells = [regularised(c, **regularisation(config)) for c in cells]
     if config.task is not None:
         task = make_task(config.task, config.T, config.definition)
-        return task_model(task, cells, backend=config.backend), task
+        return task_model(task, cells, backend=config.backend, init=config.init), task
     if vocab_size is None:
         raise ValueError("a text model needs the vocabulary size")
     return char_model(vocab_size, cells, config.embed, config.dropout, config.backend), None

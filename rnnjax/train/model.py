@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from rnnjax.cells import Cell, gru, lstm, min_gru, min_lstm, multiplicative_rnn, simple_rnn
 from rnnjax.cells.base import Array, check_positive, expand
 from rnnjax.data.tasks import Task, TaskBatch
-from rnnjax.initializers import for_cell
+from rnnjax.initializers import for_cell, readout_init
 from rnnjax.layers import EmbeddingParams, ReadoutParams, Stack, embedding, readout, stacked
 
 CELLS: dict[str, Callable[..., Cell]] = {
@@ -109,9 +109,10 @@ def _build(
     log_softmax: bool = True,
     dropout: float = 0.0,
     backend: str = "scan",
+    readout_init: Any = None,
 ) -> Model:
     stack = stacked(cells, dropout=dropout)
-    out = readout(output_size)
+    out = readout(output_size) if readout_init is None else readout(output_size, init=readout_init)
     H = cells[-1].hidden_size
 
     def init(key) -> ModelParams:
@@ -160,14 +161,21 @@ def char_model(
     return _build(cells, embed_dim, vocab_size, emb=emb, dropout=dropout, backend=backend)
 
 
-def task_model(task: Task, cells: list[Cell], backend: str = "scan") -> Model:
-    """Task features (D) → stacked cells → linear output (regression) or softmax (classes)."""
+def task_model(
+    task: Task, cells: list[Cell], backend: str = "scan", init: str | None = None
+) -> Model:
+    """Task features (D) → stacked cells → linear output (regression) or softmax (classes).
+
+    ``init``: the named scheme the cells were built with; the readout then starts as in that
+    scheme's paper (`rnnjax.initializers.readout_init`: N(0, 0.01) for Pascanu's smart tanh).
+    """
     return _build(
         cells,
         task.input_size,
         task.output_size,
         log_softmax=task.objective == "xent",
         backend=backend,
+        readout_init=None if init is None else readout_init(init),
     )
 
 

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import optax
 
 from rnnjax.analysis import clip_by_global_norm_with_stats, clip_stats, pascanu_regularizer
+from rnnjax.analysis.pascanu import paper_gradient_supported
 from rnnjax.cells.base import Array
 from rnnjax.data.tasks import Task
 from rnnjax.data.text import bptt_window
@@ -99,6 +100,13 @@ def _with_omega(model: Model, omega_weight: OmegaWeight | None):
         raise ValueError(
             f"the Pascanu regulariser is defined for one recurrent layer, the model has "
             f"{len(model.stack.cells)} (use --layers 1 with --omega)"
+        )
+
+    if not paper_gradient_supported(model.stack.cells[0]):
+        raise ValueError(
+            f"Ω (--omega) trains with Pascanu et al.'s eq. 10 gradient, defined for cells whose "
+            f"step reads W as x U + h W (simple_rnn, lstm); the {model.stack.cells[0].name} "
+            f"cell's step does not"
         )
 
     def add(loss, metrics, params, xs, carry, step, loss_of_outputs):
