@@ -114,7 +114,9 @@ class WindowCarry(NamedTuple):
     w: Array
 
 
-def window_cell(hidden: int, mixtures: int, chars: Array, char_mask: Array):
+def window_cell(
+    hidden: int, mixtures: int, chars: Array, char_mask: Array, kappa_rate: float = KAPPA_STEP
+):
     """LSTM layer 1 + Graves' soft window over ``chars`` as one rnnjax `Cell`.
 
     Args:
@@ -122,12 +124,16 @@ def window_cell(hidden: int, mixtures: int, chars: Array, char_mask: Array):
         mixtures: K window Gaussians.
         chars: float (B, U, V) one-hot characters of the texts being written.
         char_mask: bool (B, U), False after each text.
+        kappa_rate: the window's initial advance, characters per point (the κ̂ bias starts at
+            log(kappa_rate / KAPPA_STEP)): the data's characters per point is a good start.
 
     Returns:
         A `Cell` with input x_t (B, 3), carry `WindowCarry` and output [h¹_t ; w_t] (B, H + V).
         Its params (``init(key, 3)``) do not depend on the texts.
     """
     H, K = check_positive("hidden", hidden), check_positive("mixtures", mixtures)
+    if not kappa_rate > 0:
+        raise ValueError(f"kappa_rate must be > 0, got {kappa_rate}")
     V = chars.shape[-1]
     base = lstm(H)
     u = jnp.arange(chars.shape[-2], dtype=jnp.float32)  # (U,)
@@ -135,6 +141,7 @@ def window_cell(hidden: int, mixtures: int, chars: Array, char_mask: Array):
     def init(key, input_size: int) -> WindowParams:
         k_l, k_w = jax.random.split(key)
         b_win = jnp.zeros((3 * K,), jnp.float32).at[K : 2 * K].set(-1.0)  # broad at first
+        b_win = b_win.at[2 * K :].set(math.log(kappa_rate / KAPPA_STEP))
         W_win = initializers.default_input_init(k_w, (H, 3 * K), jnp.float32) * 0.1
         return WindowParams(base.init(k_l, input_size + V), W_win, b_win)
 
@@ -160,7 +167,7 @@ def window_cell(hidden: int, mixtures: int, chars: Array, char_mask: Array):
         w = jnp.einsum("...u,...uv->...v", phi, chars)  # (B, V)
         return WindowCarry(lstm_carry, kappa, w), jnp.concatenate([h, w], axis=-1)
 
-    cfg = {"hidden_size": H, "mixtures": K, "vocab": V}
+    cfg = {"hidden_size": H, "mixtures": K, "vocab": V, "kappa_rate": kappa_rate}
     return make_cell(
         name="graves_window",
         hidden_size=H + V,
