@@ -258,6 +258,7 @@ def tiny_recogniser(tmp_path_factory):
         samples=48,
         max_letters=3,
         eval_samples=1,
+        buckets=2,
         beam=2,
         lr=1e-2,
     )
@@ -286,7 +287,8 @@ def test_synthesis_application_trains_and_renders(tiny_recogniser, tmp_path):
         "handwriting",
         out,
         steps=20,
-        unconditional_steps=10,
+        unconditional_steps=20,
+        buckets=1,
         hidden=16,
         batch_size=8,
         components=3,

@@ -149,27 +149,32 @@ def cut_synthesis(traj: np.ndarray, kappa: np.ndarray, n_chars: int) -> np.ndarr
     return traj[: done[0] + 1] if done.size else traj
 
 
-def synthesise(model: Writer, params, key, texts: list[str], styles, bias: float, batch=256):
-    """Samples one trajectory per text (style ``styles[i]``), cut where the text ends."""
-    U = max(len(t) for t in texts)
+def synthesise(
+    model: Writer, params, key, texts: list[str], styles, bias: float, U: int, batch: int = 256
+) -> list[np.ndarray]:
+    """Samples one trajectory per text (style ``styles[i]``, texts of at most U letters), cut
+    where the text ends. Batches are padded to multiples of 32 rows (one compilation)."""
     steps = 24 * U + 24  # well beyond the data's ~12 points per letter
     fn = jax.jit(model.sample, static_argnums=(2, 3))
     out: list[np.ndarray] = []
     for start in range(0, len(texts), batch):
         chunk = texts[start : start + batch]
-        chars, n = hd.encode_chars(chunk, U)
-        s = jnp.asarray(np.asarray(styles[start : start + batch], np.int32))
+        rows = -(-len(chunk) // 32) * 32
+        chars, n = hd.encode_chars(chunk + ["a"] * (rows - len(chunk)), U)
+        s = np.zeros((rows,), np.int32)
+        s[: len(chunk)] = styles[start : start + batch]
         trajs, kappa = fn(
             params,
             jax.random.fold_in(key, start),
             steps,
-            len(chunk),
+            rows,
             jnp.asarray(chars),
             jnp.asarray(n),
-            s,
+            jnp.asarray(s),
             bias,
         )
-        out += list(map(cut_synthesis, np.asarray(trajs), np.asarray(kappa), n))
+        cut = map(cut_synthesis, np.asarray(trajs), np.asarray(kappa), n)
+        out += list(cut)[: len(chunk)]
     return out
 
 
@@ -215,6 +220,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--samples", type=int, default=16000, help="written training samples (16000)"
     )
     parser.add_argument("--max-letters", type=int, default=8, help="longest word, letters (8)")
+    hr.add_bucket_argument(parser)
     parser.add_argument(
         "--legibility-words", type=int, default=200, help="held-out words synthesised (200)"
     )
@@ -234,7 +240,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _check(args: argparse.Namespace) -> list[str] | None:
     check_common(args)
-    hr.check_data_flags(args.samples, args.max_letters)
+    hr.check_data_flags(args)
     for name in ("components", "window", "unconditional_steps", "legibility_words"):
         value = getattr(args, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -256,7 +262,7 @@ def _train_writer(args, model: Writer, data: hd.StrokeData, label: str, steps: i
         jax.tree.map(
             jnp.asarray, (g.inputs, g.targets, g.lengths, g.chars, g.char_lengths, g.fonts)
         )
-        for g in hd.buckets(data, hr.BUCKETS)
+        for g in hd.buckets(data, args.buckets)
     ]
 
     def loss_on(params, batch):
@@ -311,6 +317,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Trains the recogniser (unless given), the synthesis and the unconditional model; writes
     metrics, result.json and handwriting_samples.png."""
     texts = _check(args)
+    U = args.max_letters
     train_words, held_out = hd.split_words(hd.corpus_words(max_len=args.max_letters))
     rec, rec_params, rec_training = _recogniser(args, train_words)
     train = hd.dataset(train_words, args.samples, seed=args.seed, U=args.max_letters)
@@ -342,7 +349,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     styles = [i % STYLES for i in range(len(words))]
     key = jax.random.key(args.seed + 1)
     synth, synth_params = models["synthesis"]
-    written = synthesise(synth, synth_params, key, words, styles, args.bias)
+    written = synthesise(synth, synth_params, key, words, styles, args.bias, U)
     read = legibility(rec, rec_params, written, words, styles)
     evaluation["bias"] = args.bias
     evaluation["legibility_words"] = len(words)
@@ -352,7 +359,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         evaluation[f"cer_synthesis_{name}"] = read[f"cer_{name}"]
     evaluation["cer_synthesis_by_bias"] = {
         str(b): legibility(
-            rec, rec_params, synthesise(synth, synth_params, key, words, styles, b), words, styles
+            rec,
+            rec_params,
+            synthesise(synth, synth_params, key, words, styles, b, U),
+            words,
+            styles,
         )["cer"]
         for b in (0.0, 0.5, 2.0)
         if b != args.bias
@@ -372,7 +383,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # the figure: each word in the font's rendering and written by the model, read back
     show = texts or words[:6]
     by_face = {
-        f: synthesise(synth, synth_params, key, show, [f] * len(show), args.bias)
+        f: synthesise(synth, synth_params, key, show, [f] * len(show), args.bias, U)
         for f in range(STYLES)
     }
     rows = []

@@ -41,7 +41,6 @@ from rnnjax.models import handwriting_data as hd
 from rnnjax.models.training import add_common_arguments, check_common, fit, write_result
 
 CLASSES = len(hd.ALPHABET) + 1  # the letters and the blank
-BUCKETS = 4  # training batches come from 4 groups of similar length (less padding)
 
 
 class Recogniser(NamedTuple):
@@ -103,20 +102,27 @@ def recogniser(hidden: int = 96, layers: int = 2, stack: int = 2) -> Recogniser:
 
 def read(model: Recogniser, params, trajs: list[np.ndarray], beam: int = 0, batch: int = 256):
     """The texts a recogniser reads in trajectories (each (T_i, 3)): greedy when ``beam`` is
-    0, else prefix beam search of that width."""
+    0, else prefix beam search of that width. Batches are padded to multiples of 32 rows and
+    64 steps, so that few shapes are compiled."""
     fn = jax.jit(model.log_probs)
     texts: list[str] = []
     for start in range(0, len(trajs), batch):
         chunk = trajs[start : start + batch]
-        T = -(-max(len(x) for x in chunk) // 16) * 16  # few distinct shapes, few compilations
-        xs = np.zeros((len(chunk), T, 3), np.float32)
+        rows, T = _round_up(len(chunk), 32), _round_up(max(len(x) for x in chunk), 64)
+        xs = np.zeros((rows, T, 3), np.float32)
+        lengths = np.ones((rows,), np.int32)
         for i, x in enumerate(chunk):
             xs[i, : len(x)] = x
-        lengths = np.asarray([len(x) for x in chunk], np.int32)
+            lengths[i] = len(x)
         lp, n = fn(params, jnp.asarray(xs), jnp.asarray(lengths))
+        lp, n = lp[: len(chunk)], n[: len(chunk)]
         decoded = ctc.greedy_decode(lp, n) if beam == 0 else ctc.beam_decode(lp, n, beam)
         texts += [hd.decode_chars(labels) for labels in decoded]
     return texts
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
 
 
 def save(out: Path, model: Recogniser, params) -> None:
@@ -142,34 +148,37 @@ def load(run_dir: str | Path) -> tuple[Recogniser, Any]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_common_arguments(parser, steps=2000, batch_size=32, lr=3e-3, hidden=96)
-    add_recogniser_arguments(parser)
+    add_common_arguments(parser, steps=2000, batch_size=32, lr=3e-3, hidden=64)
+    parser.add_argument("--layers", type=int, default=2, help="BLSTM layers (2)")
+    parser.add_argument("--stack", type=int, default=3, help="points per frame (3)")
+    parser.add_argument(
+        "--samples", type=int, default=16000, help="written training samples (16000)"
+    )
+    parser.add_argument("--max-letters", type=int, default=8, help="longest word, letters (8)")
+    add_bucket_argument(parser)
     parser.add_argument("--beam", type=int, default=8, help="beam width of the decoder (8)")
     parser.add_argument(
         "--eval-samples", type=int, default=2, help="held-out samples per word and face (2)"
     )
 
 
-def add_recogniser_arguments(parser: argparse.ArgumentParser, prefix: str = "") -> None:
-    """The recogniser's own flags (``prefix`` names them inside another application)."""
-    parser.add_argument(f"--{prefix}layers", type=int, default=2, help="BLSTM layers (2)")
-    parser.add_argument(f"--{prefix}stack", type=int, default=2, help="points per frame (2)")
+def add_bucket_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        f"--{prefix}samples",
+        "--buckets",
         type=int,
-        default=16000,
-        help="written training samples drawn before training (16000)",
-    )
-    parser.add_argument(
-        f"--{prefix}max-letters", type=int, default=8, help="longest word, letters (8)"
+        default=4,
+        help="length groups that batches are drawn from: less padding, one compilation each (4)",
     )
 
 
-def check_data_flags(samples: int, max_letters: int, prefix: str = "") -> None:
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise ValueError(f"--{prefix}samples must be a positive integer, got {samples}")
-    if not 2 <= max_letters <= 12:
-        raise ValueError(f"--{prefix}max-letters must be in [2, 12], got {max_letters}")
+def check_data_flags(args: argparse.Namespace) -> None:
+    """ValueError naming a bad --samples, --max-letters or --buckets."""
+    for name in ("samples", "buckets"):
+        value = getattr(args, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"--{name} must be a positive integer, got {value}")
+    if not 2 <= args.max_letters <= 12:
+        raise ValueError(f"--max-letters must be in [2, 12], got {args.max_letters}")
 
 
 def train(args: argparse.Namespace, words: list[str], label: str | None = None):
@@ -179,7 +188,7 @@ def train(args: argparse.Namespace, words: list[str], label: str | None = None):
     data = hd.dataset(words, args.samples, seed=args.seed, U=args.max_letters)
     groups = [
         jax.tree.map(jnp.asarray, (g.targets, g.lengths, g.chars, g.char_lengths))
-        for g in hd.buckets(data, BUCKETS)
+        for g in hd.buckets(data, args.buckets)
     ]
     sizes = [len(g[1]) for g in groups]
     loss = hd.bucket_batches(
@@ -229,7 +238,7 @@ def evaluate(model: Recogniser, params, words: list[str], samples_per: int, seed
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Trains the recogniser and measures its CER on held-out words; writes the run files."""
     check_common(args)
-    check_data_flags(args.samples, args.max_letters)
+    check_data_flags(args)
     if isinstance(args.beam, bool) or not isinstance(args.beam, int) or args.beam < 0:
         raise ValueError(f"--beam must be a non-negative integer, got {args.beam}")
     if args.eval_samples < 1:
