@@ -31,7 +31,8 @@ TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
         str,
         "a long-range task: adding, multiplication, temporal_order, "
         "temporal_order_3bit, permutation, memorisation, copy; or an application with its "
-        "own flags (rnnjax train --task NAME -h): translate, caption, qa, handwriting, tree",
+        "own flags (rnnjax train --task NAME -h): translate, caption, qa, handwriting, "
+        "handwriting_recognition, tree",
     ),
     "--T": ("T", int, "task length parameter (default 100)"),
     "--definition": ("definition", str, "adding only: hochreiter (default) or pascanu"),

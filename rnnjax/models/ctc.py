@@ -61,7 +61,7 @@ def greedy_decode(log_probs, lengths) -> list[list[int]]:
     """Best-path decoding: 𝓑(argmax_k y_t(k)) of each sequence of (B, T, K + 1), over its
     first ``lengths[b]`` steps."""
     best = np.asarray(jnp.argmax(jnp.asarray(log_probs), axis=-1))  # (B, T)
-    return [collapse(best[b, :n]) for b, n in enumerate(np.asarray(lengths).tolist())]
+    return [collapse(best[b, :n].tolist()) for b, n in enumerate(np.asarray(lengths).tolist())]
 
 
 def beam_decode_one(log_probs: np.ndarray, beam: int = 8, prune: float = -12.0):
@@ -98,10 +98,15 @@ def beam_decode_one(log_probs: np.ndarray, beam: int = 8, prune: float = -12.0):
                     add(prefix, 1, p_l + y[k])  # the repeat merges
                 else:
                     add((*prefix, k), 1, total + y[k])
-        ranked = sorted(nxt.items(), key=lambda kv: -np.logaddexp(*kv[1]))
+        ranked = sorted(nxt.items(), key=lambda kv: -_total(kv[1]))
         beams = dict(ranked[:beam])
-    best, (p_b, p_l) = max(beams.items(), key=lambda kv: np.logaddexp(*kv[1]))
-    return list(best), float(np.logaddexp(p_b, p_l))
+    best, cell = max(beams.items(), key=lambda kv: _total(kv[1]))
+    return list(best), _total(cell)
+
+
+def _total(cell: list[float]) -> float:
+    """log(p_blank + p_label) of a prefix."""
+    return float(np.logaddexp(cell[0], cell[1]))
 
 
 def beam_decode(log_probs, lengths, beam: int = 8) -> list[list[int]]:

@@ -27,6 +27,7 @@ it a recogniser is trained first (``OUT/recogniser``)::
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -178,7 +179,7 @@ def synthesise(
     return out
 
 
-def render(path: Path, rows: list[list[tuple[str, np.ndarray | None]]], title: str = "") -> None:
+def render(path: Path, rows: Sequence[Sequence[tuple[str, Any]]], title: str = "") -> None:
     """A PNG of rows of (caption, trajectory (T, 3)) cells; the caption goes under the ink."""
     import matplotlib
 
