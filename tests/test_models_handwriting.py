@@ -162,6 +162,31 @@ def test_buckets_pad_each_group_to_its_own_length():
         assert all((w, padded[i].tobytes()) in rows for i, w in enumerate(g.words))
 
 
+def test_bucket_batches_draw_buckets_by_size_and_differentiate_one():
+    groups = [
+        (jnp.zeros((3, 2)), jnp.ones((3,), jnp.int32)),
+        (100 + jnp.arange(5.0)[:, None] * jnp.ones((5, 4)), 2 * jnp.ones((5,), jnp.int32)),
+    ]
+
+    def loss_on(p, batch):
+        x, n = batch
+        return p["w"] * x.mean() + jnp.sum(n) * p["w"] ** 2  # the int leaf enters too
+
+    loss = jax.jit(hd.bucket_batches(loss_on, groups, [3, 5], 0, 4))
+    p = {"w": jnp.asarray(1.0)}
+    values = np.asarray([float(loss(p, groups, t, None)[0]) for t in range(300)])
+    mean_x = values - np.where(values == 4.0, 4.0, 8.0)  # Σn = 4 (bucket 0) or 8 (bucket 1)
+    assert np.all((mean_x == 0) | ((mean_x >= 100) & (mean_x <= 104)))
+    np.testing.assert_allclose(np.mean(mean_x == 0), 3 / 8, atol=0.1)
+    again = [float(loss(p, groups, t, None)[0]) for t in range(5)]
+    assert again == values[:5].tolist()  # a function of the seed and the step
+    assert len(set(values.tolist())) > 10  # batches vary
+    grad = jax.jit(jax.grad(lambda p, t: 3.0 * loss(p, groups, t, None)[0]))
+    for t in range(6):  # d/dw (w·x̄ + Σn·w²) = x̄ + 2Σn at w = 1, times the cotangent 3
+        sum_n = 4.0 if values[t] == 4.0 else 8.0
+        np.testing.assert_allclose(float(grad(p, t)["w"]), 3 * (mean_x[t] + 2 * sum_n), rtol=1e-6)
+
+
 def test_mixture_nll_equals_the_bivariate_normal_density(rng):
     M = 3
     y = jax.random.normal(rng, (4, mdn.mixture_size(M)))
@@ -254,11 +279,12 @@ def tiny_recogniser(tmp_path_factory):
         out,
         steps=20,
         hidden=8,
+        layers=1,
         batch_size=8,
         samples=48,
         max_letters=3,
         eval_samples=1,
-        buckets=2,
+        buckets=1,
         beam=2,
         lr=1e-2,
     )

@@ -278,7 +278,8 @@ def _train_writer(args, model: Writer, data: hd.StrokeData, label: str, steps: i
     run_args = argparse.Namespace(
         **{**vars(args), "out": str(Path(args.out) / label), "steps": steps, "cpu_minutes": budget}
     )
-    return fit(loss, model.init(jax.random.key(args.seed)), groups, run_args, label=label)
+    init = jax.jit(model.init)(jax.random.key(args.seed))  # one compilation, not one per op
+    return fit(loss, init, groups, run_args, label=label)
 
 
 def _recogniser(args, train_words):
@@ -387,14 +388,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         f: synthesise(synth, synth_params, key, show, [f] * len(show), args.bias, U)
         for f in range(STYLES)
     }
+    fonts = {f: [hd.draw(text, face) for text in show] for f, face in enumerate(hd.FONTS)}
+    reads = {f: hr.read(rec, rec_params, by_face[f] + fonts[f]) for f in range(STYLES)}
     rows = []
     for i, text in enumerate(show):
         row = []
         for f, face in enumerate(hd.FONTS):
-            readings = hr.read(rec, rec_params, [by_face[f][i]])[0]
             row += [
-                (f"{face} font: “{text}”", hd.draw(text, face)),
-                (f"model, read as “{readings}”", by_face[f][i]),
+                (f"{face} font “{text}”, read “{reads[f][len(show) + i]}”", fonts[f][i]),
+                (f"model, read “{reads[f][i]}”", by_face[f][i]),
             ]
         rows.append(row)
     uncond, uncond_params = models["unconditional"]

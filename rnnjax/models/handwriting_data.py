@@ -404,6 +404,38 @@ def buckets(data: StrokeData, n: int, multiple: int = 8) -> list[StrokeData]:
     return out
 
 
+def _zero_cotangent(x):
+    if jnp.issubdtype(x.dtype, jnp.inexact):
+        return jnp.zeros_like(x)
+    return np.zeros(x.shape, jax.dtypes.float0)  # integer inputs have no tangent space
+
+
+def _switched(loss_on, n: int):
+    """``(params, batches, g) -> loss_on(params, batches[g])`` whose gradient is taken inside
+    the chosen branch: differentiating through `jax.lax.switch` would keep every branch's
+    residuals (zeros for the branches not taken), as costly as running them."""
+
+    def value_and_grad(params, batches, g):
+        branches = [lambda p, b, i=i: jax.value_and_grad(loss_on)(p, b[i]) for i in range(n)]
+        return jax.lax.switch(g, branches, params, batches)
+
+    @jax.custom_vjp
+    def f(params, batches, g):
+        return value_and_grad(params, batches, g)[0]
+
+    def fwd(params, batches, g):
+        value, grads = value_and_grad(params, batches, g)
+        return value, (grads, batches, g)
+
+    def bwd(res, ct):
+        grads, batches, g = res
+        zeros = jax.tree.map(_zero_cotangent, batches)
+        return jax.tree.map(lambda x: ct * x, grads), zeros, _zero_cotangent(g)
+
+    f.defvjp(fwd, bwd)
+    return f
+
+
 def bucket_batches(loss_on, groups: list, sizes: list[int], seed: int, batch_size: int):
     """A `fit` loss over length buckets: step t draws a bucket with probability proportional to
     its size, then ``batch_size`` of its examples (deterministic in seed and t).
@@ -424,15 +456,11 @@ def bucket_batches(loss_on, groups: list, sizes: list[int], seed: int, batch_siz
     def loss(params, groups, step, key):
         k_bucket, k_batch = jax.random.split(jax.random.fold_in(jax.random.key(seed), step))
         g = jnp.searchsorted(bounds, jax.random.randint(k_bucket, (), 0, bounds[-1]), "right")
-
-        def branch(i):
-            def on(params, group):
-                idx = jax.random.randint(k_batch, (batch_size,), 0, sizes[i])  # (B,)
-                return loss_on(params, jax.tree.map(lambda a: a[idx], group))
-
-            return lambda params, groups: on(params, groups[i])
-
-        return jax.lax.switch(g, [branch(i) for i in range(len(sizes))], params, groups), {}
+        batches = []  # a batch from every bucket (cheap gathers); the switch runs one loss
+        for group, size in zip(groups, sizes, strict=True):
+            idx = jax.random.randint(k_batch, (batch_size,), 0, size)  # (B,)
+            batches.append(jax.tree.map(lambda a, idx=idx: a[idx], group))
+        return _switched(loss_on, len(sizes))(params, batches, g), {}
 
     return loss
 

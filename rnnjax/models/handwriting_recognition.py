@@ -196,7 +196,7 @@ def train(args: argparse.Namespace, words: list[str], label: str | None = None):
     )
     out = Path(args.out) if label is None else Path(args.out) / label
     run_args = argparse.Namespace(**{**vars(args), "out": str(out)})
-    init = model.init(jax.random.key(args.seed))
+    init = jax.jit(model.init)(jax.random.key(args.seed))  # one compilation, not one per op
     params, summary = fit(loss, init, groups, run_args, label=label or "recogniser")
     summary["training_samples"] = len(data.words)
     return model, params, summary
