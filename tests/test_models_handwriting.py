@@ -237,6 +237,15 @@ def test_window_cell_unroll_equals_its_steps_and_reads_only_the_text(rng):
         c, y = step(params, c, xs[:, t])
         chex.assert_trees_all_close(y, ys[:, t], rtol=1e-5, atol=1e-6)
     chex.assert_trees_all_close(c, carry, rtol=1e-5, atol=1e-6)
+    # φ(t, u) = Σ_k α_k exp(−β_k (κ_k − u)²) at u = 0..U, from the window's own parameters
+    h = np.asarray(ys[:, -1, :8])  # (2, 8) h¹ at the last step
+    a, b, _ = np.split(np.exp(h @ np.asarray(params.W_win) + np.asarray(params.b_win)), 3, -1)
+    want = np.sum(
+        a[..., None]
+        * np.exp(-b[..., None] * (np.asarray(carry.kappa)[..., None] - np.arange(5)) ** 2),
+        axis=-2,
+    )  # (2, 5)
+    np.testing.assert_allclose(np.asarray(carry.phi), want, rtol=1e-4)
     w = np.asarray(ys[..., 8:])  # (2, 5, 6): weights only on the characters of each text
     assert np.all(w[0][:, [0, 4, 5]] == 0) and np.all(w[1][:, [0, 1, 2, 3]] == 0)
     assert np.all(np.asarray(carry.kappa) > 0)  # the window only moves forward
@@ -250,11 +259,11 @@ def test_writer_samples_and_gradients(rng):
     params = model.init(rng)
     chars, n = hd.encode_chars(["ab", "c"], 3)
     styles = jnp.asarray([0, 1])
-    trajs, kappa = jax.jit(model.sample, static_argnums=(2, 3))(
+    trajs, phi = jax.jit(model.sample, static_argnums=(2, 3))(
         params, rng, 7, 2, jnp.asarray(chars), jnp.asarray(n), styles, 1.0
     )
     chex.assert_shape(trajs, (2, 7, 3))
-    chex.assert_shape(kappa, (2, 7, 2))
+    chex.assert_shape(phi, (2, 7, 4))  # U + 1 positions
     assert set(np.unique(np.asarray(trajs[..., 2])).tolist()) <= {0.0, 1.0}
     data = hd.dataset(["ab", "c"], 4, seed=0, U=3)
     args = (data.inputs, data.targets, data.lengths, data.chars, data.char_lengths, data.fonts)
@@ -263,12 +272,20 @@ def test_writer_samples_and_gradients(rng):
     assert float(jnp.abs(grads.first.lstm.U[3:5]).max()) > 0  # and so does the style input
 
 
-def test_cut_synthesis_stops_at_the_lift_after_the_text():
-    traj = np.zeros((6, 3), np.float32)
-    traj[[1, 3, 5], 2] = 1
-    kappa = np.asarray([[0.0], [0.5], [1.0], [1.6], [1.7], [2.0]])
-    assert len(cut_synthesis(traj, kappa, 2)) == 4  # κ > 1.5 from t = 3, which lifts
-    assert len(cut_synthesis(traj, kappa, 3)) == 6  # never past the text: whole
+def test_cut_synthesis_stops_at_the_first_lift_past_the_text():
+    traj = np.zeros((7, 3), np.float32)
+    traj[[1, 3, 5, 6], 2] = 1
+    phi = np.zeros((7, 4))  # texts of 2 letters: positions 0, 1, then 2 = one past the end
+    phi[:, 0] = [1.0, 0.2, 0.2, 0.1, 0.0, 0.0, 0.0]
+    phi[:, 1] = [0.1, 0.5, 0.9, 0.6, 0.2, 0.1, 0.0]
+    phi[:, 2] = [0.0, 0.9, 0.3, 0.4, 0.9, 0.05, 0.9]  # t = 1: a Gaussian running ahead
+    phi[:, 3] = 5.0  # beyond: never looked at for a text of 2 letters
+    assert len(cut_synthesis(traj, phi, 2)) == 2  # past the text at the lift t = 1
+    phi[1, 2] = 0.0
+    assert len(cut_synthesis(traj, phi, 2)) == 7  # past at t = 4 (no lift), not at the lift t = 5
+    phi[5, 2] = 0.8
+    assert len(cut_synthesis(traj, phi, 2)) == 6
+    assert len(cut_synthesis(traj, phi * [1, 1, 0, 0], 2)) == 7  # never: whole
 
 
 @pytest.fixture(scope="module")

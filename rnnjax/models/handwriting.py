@@ -65,7 +65,8 @@ class Writer(NamedTuple):
         nll: ``(params, inputs, targets, lengths, chars=None, char_lengths=None, styles=None)``
             → mean NLL per valid point.
         sample: ``(params, key, steps, batch, chars=None, char_lengths=None, styles=None,
-            bias=0.0)`` → (trajectories (B, steps, 3), window centres (B, steps, K) or zeros).
+            bias=0.0)`` → (trajectories (B, steps, 3), window weights φ (B, steps, U + 1) or
+            zeros).
         conditional: whether it reads a text (and a style).
     """
 
@@ -135,18 +136,22 @@ def writer(
             c1, y1 = cell.step(params.first, c1, xs)  # (B, H1)
             c2, h2 = second.step(params.second, c2, jnp.concatenate([xs, y1], -1))
             x = mdn.sample_point(k, mdn.split_mixture(head(params, y1, h2), bias))  # (B, 3)
-            return (c1, c2, x), (x, c1.kappa if conditional else jnp.zeros((batch, 1)))
+            return (c1, c2, x), (x, c1.phi if conditional else jnp.zeros((batch, 1)))
 
-        _, (xs, kappa) = jax.lax.scan(body, (c1, c2, x0), jax.random.split(key, steps))
-        return jnp.swapaxes(xs, 0, 1), jnp.swapaxes(kappa, 0, 1)  # (B, T, 3), (B, T, K)
+        _, (xs, phi) = jax.lax.scan(body, (c1, c2, x0), jax.random.split(key, steps))
+        return jnp.swapaxes(xs, 0, 1), jnp.swapaxes(phi, 0, 1)  # (B, T, 3), (B, T, U + 1)
 
     return Writer(init, nll, sample, conditional)
 
 
-def cut_synthesis(traj: np.ndarray, kappa: np.ndarray, n_chars: int) -> np.ndarray:
-    """A synthesised trajectory up to the first pen lift after the window's mean centre passed
-    the middle of the last character (κ̄ > U − 0.5), else whole."""
-    done = np.flatnonzero((kappa.mean(-1) > n_chars - 0.5) & (traj[:, 2] > 0.5))
+def cut_synthesis(traj: np.ndarray, phi: np.ndarray, n_chars: int) -> np.ndarray:
+    """A synthesised trajectory (T, 3) up to the first pen lift at which the text is written,
+    else whole. Written: the window weighs the position one past the text more than any of its
+    characters, φ(t, U) > max_{u < U} φ(t, u) (Graves 2013, §5.1), at the lift itself — a
+    window Gaussian that runs ahead passes that position for a few steps mid-word, so the
+    first time alone is not enough. ``phi``: (T, ≥ U + 1)."""
+    past = phi[:, n_chars] > phi[:, :n_chars].max(axis=-1)  # (T,)
+    done = np.flatnonzero(past & (traj[:, 2] > 0.5))
     return traj[: done[0] + 1] if done.size else traj
 
 
@@ -164,7 +169,7 @@ def synthesise(
         chars, n = hd.encode_chars(chunk + ["a"] * (rows - len(chunk)), U)
         s = np.zeros((rows,), np.int32)
         s[: len(chunk)] = styles[start : start + batch]
-        trajs, kappa = fn(
+        trajs, phi = fn(
             params,
             jax.random.fold_in(key, start),
             steps,
@@ -174,7 +179,7 @@ def synthesise(
             jnp.asarray(s),
             bias,
         )
-        cut = map(cut_synthesis, np.asarray(trajs), np.asarray(kappa), n)
+        cut = map(cut_synthesis, np.asarray(trajs), np.asarray(phi), n)
         out += list(cut)[: len(chunk)]
     return out
 
@@ -370,14 +375,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for b in (0.0, 0.5, 2.0)
         if b != args.bias
     }
-    fresh = hd.dataset(words, len(words), seed=args.seed + 20_000)  # same words, font styles i % 2
-    evaluation["cer_written_data"] = legibility(
-        rec,
-        rec_params,
-        [fresh.targets[i, : fresh.lengths[i]] for i in range(len(words))],
-        words,
-        list(fresh.fonts),
-    )["cer"]
+    fresh = [  # the same words and faces written by the data generator, for comparison
+        hd.draw(w, hd.FONTS[f], np.random.default_rng([args.seed + 20_000, i]))
+        for i, (w, f) in enumerate(zip(words, styles, strict=True))
+    ]
+    evaluation["cer_written_data"] = legibility(rec, rec_params, fresh, words, styles)["cer"]
     evaluation["examples"] = [
         f"{w} → {r}" for w, r in list(zip(words, read["readings"], strict=True))[:16]
     ]

@@ -141,7 +141,7 @@ def load(run_dir: str | Path) -> tuple[Recogniser, Any]:
             "of a finished `rnnjax train --task handwriting_recognition` run"
         )
     model = recogniser(**json.loads((run_dir / "recogniser.json").read_text()))
-    treedef = jax.tree.structure(model.init(jax.random.key(0)))
+    treedef = jax.tree.structure(jax.eval_shape(model.init, jax.random.key(0)))
     with np.load(run_dir / "recogniser.npz") as saved:
         leaves = [jnp.asarray(saved[f"arr_{i}"]) for i in range(len(saved.files))]
     return model, jax.tree.unflatten(treedef, leaves)
