@@ -215,12 +215,12 @@ def render(path: Path, rows: Sequence[Sequence[tuple[str, Any]]], title: str = "
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_common_arguments(parser, steps=3000, batch_size=32, lr=3e-3, hidden=128)
+    add_common_arguments(parser, steps=1600, batch_size=32, lr=3e-3, hidden=128)
     parser.add_argument("--components", type=int, default=20, help="mixture components (20)")
     parser.add_argument("--window", type=int, default=5, help="window Gaussians K (5)")
     parser.add_argument("--bias", type=float, default=1.0, help="sampling bias b (1.0)")
     parser.add_argument(
-        "--unconditional-steps", type=int, default=600, help="steps of the unconditional model"
+        "--unconditional-steps", type=int, default=300, help="of the unconditional model (300)"
     )
     parser.add_argument(
         "--samples", type=int, default=16000, help="written training samples (16000)"
@@ -235,7 +235,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="the --out directory of a handwriting_recognition run (default: train one)",
     )
-    parser.add_argument("--recogniser-steps", type=int, default=2000, help="if trained here")
+    parser.add_argument("--recogniser-steps", type=int, default=1000, help="if trained here")
     parser.add_argument("--recogniser-hidden", type=int, default=64, help="if trained here")
     parser.add_argument("--recogniser-layers", type=int, default=2, help="if trained here")
     parser.add_argument("--recogniser-stack", type=int, default=3, help="if trained here")

@@ -11,7 +11,7 @@ trained with the CTC loss (`ctc`) and read by best-path or prefix beam decoding.
 the character error rate (edit distance / reference length) on the held-out words of
 `handwriting_data.split_words`, written with fresh augmentation::
 
-    rnnjax train --task handwriting_recognition --steps 2000 --out runs/recognition
+    rnnjax train --task handwriting_recognition --out runs/recognition
 
 The run saves the trained parameters as ``OUT/recogniser.npz`` (with ``OUT/recogniser.json``),
 which `load` reads back — the synthesis application uses it to measure legibility.
@@ -148,7 +148,7 @@ def load(run_dir: str | Path) -> tuple[Recogniser, Any]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_common_arguments(parser, steps=2000, batch_size=32, lr=3e-3, hidden=64)
+    add_common_arguments(parser, steps=1000, batch_size=32, lr=3e-3, hidden=64)
     parser.add_argument("--layers", type=int, default=2, help="BLSTM layers (2)")
     parser.add_argument("--stack", type=int, default=3, help="points per frame (3)")
     parser.add_argument(
