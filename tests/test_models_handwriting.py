@@ -13,7 +13,8 @@ from test_models_seq2seq import run_tiny
 from rnnjax.driver import unroll
 from rnnjax.models import handwriting_data as hd
 from rnnjax.models import mdn
-from rnnjax.models.handwriting import cut_synthesis, writer
+from rnnjax.models.handwriting_batches import bucket_batches, buckets
+from rnnjax.models.handwriting_writer import cut_synthesis, writer
 from rnnjax.train.metrics import read_metrics
 
 
@@ -150,7 +151,7 @@ def test_bad_input_is_refused():
 
 def test_buckets_pad_each_group_to_its_own_length():
     data = hd.dataset(["a", "minimum", "to", "handwrite"], 8, seed=0)
-    groups = hd.buckets(data, 2)
+    groups = buckets(data, 2)
     assert sorted(w for g in groups for w in g.words) == sorted(data.words)
     short, long = groups
     assert short.lengths.max() <= long.lengths.min()
@@ -172,7 +173,7 @@ def test_bucket_batches_draw_buckets_by_size_and_differentiate_one():
         x, n = batch
         return p["w"] * x.mean() + jnp.sum(n) * p["w"] ** 2  # the int leaf enters too
 
-    loss = jax.jit(hd.bucket_batches(loss_on, groups, [3, 5], 0, 4))
+    loss = jax.jit(bucket_batches(loss_on, groups, [3, 5], 0, 4))
     p = {"w": jnp.asarray(1.0)}
     values = np.asarray([float(loss(p, groups, t, None)[0]) for t in range(300)])
     mean_x = values - np.where(values == 4.0, 4.0, 8.0)  # Σn = 4 (bucket 0) or 8 (bucket 1)

@@ -1,27 +1,22 @@
 """Handwriting synthesis (Graves 2013), the lecture's fourth application, read back by a machine.
 
 Pen trajectories (Δx, Δy, pen-up) of words written with the Hershey fonts (`handwriting_data`)
-train two models with a mixture-density output (`mdn`):
+train Graves' two networks (`handwriting_writer`): an unconditional one, and the synthesis
+network whose soft attention window over the letters (and a one-hot of the face, cursive or
+print) chooses what is written. Both are scored by the negative log-likelihood per point
+(nats, offsets in units of `handwriting_data.SCALE` em) of held-out words.
 
-- unconditional: LSTM → LSTM → a mixture of M bivariate Gaussians + a Bernoulli pen lift; it
-  writes letter-like strokes of no word in particular;
-- synthesis: the first LSTM also reads Graves' soft attention window over the characters of
-  the word to write (and a one-hot of the face, cursive or print), so the text chooses what is
-  drawn:
-
-      x̃_t = [x_t ; s],  h¹_t = LSTM(x̃_t, w_{t−1}),  (α, β, κ)_t from h¹_t,
-      w_t = Σ_u φ(t, u) c_u,  h²_t = LSTM([x̃_t ; h¹_t ; w_t]),  ŷ_t = [h¹_t ; w_t ; h²_t] W + b.
-
-Both are scored by the negative log-likelihood per point (nats, offsets in units of
-`handwriting_data.SCALE` em) of held-out words. *Legibility* is measured by a recogniser
-(`handwriting_recognition`, BLSTM + CTC) trained on the same kind of data: the character error
-rate of its readings of synthesised held-out words, sampled with bias b (Graves eq. 61–62).
-
-``--recogniser DIR`` takes the recogniser of a finished ``handwriting_recognition`` run; without
-it a recogniser is trained first (``OUT/recogniser``)::
+*Legibility* is measured by a recogniser (`handwriting_recognition`, BLSTM + CTC) trained on the
+same kind of data: the character error rate of its readings of synthesised held-out words,
+sampled with bias b (Graves eq. 61–62). ``--recogniser DIR`` takes the recogniser of a
+finished ``handwriting_recognition`` run; without it a recogniser is trained first
+(``OUT/recogniser``)::
 
     rnnjax train --task handwriting_recognition --out runs/recognition
     rnnjax train --task handwriting --recogniser runs/recognition --out runs/handwriting
+
+The run writes ``OUT/handwriting_samples.png``: held-out words in each face, the font's own
+rendering beside the model's, each with the recogniser's reading, and unconditional samples.
 """
 
 from __future__ import annotations
@@ -29,159 +24,18 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rnnjax.cells import lstm
-from rnnjax.cells.base import Array
-from rnnjax.driver import unroll
-from rnnjax.models import ctc, mdn
+from rnnjax.models import ctc
 from rnnjax.models import handwriting_data as hd
 from rnnjax.models import handwriting_recognition as hr
+from rnnjax.models.handwriting_batches import bucket_batches, buckets
+from rnnjax.models.handwriting_writer import STYLES, Writer, synthesise, writer
 from rnnjax.models.training import add_common_arguments, check_common, fit
-
-V = len(hd.ALPHABET) + 1  # character ids 1..26, 0 pads
-STYLES = len(hd.FONTS)
-
-
-class WriterParams(NamedTuple):
-    """Attributes: first: layer-1 params (LSTMParams, or WindowParams when conditional);
-    second: layer-2 LSTMParams over [x̃_t ; y¹_t]; W (H¹ + H, 6M + 1), b: the mixture head."""
-
-    first: Any
-    second: Any
-    W: Array
-    b: Array
-
-
-class Writer(NamedTuple):
-    """A two-layer handwriting model; see `writer`.
-
-    Attributes:
-        init: ``key -> WriterParams``.
-        nll: ``(params, inputs, targets, lengths, chars=None, char_lengths=None, styles=None)``
-            → mean NLL per valid point.
-        sample: ``(params, key, steps, batch, chars=None, char_lengths=None, styles=None,
-            bias=0.0)`` → (trajectories (B, steps, 3), window weights φ (B, steps, U + 1) or
-            zeros).
-        conditional: whether it reads a text (and a style).
-    """
-
-    init: Any
-    nll: Any
-    sample: Any
-    conditional: bool
-
-
-def writer(
-    hidden: int, components: int = 20, window: int = 0, kappa_rate: float = mdn.KAPPA_STEP
-) -> Writer:
-    """Builds the model: ``window`` = K > 0 adds Graves' attention window and the style input
-    (synthesis); ``kappa_rate`` is the window's initial advance in characters per point."""
-    conditional = window > 0
-    D = 3 + (STYLES if conditional else 0)  # x̃_t = [x_t ; s]
-
-    def first_cell(chars, char_lengths):
-        if not conditional:
-            return lstm(hidden)
-        mask = jnp.arange(chars.shape[-1])[None, :] < char_lengths[:, None]  # (B, U)
-        return mdn.window_cell(hidden, window, jax.nn.one_hot(chars, V), mask, kappa_rate)
-
-    H1 = hidden + (V if conditional else 0)
-    second = lstm(hidden)
-
-    def init(key) -> WriterParams:
-        k1, k2, k3 = jax.random.split(key, 3)
-        dummy = (jnp.zeros((1, 1), jnp.int32), jnp.ones((1,), jnp.int32))
-        W = jax.nn.initializers.lecun_normal()(k3, (H1 + hidden, mdn.mixture_size(components)))
-        return WriterParams(
-            first_cell(*dummy).init(k1, D),
-            second.init(k2, D + H1),
-            W,
-            jnp.zeros((mdn.mixture_size(components),), jnp.float32),
-        )
-
-    def head(params, y1, h2):
-        y = jnp.concatenate([y1, h2], axis=-1) @ params.W  # (..., 6M + 1)
-        return y + params.b.reshape((1,) * (y.ndim - 1) + (-1,))
-
-    def with_style(x, styles):  # (B, ..., 3) -> (B, ..., D)
-        if not conditional:
-            return x
-        s = jax.nn.one_hot(styles, STYLES, dtype=x.dtype)  # (B, S)
-        s = s.reshape(s.shape[:1] + (1,) * (x.ndim - 2) + s.shape[1:])
-        return jnp.concatenate([x, jnp.broadcast_to(s, (*x.shape[:-1], STYLES))], axis=-1)
-
-    def nll(params, inputs, targets, lengths, chars=None, char_lengths=None, styles=None):
-        cell = first_cell(chars, char_lengths)
-        x = with_style(inputs, styles)  # (B, T, D)
-        _, y1 = unroll(cell, params.first, x, lengths=lengths)  # (B, T, H1)
-        _, h2 = unroll(second, params.second, jnp.concatenate([x, y1], -1), lengths=lengths)
-        per_point = mdn.negative_log_likelihood(mdn.split_mixture(head(params, y1, h2)), targets)
-        mask = jnp.arange(inputs.shape[1])[None, :] < lengths[:, None]  # (B, T)
-        return jnp.sum(per_point * mask) / jnp.sum(mask)
-
-    def sample(params, key, steps, batch, chars=None, char_lengths=None, styles=None, bias=0.0):
-        cell = first_cell(chars, char_lengths)
-        c1 = cell.initial_carry(params.first, (batch,))
-        c2 = second.initial_carry(params.second, (batch,))
-        x0 = jnp.tile(jnp.asarray([[0.0, 0.0, 1.0]]), (batch, 1))  # (B, 3) pen up
-
-        def body(state, k):
-            c1, c2, x = state
-            xs = with_style(x, styles)  # (B, D)
-            c1, y1 = cell.step(params.first, c1, xs)  # (B, H1)
-            c2, h2 = second.step(params.second, c2, jnp.concatenate([xs, y1], -1))
-            x = mdn.sample_point(k, mdn.split_mixture(head(params, y1, h2), bias))  # (B, 3)
-            return (c1, c2, x), (x, c1.phi if conditional else jnp.zeros((batch, 1)))
-
-        _, (xs, phi) = jax.lax.scan(body, (c1, c2, x0), jax.random.split(key, steps))
-        return jnp.swapaxes(xs, 0, 1), jnp.swapaxes(phi, 0, 1)  # (B, T, 3), (B, T, U + 1)
-
-    return Writer(init, nll, sample, conditional)
-
-
-def cut_synthesis(traj: np.ndarray, phi: np.ndarray, n_chars: int) -> np.ndarray:
-    """A synthesised trajectory (T, 3) up to the first pen lift at which the text is written,
-    else whole. Written: the window weighs the position one past the text more than any of its
-    characters, φ(t, U) > max_{u < U} φ(t, u) (Graves 2013, §5.1), at the lift itself — a
-    window Gaussian that runs ahead passes that position for a few steps mid-word, so the
-    first time alone is not enough. ``phi``: (T, ≥ U + 1)."""
-    past = phi[:, n_chars] > phi[:, :n_chars].max(axis=-1)  # (T,)
-    done = np.flatnonzero(past & (traj[:, 2] > 0.5))
-    return traj[: done[0] + 1] if done.size else traj
-
-
-def synthesise(
-    model: Writer, params, key, texts: list[str], styles, bias: float, U: int, batch: int = 256
-) -> list[np.ndarray]:
-    """Samples one trajectory per text (style ``styles[i]``, texts of at most U letters), cut
-    where the text ends. Batches are padded to multiples of 32 rows (one compilation)."""
-    steps = 24 * U + 24  # well beyond the data's ~12 points per letter
-    fn = jax.jit(model.sample, static_argnums=(2, 3))
-    out: list[np.ndarray] = []
-    for start in range(0, len(texts), batch):
-        chunk = texts[start : start + batch]
-        rows = -(-len(chunk) // 32) * 32
-        chars, n = hd.encode_chars(chunk + ["a"] * (rows - len(chunk)), U)
-        s = np.zeros((rows,), np.int32)
-        s[: len(chunk)] = styles[start : start + batch]
-        trajs, phi = fn(
-            params,
-            jax.random.fold_in(key, start),
-            steps,
-            rows,
-            jnp.asarray(chars),
-            jnp.asarray(n),
-            jnp.asarray(s),
-            bias,
-        )
-        cut = map(cut_synthesis, np.asarray(trajs), np.asarray(phi), n)
-        out += list(cut)[: len(chunk)]
-    return out
 
 
 def render(path: Path, rows: Sequence[Sequence[tuple[str, Any]]], title: str = "") -> None:
@@ -268,7 +122,7 @@ def _train_writer(args, model: Writer, data: hd.StrokeData, label: str, steps: i
         jax.tree.map(
             jnp.asarray, (g.inputs, g.targets, g.lengths, g.chars, g.char_lengths, g.fonts)
         )
-        for g in hd.buckets(data, args.buckets)
+        for g in buckets(data, args.buckets)
     ]
 
     def loss_on(params, batch):
@@ -276,7 +130,7 @@ def _train_writer(args, model: Writer, data: hd.StrokeData, label: str, steps: i
         return model.nll(params, x, y, n, *((c, cn, s) if model.conditional else ()))
 
     sizes = [len(g[2]) for g in groups]
-    loss = hd.bucket_batches(loss_on, groups, sizes, args.seed, args.batch_size)
+    loss = bucket_batches(loss_on, groups, sizes, args.seed, args.batch_size)
     budget = args.cpu_minutes
     if budget is not None:  # the synthesis model gets the share its steps ask for
         budget *= steps / (args.steps + args.unconditional_steps)
@@ -425,14 +279,4 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return hr.finish(args, "handwriting", training, evaluation, target)
 
 
-__all__ = [
-    "Writer",
-    "WriterParams",
-    "add_arguments",
-    "cut_synthesis",
-    "legibility",
-    "render",
-    "run",
-    "synthesise",
-    "writer",
-]
+__all__ = ["add_arguments", "legibility", "render", "run"]

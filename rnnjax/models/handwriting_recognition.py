@@ -38,6 +38,7 @@ from rnnjax.cells.base import Array
 from rnnjax.layers import bidirectional, readout
 from rnnjax.models import ctc
 from rnnjax.models import handwriting_data as hd
+from rnnjax.models.handwriting_batches import bucket_batches, buckets
 from rnnjax.models.training import add_common_arguments, check_common, fit, write_result
 
 CLASSES = len(hd.ALPHABET) + 1  # the letters and the blank
@@ -188,10 +189,10 @@ def train(args: argparse.Namespace, words: list[str], label: str | None = None):
     data = hd.dataset(words, args.samples, seed=args.seed, U=args.max_letters)
     groups = [
         jax.tree.map(jnp.asarray, (g.targets, g.lengths, g.chars, g.char_lengths))
-        for g in hd.buckets(data, args.buckets)
+        for g in buckets(data, args.buckets)
     ]
     sizes = [len(g[1]) for g in groups]
-    loss = hd.bucket_batches(
+    loss = bucket_batches(
         lambda params, batch: model.loss(params, *batch), groups, sizes, args.seed, args.batch_size
     )
     out = Path(args.out) if label is None else Path(args.out) / label
