@@ -6,10 +6,12 @@ below, each capped at BUDGET_MINUTES of training CPU time, and collects the resu
 ``benchmarks/results/applications.json`` (one entry per application; running one updates only
 its entry), a table ``applications.md`` and the figures ``applications_<name>.png``::
 
-    .venv/bin/python benchmarks/applications.py              # all five, one after another
+    .venv/bin/python benchmarks/applications.py              # all four, one after another
     .venv/bin/python benchmarks/applications.py caption qa   # some
 
 Run directories (checkpoints, metrics.jsonl) go to ``runs/applications/<name>`` (git-ignored).
+Handwriting (recognition and synthesis, two applications that depend on each other) has its
+own script, ``benchmarks/handwriting.py``.
 """
 
 from __future__ import annotations
@@ -32,10 +34,9 @@ SETTINGS = {  # flags beyond --task, --out, --seed, --cpu-minutes (defaults: `rn
     "translate": ["--steps", "600"],
     "caption": ["--steps", "3000"],
     "qa": ["--steps", "2500"],
-    "handwriting": ["--steps", "1000"],
     "tree": ["--steps", "3000"],
 }
-FIGURES = {"caption": "caption_samples.png", "handwriting": "handwriting_samples.png"}
+FIGURES = {"caption": "caption_samples.png"}
 
 
 def run_one(name: str) -> dict:
@@ -71,7 +72,6 @@ HEADLINE = {  # application -> (figure label, key in the evaluation)
     "translate": ("exact match, held-out numbers (greedy)", "exact_match_greedy"),
     "caption": ("exact caption, held-out compositions", "exact_caption"),
     "qa": ("exact answer, held-out stories", "exact_answer"),
-    "handwriting": ("validation NLL per point, synthesis", "val_nll_per_point_synthesis"),
     "tree": ("accuracy on deeper held-out trees", "accuracy_deeper"),
 }
 
@@ -94,12 +94,6 @@ def details(name: str, ev: dict) -> str:
     if name == "qa":
         kinds = ", ".join(f"{k} {pct(v)}" for k, v in ev["exact_answer_by_kind"].items())
         return f"{ev['test_stories']} held-out stories; by question: {kinds}"
-    if name == "handwriting":
-        return (
-            f"unconditional {ev['val_nll_per_point_unconditional']:.3f}, synthesis "
-            f"{ev['val_nll_per_point_synthesis']:.3f} ({ev['units']}; {ev['val_words']} "
-            f"held-out words, {ev['val_points']} points)"
-        )
     heights = [int(k.rsplit("_", 1)[1]) for k in ev if k.startswith("accuracy_height_")]
     return (
         "by height (majority baseline): "
@@ -120,7 +114,7 @@ def table(results: dict) -> str:
     for name, r in results.items():
         label, key = HEADLINE[name]
         value = r["evaluation"][key]
-        shown = f"{value:.3f}" if name == "handwriting" else f"{100 * value:.1f} %"
+        shown = f"{100 * value:.1f} %"
         target = r["target"]
         goal = (
             f"≥ {100 * target['threshold']:.0f} %: {'met' if target['met'] else '**missed**'}"
@@ -129,8 +123,6 @@ def table(results: dict) -> str:
         )
         t = r["training"]
         steps = f"{t['steps_done']} steps"
-        if "unconditional" in t:
-            steps = f"2 models × {t['unconditional']['steps_done']} steps"
         lines.append(
             f"| {name} | `{r['command']}` | {steps}, {t['train_wall_s']:.0f} s train / "
             f"{r['total_wall_s']:.0f} s total wall, {r['total_cpu_s']:.0f} s CPU | "

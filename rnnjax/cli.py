@@ -58,7 +58,8 @@ TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
         "task",
         str,
         f"a long-range task: {', '.join(TASKS)}; or an application with its own flags "
-        f"(rnnjax train --task NAME -h): translate, caption, qa, handwriting, tree",
+        f"(rnnjax train --task NAME -h): translate, caption, qa, handwriting, "
+        f"handwriting_recognition, tree",
     ),
     "--T": ("T", int, "tasks: length parameter (default 100)"),
     "--definition": ("definition", str, "adding task: hochreiter (default) or pascanu"),

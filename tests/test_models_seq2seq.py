@@ -154,7 +154,14 @@ def test_seq2seq_learns_to_reverse_and_decodes_under_jit(rng):
 
 
 def test_registry_names_and_bad_task(tmp_path, capsys):
-    assert set(APPLICATIONS) == {"translate", "caption", "qa", "handwriting", "tree"}
+    assert set(APPLICATIONS) == {
+        "translate",
+        "caption",
+        "qa",
+        "handwriting",
+        "handwriting_recognition",
+        "tree",
+    }
     assert task_of(["--steps", "3", "--task=qa"]) == "qa"
     with pytest.raises(ValueError, match="unknown application 'sing'"):
         run_application(["--task", "sing", "--out", str(tmp_path)])

@@ -107,14 +107,18 @@ class WindowParams(NamedTuple):
 
 class WindowCarry(NamedTuple):
     """Attributes: lstm: LSTMCarry of layer 1; kappa (..., K) window centres; w (..., V) the
-    last window vector."""
+    last window vector; phi (..., U + 1) the last window weights φ(t, u) at every position
+    u = 0..U, the text's or not (φ one past a text's end tells that it has been written)."""
 
     lstm: LSTMCarry
     kappa: Array
     w: Array
+    phi: Array
 
 
-def window_cell(hidden: int, mixtures: int, chars: Array, char_mask: Array):
+def window_cell(
+    hidden: int, mixtures: int, chars: Array, char_mask: Array, kappa_rate: float = KAPPA_STEP
+):
     """LSTM layer 1 + Graves' soft window over ``chars`` as one rnnjax `Cell`.
 
     Args:
@@ -122,26 +126,33 @@ def window_cell(hidden: int, mixtures: int, chars: Array, char_mask: Array):
         mixtures: K window Gaussians.
         chars: float (B, U, V) one-hot characters of the texts being written.
         char_mask: bool (B, U), False after each text.
+        kappa_rate: the window's initial advance, characters per point (the κ̂ bias starts at
+            log(kappa_rate / KAPPA_STEP)): the data's characters per point is a good start.
 
     Returns:
-        A `Cell` with input x_t (B, 3), carry `WindowCarry` and output [h¹_t ; w_t] (B, H + V).
+        A `Cell` with input x_t (B, D), carry `WindowCarry` and output [h¹_t ; w_t] (B, H + V).
         Its params (``init(key, 3)``) do not depend on the texts.
     """
     H, K = check_positive("hidden", hidden), check_positive("mixtures", mixtures)
+    if not kappa_rate > 0:
+        raise ValueError(f"kappa_rate must be > 0, got {kappa_rate}")
     V = chars.shape[-1]
     base = lstm(H)
-    u = jnp.arange(chars.shape[-2], dtype=jnp.float32)  # (U,)
+    U = chars.shape[-2]
+    u = jnp.arange(U + 1, dtype=jnp.float32)  # (U + 1,): the positions, and one past them
 
     def init(key, input_size: int) -> WindowParams:
         k_l, k_w = jax.random.split(key)
         b_win = jnp.zeros((3 * K,), jnp.float32).at[K : 2 * K].set(-1.0)  # broad at first
+        b_win = b_win.at[2 * K :].set(math.log(kappa_rate / KAPPA_STEP))
         W_win = initializers.default_input_init(k_w, (H, 3 * K), jnp.float32) * 0.1
         return WindowParams(base.init(k_l, input_size + V), W_win, b_win)
 
     def initial_carry(params: WindowParams, batch_shape=()) -> WindowCarry:
         zeros = jnp.zeros((*batch_shape, H), jnp.float32)
         kappa = jnp.zeros((*batch_shape, K), jnp.float32)
-        return WindowCarry(LSTMCarry(zeros, zeros), kappa, jnp.zeros((*batch_shape, V)))
+        w, phi = jnp.zeros((*batch_shape, V)), jnp.zeros((*batch_shape, U + 1))
+        return WindowCarry(LSTMCarry(zeros, zeros), kappa, w, phi)
 
     def project(params: WindowParams, xs: Array) -> Array:
         U_x = params.lstm.U[: xs.shape[-1]]  # (3, 4H): the x_t rows; w_{t−1} is recurrent
@@ -154,13 +165,13 @@ def window_cell(hidden: int, mixtures: int, chars: Array, char_mask: Array):
         abk = h @ params.W_win  # (B, 3K)
         alpha, beta, kappa_hat = jnp.split(jnp.exp(abk + expand(params.b_win, abk)), 3, -1)
         kappa = carry.kappa + KAPPA_STEP * kappa_hat  # (B, K)
-        gap = kappa[..., None] - expand(u, kappa[..., None])  # (B, K, U): κ_k − u
-        phi = jnp.sum(alpha[..., None] * jnp.exp(-beta[..., None] * jnp.square(gap)), -2)  # (B, U)
-        phi = jnp.where(char_mask, phi, 0.0)
-        w = jnp.einsum("...u,...uv->...v", phi, chars)  # (B, V)
-        return WindowCarry(lstm_carry, kappa, w), jnp.concatenate([h, w], axis=-1)
+        gap = kappa[..., None] - expand(u, kappa[..., None])  # (B, K, U + 1): κ_k − u
+        phi = jnp.sum(alpha[..., None] * jnp.exp(-beta[..., None] * jnp.square(gap)), -2)
+        on_text = jnp.where(char_mask, phi[..., :U], 0.0)  # (B, U)
+        w = jnp.einsum("...u,...uv->...v", on_text, chars)  # (B, V)
+        return WindowCarry(lstm_carry, kappa, w, phi), jnp.concatenate([h, w], axis=-1)
 
-    cfg = {"hidden_size": H, "mixtures": K, "vocab": V}
+    cfg = {"hidden_size": H, "mixtures": K, "vocab": V, "kappa_rate": kappa_rate}
     return make_cell(
         name="graves_window",
         hidden_size=H + V,

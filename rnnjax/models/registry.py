@@ -40,7 +40,8 @@ APPLICATIONS: dict[str, App] = {
     "translate": _lazy("translate", "English → Russian number words, LSTM encoder–decoder"),
     "caption": _lazy("caption", "captions of rows of 8×8 digits, convnet + LSTM decoder"),
     "qa": _lazy("qa", "questions about generated stories, LSTM encoder–decoder"),
-    "handwriting": _lazy("handwriting", "pen trajectories, LSTM + mixture density output"),
+    "handwriting": _lazy("handwriting", "Graves handwriting synthesis, read back by a recogniser"),
+    "handwriting_recognition": _lazy("handwriting_recognition", "online handwriting, BLSTM + CTC"),
     "tree": _lazy("tree", "value mod 10 of arithmetic trees, Child-Sum Tree-LSTM"),
 }
 
