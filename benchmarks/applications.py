@@ -6,8 +6,13 @@ below, each capped at BUDGET_MINUTES of training CPU time, and collects the resu
 ``benchmarks/results/applications.json`` (one entry per application; running one updates only
 its entry), a table ``applications.md`` and the figures ``applications_<name>.png``::
 
-    .venv/bin/python benchmarks/applications.py              # all five, one after another
+    .venv/bin/python benchmarks/applications.py              # all of them, one after another
     .venv/bin/python benchmarks/applications.py caption qa   # some
+    .venv/bin/python benchmarks/applications.py vqa vqa-every vqa-question-only
+
+Some entries are variants of one application (``TASKS``): the three visual question answering
+runs differ only in where the image enters the LSTM, the tree runs in the cell, the operators
+and the share of 3-child nodes; each family also gets a comparison table.
 
 Run directories (checkpoints, metrics.jsonl) go to ``runs/applications/<name>`` (git-ignored).
 """
@@ -34,15 +39,34 @@ SETTINGS = {  # flags beyond --task, --out, --seed, --cpu-minutes (defaults: `rn
     "qa": ["--steps", "2500"],
     "handwriting": ["--steps", "1000"],
     "tree": ["--steps", "3000"],
+    "vqa": ["--steps", "4000", "--image", "first"],
+    "vqa-every": ["--steps", "4000", "--image", "every"],
+    "vqa-question-only": ["--steps", "4000", "--image", "none"],
+    "tree-n-ary": ["--steps", "3000", "--cell", "n-ary", "--ops", "+", "-", "*", "--three", "0.25"],
+    "tree-child-sum-ordered": [
+        *("--steps", "3000", "--cell", "child-sum", "--ops", "+", "-", "*", "--three", "0.25"),
+    ],
+    "tree-child-sum-three": ["--steps", "3000", "--cell", "child-sum", "--three", "0.25"],
 }
-FIGURES = {"caption": "caption_samples.png", "handwriting": "handwriting_samples.png"}
+TASKS = {  # entry -> application, where they differ
+    "vqa-every": "vqa",
+    "vqa-question-only": "vqa",
+    "tree-n-ary": "tree",
+    "tree-child-sum-ordered": "tree",
+    "tree-child-sum-three": "tree",
+}
+FIGURES = {
+    "caption": "caption_samples.png",
+    "handwriting": "handwriting_samples.png",
+    "vqa": "vqa_samples.png",
+}
 
 
 def run_one(name: str) -> dict:
     out = RUNS / name
     if out.exists():
         shutil.rmtree(out)
-    flags = ["--task", name, *SETTINGS[name], "--out", str(out.relative_to(ROOT))]
+    flags = ["--task", TASKS.get(name, name), *SETTINGS[name], "--out", str(out.relative_to(ROOT))]
     flags += ["--seed", str(SEED), "--cpu-minutes", str(BUDGET_MINUTES), "--quiet"]
     command = ["rnnjax", "train", *flags]
     print("$", " ".join(command), flush=True)
@@ -73,6 +97,12 @@ HEADLINE = {  # application -> (figure label, key in the evaluation)
     "qa": ("exact answer, held-out stories", "exact_answer"),
     "handwriting": ("validation NLL per point, synthesis", "val_nll_per_point_synthesis"),
     "tree": ("accuracy on deeper held-out trees", "accuracy_deeper"),
+    "vqa": ("exact answer, held-out images", "exact_answer"),
+    "vqa-every": ("exact answer, held-out images", "exact_answer"),
+    "vqa-question-only": ("exact answer, held-out images", "exact_answer"),
+    "tree-n-ary": ("accuracy on deeper held-out trees", "accuracy_deeper"),
+    "tree-child-sum-ordered": ("accuracy on deeper held-out trees", "accuracy_deeper"),
+    "tree-child-sum-three": ("accuracy on deeper held-out trees", "accuracy_deeper"),
 }
 
 
@@ -100,14 +130,28 @@ def details(name: str, ev: dict) -> str:
             f"{ev['val_nll_per_point_synthesis']:.3f} ({ev['units']}; {ev['val_words']} "
             f"held-out words, {ev['val_points']} points)"
         )
-    heights = [int(k.rsplit("_", 1)[1]) for k in ev if k.startswith("accuracy_height_")]
-    return (
-        "by height (majority baseline): "
-        + ", ".join(
-            f"{h}: {pct(ev[f'accuracy_height_{h}'])} ({pct(ev[f'majority_baseline_height_{h}'])})"
-            for h in sorted(heights)
+    if name.startswith("vqa"):
+        kinds = ", ".join(f"{k} {pct(v)}" for k, v in ev["exact_answer_by_kind"].items())
+        return (
+            f"image: {ev['image']}; {ev['test_questions']} questions about scenes of "
+            f"{ev['test_digit_images']} held-out digit images; by question: {kinds}"
         )
-        + f"; trained on heights {ev['train_heights']}"
+    heights = [int(k.rsplit("_", 1)[1]) for k in ev if k.startswith("accuracy_height_")]
+    nodes = ev.get("node_accuracy_deeper", {})
+    cell = (
+        f"{ev['cell']} cell, ops {' '.join(ev['ops'])}, 3-child share {ev['three']}; "
+        if "cell" in ev
+        else ""
+    )
+    by_height = ", ".join(
+        f"{h}: {pct(ev[f'accuracy_height_{h}'])} ({pct(ev[f'majority_baseline_height_{h}'])})"
+        for h in sorted(heights)
+    )
+    per_node = ", ".join(f"{k} {pct(v)}" for k, v in nodes.items())
+    return (
+        f"{cell}by height (majority baseline): {by_height}; "
+        f"trained on heights {ev['train_heights']}"
+        + (f"; per-node accuracy on the deeper trees: {per_node}" if nodes else "")
     )
 
 
@@ -140,6 +184,7 @@ def table(results: dict) -> str:
         if "figure" in r["evaluation"] and name in FIGURES:
             figures.append(f"![{name}]({Path(r['evaluation']['figure']).name})")
     machine = next(iter(results.values()))["machine"] if results else {}
+    extra = comparisons(results)
     return (
         "# Applications: full-budget results\n\n"
         f"Produced by `benchmarks/applications.py` on {machine.get('device', '?')} "
@@ -149,9 +194,54 @@ def table(results: dict) -> str:
         + "\n\n"
         + "\n".join(notes)
         + "\n\n"
+        + extra
         + "\n\n".join(figures)
         + "\n"
     )
+
+
+def comparisons(results: dict) -> str:
+    """The variants of visual question answering and of the Tree-LSTMs, side by side."""
+    pct = lambda x: f"{100 * x:.1f} %"  # noqa: E731
+    out = ""
+    vqa = {k: r for k, r in results.items() if k.startswith("vqa")}
+    if vqa:
+        kinds = list(next(iter(vqa.values()))["evaluation"]["exact_answer_by_kind"])
+        out += (
+            "## Visual question answering: where the image enters the LSTM\n\n"
+            f"| entry | image | exact answer | {' | '.join(kinds)} | steps | train CPU s |\n"
+            f"|---|---|---|{'---|' * len(kinds)}---|---|\n"
+        )
+        for name, r in vqa.items():
+            ev, t = r["evaluation"], r["training"]
+            by_kind = " | ".join(pct(ev["exact_answer_by_kind"][k]) for k in kinds)
+            out += (
+                f"| {name} | {ev['image']} | **{pct(ev['exact_answer'])}** | {by_kind} | "
+                f"{t['steps_done']} | {t['train_cpu_s']:.0f} |\n"
+            )
+        out += "\n"
+    trees = {k: r for k, r in results.items() if k.startswith("tree")}
+    if trees:
+        kinds = sorted(
+            {k for r in trees.values() for k in r["evaluation"].get("node_accuracy_deeper", {})}
+        )
+        out += (
+            "## Tree-LSTMs: accuracy at the root, and per node on the deeper trees\n\n"
+            f"| entry | cell | ops | 3-child share | height 5 | height 6 | {' | '.join(kinds)} "
+            f"| steps | train CPU s |\n|---|---|---|---|---|---|{'---|' * len(kinds)}---|---|\n"
+        )
+        for name, r in trees.items():
+            ev, t = r["evaluation"], r["training"]
+            nodes = ev.get("node_accuracy_deeper", {})
+            per_node = " | ".join(pct(nodes[k]) if k in nodes else "" for k in kinds)
+            out += (
+                f"| {name} | {ev.get('cell', 'child-sum')} | {' '.join(ev.get('ops', ['+', '*']))} "
+                f"| {ev.get('three', 0.0)} | {pct(ev['accuracy_height_5'])} | "
+                f"{pct(ev['accuracy_height_6'])} | {per_node} | {t['steps_done']} | "
+                f"{t['train_cpu_s']:.0f} |\n"
+            )
+        out += "\n"
+    return out
 
 
 def main(names: list[str]) -> None:
