@@ -11,6 +11,9 @@ Inner nodes have 2 children, or 3 with probability ``--three``; their ops are dr
 Every node's value is supervised (Tai et al. put a classifier on every node); the test figure
 is the accuracy at the root, and the per-node accuracy on the deeper trees is reported by op
 and number of children (``node_accuracy_deeper``), which is where a model's failures show.
+Training step s draws its batch from the trees of one height (cycling through 1..H), each
+height laid out for its own widest levels, so a batch of short trees does not pay for the
+slots of the tallest (`bucket_by_height`).
 
 Commands::
 
@@ -44,6 +47,7 @@ from rnnjax.models.tree_data import (
     evaluate_tree,
     level_widths,
     random_tree,
+    tree_height,
 )
 from rnnjax.models.treelstm import CELLS, TreeCell, apply
 
@@ -60,28 +64,27 @@ def make_trees(
     return [random_tree(rng, int(rng.choice(heights)), p_three, ops) for _ in range(n)]
 
 
-def predict(
-    cell: TreeCell, params, trees: list[Any], chunk: int = 500, every_node: bool = False
-) -> list[np.ndarray]:
-    """Predicted values of nested trees, one array per chunk of ``chunk`` trees: (n,) at the
-    roots, or with ``every_node`` the `TreeBatch` of the chunk and (n, P) per slot."""
-    out = []
-    max_children = cell.max_children or 3
+def _chunks(cell: TreeCell, params, trees: list[Any], every_node: bool, chunk: int = 500):
+    """Yields (batch, predicted values) for chunks of trees: (n,) roots or (n, P) slots."""
     run = jax.jit(apply, static_argnums=(0, 3, 4))
     for i in range(0, len(trees), chunk):
-        batch = batch_trees(trees[i : i + chunk], max_children)
-        jbatch = jax.tree.map(jnp.asarray, batch)
-        log_probs = run(cell, params, jbatch, level_widths(batch), every_node)
-        guess = np.asarray(jnp.argmax(log_probs, axis=-1))
-        out.append((batch, guess) if every_node else guess)
-    return out
+        batch = batch_trees(trees[i : i + chunk], cell.max_children or 3)
+        log_probs = run(
+            cell, params, jax.tree.map(jnp.asarray, batch), level_widths(batch), every_node
+        )
+        yield batch, np.asarray(jnp.argmax(log_probs, axis=-1))
+
+
+def predict(cell: TreeCell, params, trees: list[Any]) -> np.ndarray:
+    """Predicted values (n,) of nested trees (ValueError for a malformed tree)."""
+    return np.concatenate([guess for _, guess in _chunks(cell, params, trees, False)])
 
 
 def node_accuracy(cell: TreeCell, params, trees: list[Any]) -> dict[str, float]:
     """Accuracy of the value at every node, by kind: ``"leaf"`` or ``"<op>/<children>"``."""
     hits: Counter = Counter()
     counts: Counter = Counter()
-    for batch, guess in predict(cell, params, trees, every_node=True):
+    for batch, guess in _chunks(cell, params, trees, True):
         used = batch.values >= 0  # (n, P)
         arity = (batch.children >= 0).sum(-1)  # (n, P)
         code = batch.tokens * 8 + arity  # (n, P): token and number of children
@@ -92,6 +95,16 @@ def node_accuracy(cell: TreeCell, params, trees: list[Any]) -> dict[str, float]:
             hits[kind] += int((guess[where] == batch.values[where]).sum())
             counts[kind] += int(where.sum())
     return {k: hits[k] / counts[k] for k in sorted(counts)}
+
+
+def bucket_by_height(trees: list[Any], max_children: int = 3) -> list[TreeBatch]:
+    """One `TreeBatch` per tree height present, lowest first: each is laid out for its own
+    widest levels, so a batch of short trees does not pay for the slots of the tallest."""
+    heights = np.asarray([tree_height(t) for t in trees])
+    return [
+        batch_trees([trees[i] for i in np.flatnonzero(heights == h)], max_children)
+        for h in np.unique(heights)
+    ]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -164,21 +177,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     max_children = cell.max_children or 3
     heights = list(range(1, args.train_height + 1))
     trees = make_trees(TRAIN_SEED, args.train_size, heights, args.three, ops)
-    train = batch_trees(trees, max_children)
-    widths = level_widths(train)
+    buckets = bucket_by_height(trees, max_children)
+    widths = [level_widths(b) for b in buckets]
+    sizes = [len(b.root) for b in buckets]
     params = cell.init(jax.random.key(args.seed))
 
-    def loss(params, data: TreeBatch, step, key):
-        idx = batch_indices(args.seed, step, args.train_size, args.batch_size)  # (B,)
-        batch = jax.tree.map(lambda a: a[idx], data)
-        log_probs = apply(cell, params, batch, widths, every_node=True)  # (B, P, 10)
-        used = batch.values >= 0  # (B, P)
-        loss = sequence_cross_entropy(log_probs, jnp.maximum(batch.values, 0), used)
-        root = jnp.take_along_axis(log_probs, batch.root[:, None, None], axis=1)[:, 0]
-        accuracy = jnp.mean((jnp.argmax(root, -1) == batch.label).astype(jnp.float32))
-        return loss, {"accuracy": accuracy}
+    def bucket_loss(k: int):
+        def loss(params, data: tuple[TreeBatch, ...], step):
+            idx = batch_indices(args.seed, step, sizes[k], args.batch_size)  # (B,)
+            batch = jax.tree.map(lambda a: a[idx], data[k])
+            log_probs = apply(cell, params, batch, widths[k], every_node=True)  # (B, P, 10)
+            used = batch.values >= 0  # (B, P)
+            loss = sequence_cross_entropy(log_probs, jnp.maximum(batch.values, 0), used)
+            root = jnp.take_along_axis(log_probs, batch.root[:, None, None], axis=1)[:, 0]
+            return loss, jnp.mean((jnp.argmax(root, -1) == batch.label).astype(jnp.float32))
 
-    params, training = fit(loss, params, jax.tree.map(jnp.asarray, train), args, label="tree")
+        return loss
+
+    def loss(params, data: tuple[TreeBatch, ...], step, key):
+        # step s trains on the trees of height heights[s mod K]: each height its own layout
+        branches = [bucket_loss(k) for k in range(len(buckets))]
+        value, accuracy = jax.lax.switch(step % len(buckets), branches, params, data, step)
+        return value, {"accuracy": accuracy}
+
+    data = tuple(jax.tree.map(jnp.asarray, b) for b in buckets)
+    params, training = fit(loss, params, data, args, label="tree")
     evaluation: dict[str, Any] = {
         "cell": cell.name,
         "ops": list(ops),
@@ -191,7 +214,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         n = args.test_size if h > args.train_height else min(500, args.test_size)
         test = make_trees(TEST_SEED + h, n, [h], args.three, ops)
         labels = np.asarray([evaluate_tree(t) for t in test])
-        correct = np.concatenate(predict(cell, params, test)) == labels
+        correct = predict(cell, params, test) == labels
         evaluation[f"accuracy_height_{h}"] = float(correct.mean())
         evaluation[f"majority_baseline_height_{h}"] = Counter(labels).most_common(1)[0][1] / n
         if h > args.train_height:
@@ -202,4 +225,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return write_result(args, "tree", training, evaluation, TARGET)
 
 
-__all__ = ["add_arguments", "build_cell", "make_trees", "node_accuracy", "predict", "run"]
+__all__ = [
+    "add_arguments",
+    "bucket_by_height",
+    "build_cell",
+    "make_trees",
+    "node_accuracy",
+    "predict",
+    "run",
+]

@@ -35,8 +35,7 @@ WIDTH = MAX_DIGITS * SLOT + 4  # 36: room to shift a row of four by up to 4 pixe
 COLOURS = ("red", "green", "blue", "yellow")
 RGB = np.asarray([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 1.0, 0.0]], np.float32)
 ORDINALS = ("first", "second", "third", "fourth")
-PLURALS = ("zeros", "ones", "twos", "threes", "fours", "fives", "sixes", "sevens", "eights")
-PLURALS = (*PLURALS, "nines")
+PLURALS = tuple(w + ("es" if w == "six" else "s") for w in DIGIT_WORDS)  # "sevens"
 KINDS = ("digit", "colour", "count", "compare", "neighbour", "which")
 _QUESTION_WORDS = (
     "what is the digit colour last how many are there red digits is larger than left right "
