@@ -1,6 +1,8 @@
 """Tree-LSTMs: the paper's equations, batched levels = recursion, child order, bad trees, the
 application (a few steps, and a seeded learning test on an order-dependent task)."""
 
+from collections import Counter
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -13,6 +15,7 @@ from rnnjax.models import tree_data as td
 from rnnjax.models import treelstm as tl
 from rnnjax.models.registry import run_application
 
+APPLY = jax.jit(tl.apply, static_argnums=(0, 3, 4))  # (cell, params, batch, widths, every_node)
 CELLS = {"child-sum": lambda: tl.child_sum(8, embed=4), "n-ary": lambda: tl.n_ary(8, 3, embed=4)}
 
 
@@ -139,10 +142,53 @@ def test_random_trees_of_every_height_batch_and_equal_the_recursion(rng):
     cell = tl.n_ary(6, 3, embed=3)
     params = random_like(rng, cell.init(rng))
     batch = td.batch_trees(trees)
-    got = tl.apply(cell, params, batch, td.level_widths(batch), every_node=True)  # (6, P, 10)
+    got = APPLY(cell, params, batch, td.level_widths(batch), True)  # (6, P, 10)
     roots = jnp.take_along_axis(got, jnp.asarray(batch.root)[:, None, None], axis=1)[:, 0]
     want = jnp.stack([tl.apply_reference(cell, params, t) for t in trees])
     chex.assert_trees_all_close(roots, want, rtol=1e-5, atol=1e-6)
+
+
+def _kinds(trees):
+    """Mean number of leaves and of inner nodes by op and arity per tree."""
+    counts = Counter()
+
+    def walk(t):
+        counts["leaf" if isinstance(t, int) else f"{t[0]}{len(t) - 1}"] += 1
+        for k in [] if isinstance(t, int) else t[1:]:
+            walk(k)
+
+    for t in trees:
+        walk(t)
+    return {k: v / len(trees) for k, v in counts.items()}
+
+
+def test_fast_random_batches_are_the_random_trees_laid_out(rng):
+    seed = int(jax.random.randint(rng, (), 0, 2**30))
+    np_rng = np.random.default_rng(seed)
+    batch = td.random_batch(np_rng, 400, 3, 0.3, td.OPS)
+    trees = [td.from_table(batch, b) for b in range(400)]
+    assert {td.tree_height(t) for t in trees} == {3}
+    assert batch.label.tolist() == [td.evaluate_tree(t) for t in trees]
+    for b in range(0, 400, 37):  # every slot's value is its subtree's
+        for slot in np.flatnonzero(batch.values[b] >= 0):
+            sub = td.from_table(batch._replace(root=np.full(400, slot)), b)
+            assert batch.values[b, slot] == td.evaluate_tree(sub)
+    cell = tl.n_ary(6, 3, embed=3)
+    params = random_like(rng, cell.init(rng))
+    other = td.batch_trees(trees)  # another layout of the same trees: the same outputs
+    chex.assert_trees_all_close(
+        APPLY(cell, params, batch, td.level_widths(batch), False),
+        APPLY(cell, params, other, td.level_widths(other), False),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    # the same distribution as random_tree: node kinds per tree agree within sampling noise
+    many = td.random_batch(np_rng, 3000, 3, 0.3, td.OPS)
+    fast = _kinds([td.from_table(many, b) for b in range(3000)])
+    slow = _kinds([td.random_tree(np_rng, 3, 0.3, td.OPS) for _ in range(3000)])
+    assert set(fast) == set(slow)
+    for kind in slow:
+        assert abs(fast[kind] - slow[kind]) < 0.08 * slow[kind] + 0.05, (kind, fast, slow)
 
 
 def test_only_the_n_ary_cell_sees_the_order_of_the_children(rng):
@@ -150,7 +196,7 @@ def test_only_the_n_ary_cell_sees_the_order_of_the_children(rng):
     batch = td.batch_trees(trees)
     for name, cell in CELLS.items():
         params = random_like(rng, cell().init(rng))
-        out = tl.apply(cell(), params, batch, td.level_widths(batch))
+        out = APPLY(cell(), params, batch, td.level_widths(batch), False)
         same = [bool(jnp.allclose(out[0], out[1], atol=1e-6)), bool(jnp.allclose(out[2], out[3]))]
         assert same == ([True, True] if name == "child-sum" else [False, False]), name
 
@@ -164,7 +210,7 @@ def test_n_ary_child_positions_against_the_batch(rng):
         cell = tl.n_ary(4, n, embed=3)
         params = random_like(rng, cell.init(rng))
         batch = td.batch_trees(trees, max_children=2)
-        got = tl.apply(cell, params, batch, td.level_widths(batch))
+        got = APPLY(cell, params, batch, td.level_widths(batch), False)
         want = np.stack([n_ary_oracle(params, t, n) for t in trees])
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="n must be a positive integer"):

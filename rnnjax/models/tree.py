@@ -11,9 +11,12 @@ Inner nodes have 2 children, or 3 with probability ``--three``; their ops are dr
 Every node's value is supervised (Tai et al. put a classifier on every node); the test figure
 is the accuracy at the root, and the per-node accuracy on the deeper trees is reported by op
 and number of children (``node_accuracy_deeper``), which is where a model's failures show.
-Training step s draws its batch from the trees of one height (cycling through 1..H), each
-height laid out for its own widest levels, so a batch of short trees does not pay for the
-slots of the tallest (`bucket_by_height`).
+The training set holds ``--train-size`` fresh trees, as many of each height, built straight
+into node tables (`tree_data.random_batch`); training step s draws its batch from the trees
+of one height (cycling through 1..H), each height laid out for its own widest levels, so a
+batch of short trees does not pay for the slots of the tallest. With 50,000 trees the N-ary
+model memorised them (99.7 % at the root in training, 81 % on held-out trees of height 4);
+with 400,000 a 6000-step run draws each tree about once.
 
 Commands::
 
@@ -46,6 +49,7 @@ from rnnjax.models.tree_data import (
     batch_trees,
     evaluate_tree,
     level_widths,
+    random_batch,
     random_tree,
     tree_height,
 )
@@ -97,16 +101,6 @@ def node_accuracy(cell: TreeCell, params, trees: list[Any]) -> dict[str, float]:
     return {k: hits[k] / counts[k] for k in sorted(counts)}
 
 
-def bucket_by_height(trees: list[Any], max_children: int = 3) -> list[TreeBatch]:
-    """One `TreeBatch` per tree height present, lowest first: each is laid out for its own
-    widest levels, so a batch of short trees does not pay for the slots of the tallest."""
-    heights = np.asarray([tree_height(t) for t in trees])
-    return [
-        batch_trees([trees[i] for i in np.flatnonzero(heights == h)], max_children)
-        for h in np.unique(heights)
-    ]
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser, steps=3000, batch_size=64, lr=2e-3, hidden=128)
     parser.add_argument(
@@ -129,7 +123,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[5, 6],
         help="held-out heights, all deeper than training (5 6)",
     )
-    parser.add_argument("--train-size", type=int, default=50_000, help="training trees")
+    parser.add_argument(
+        "--train-size", type=int, default=400_000, help="training trees, as many per height"
+    )
     parser.add_argument(
         "--test-size",
         type=int,
@@ -176,8 +172,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     cell = build_cell(args)
     max_children = cell.max_children or 3
     heights = list(range(1, args.train_height + 1))
-    trees = make_trees(TRAIN_SEED, args.train_size, heights, args.three, ops)
-    buckets = bucket_by_height(trees, max_children)
+    rng = np.random.default_rng(TRAIN_SEED)
+    per_height = max(1, args.train_size // len(heights))
+    buckets = [random_batch(rng, per_height, h, args.three, ops, max_children) for h in heights]
     widths = [level_widths(b) for b in buckets]
     sizes = [len(b.root) for b in buckets]
     params = cell.init(jax.random.key(args.seed))
@@ -227,7 +224,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 __all__ = [
     "add_arguments",
-    "bucket_by_height",
     "build_cell",
     "make_trees",
     "node_accuracy",

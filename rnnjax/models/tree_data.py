@@ -107,6 +107,104 @@ def random_tree(
     return (ops[int(rng.integers(len(ops)))], *kids)
 
 
+def random_batch(
+    rng: np.random.Generator,
+    n: int,
+    height: int,
+    p_three: float = 0.25,
+    ops: Sequence[str] = COMMUTATIVE,
+    max_children: int = 3,
+) -> TreeBatch:
+    """``n`` random trees of exactly ``height``, drawn as `random_tree` draws them, built
+    straight into a `TreeBatch` with numpy (about a hundred times faster than
+    ``batch_trees([random_tree(...) ...])``, for large training sets).
+
+    Nodes are made top-down, one height at a time over all trees at once: every node of
+    height l ≥ 1 gets 2 or 3 children (3 with probability ``p_three``) and an op from
+    ``ops``; one child is l − 1 tall, the others uniform in [0, l − 1]. Values are then
+    computed bottom-up.
+    """
+    if height < 0 or n < 1 or max_children < (3 if p_three > 0 else 2):
+        raise ValueError(f"need height ≥ 0, n ≥ 1, room for every child; got {height=}, {n=}")
+    op_ids = np.asarray([TOKEN_ID[o] for o in ops])
+    # requests[l]: (tree, parent level, parent index, position) of the nodes of height l
+    requests: dict[int, list[tuple[np.ndarray, ...]]] = {l: [] for l in range(height + 1)}
+    minus = np.full((n,), -1)
+    requests[height].append((np.arange(n), minus, minus, minus))
+    levels: dict[int, dict[str, np.ndarray]] = {}
+    for l in range(height, -1, -1):
+        tree, p_level, p_index, pos = (np.concatenate(a) for a in zip(*requests[l], strict=True))
+        order = np.argsort(tree, kind="stable")
+        tree, p_level, p_index, pos = tree[order], p_level[order], p_index[order], pos[order]
+        first = np.searchsorted(tree, tree)  # index of the first node of the same tree
+        level = {"tree": tree, "parent_level": p_level, "parent": p_index, "pos": pos}
+        level["rank"] = np.arange(len(tree)) - first  # slot within the tree's level
+        m = len(tree)
+        if l == 0:
+            level["token"] = 1 + rng.integers(10, size=m)  # TOKEN_ID of the digits 0–9
+        else:
+            arity = np.where(rng.random(m) < p_three, 3, 2)
+            tall = rng.integers(arity)
+            level["token"] = op_ids[rng.integers(len(op_ids), size=m)]
+            for k in range(3):
+                has = k < arity
+                kid_height = np.where(k == tall, l - 1, rng.integers(l, size=m))[has]
+                idx = np.flatnonzero(has)
+                for h in np.unique(kid_height):
+                    sel = idx[kid_height == h]
+                    requests[int(h)].append(
+                        (tree[sel], np.full(len(sel), l), sel, np.full(len(sel), k))
+                    )
+        levels[l] = level
+    widths = [int(levels[l]["rank"].max()) + 1 for l in range(height + 1)]
+    start = np.concatenate([[0], np.cumsum(widths)]).astype(int)
+    P = int(start[-1])
+    out = TreeBatch(
+        np.zeros((n, P), np.int32),
+        np.full((n, P, max_children), -1, np.int32),
+        np.repeat(np.repeat(np.arange(height + 1), widths)[None], n, 0).astype(np.int32),
+        np.full((n,), start[height], np.int32),
+        np.zeros((n,), np.int32),
+        np.full((n, P), -1, np.int32),
+    )
+    for l, level in levels.items():
+        slot = start[l] + level["rank"]
+        level["slot"] = slot
+        out.tokens[level["tree"], slot] = level["token"]
+        for pl in np.unique(level["parent_level"][level["parent_level"] >= 0]):
+            sel = level["parent_level"] == pl
+            parent_slot = levels[int(pl)]["slot"][level["parent"][sel]]
+            out.children[level["tree"][sel], parent_slot, level["pos"][sel]] = slot[sel]
+    for l in range(height + 1):  # values, children before parents
+        tree, slot, token = levels[l]["tree"], levels[l]["slot"], levels[l]["token"]
+        if l == 0:
+            out.values[tree, slot] = token - 1
+            continue
+        kids = out.children[tree, slot]  # (m, C)
+        v = np.where(kids >= 0, out.values[tree[:, None], np.maximum(kids, 0)], 0)  # (m, C)
+        has = kids >= 0
+        total = v.sum(-1)
+        product = np.where(has, v, 1).prod(-1)
+        difference = v[:, 0] - (total - v[:, 0])
+        op = np.asarray(TOKENS)[token]
+        value = np.where(op == "+", total, np.where(op == "*", product, difference))
+        out.values[tree, slot] = value % MODULUS
+    out.label[:] = out.values[np.arange(n), out.root]
+    return out
+
+
+def from_table(batch: TreeBatch, b: int) -> Any:
+    """Tree ``b`` of a `TreeBatch` as a nested tree (the inverse of `batch_trees`)."""
+
+    def node(slot: int) -> Any:
+        token = TOKENS[int(batch.tokens[b, slot])]
+        if token not in OPS:
+            return int(token)
+        return (token, *[node(int(k)) for k in batch.children[b, slot] if k >= 0])
+
+    return node(int(batch.root[b]))
+
+
 def to_table(tree: Any) -> tuple[list[str], list[list[int]]]:
     """A nested tree as a node table (tokens, children) in post-order (children first)."""
     tokens: list[str] = []
@@ -251,7 +349,9 @@ __all__ = [
     "batch_trees",
     "check_table",
     "evaluate_tree",
+    "from_table",
     "level_widths",
+    "random_batch",
     "random_tree",
     "to_table",
     "tree_height",
