@@ -82,15 +82,19 @@ class Scenes(NamedTuple):
     kind: Any
 
 
-def ask(rng: np.random.Generator, digits: list[int], colours: list[int]) -> tuple[str, str, str]:
-    """One question about a scene (digits and colours left to right): (kind, question, answer)."""
+def ask(
+    rng: np.random.Generator, digits: list[int], colours: list[int], kinds=KINDS
+) -> tuple[str, str, str] | None:
+    """One question about a scene (digits and colours left to right), of a type drawn from
+    ``kinds``: (kind, question, answer); None if the scene has no question of those types (a
+    neighbour question about a scene where no digit and no colour is unique)."""
     n = len(digits)
 
     def name(k: int) -> str:  # the last digit is "last" or its ordinal, at random
         return "last" if k == n - 1 and rng.random() < 0.5 else ORDINALS[k]
 
     while True:
-        kind = KINDS[int(rng.integers(len(KINDS)))]
+        kind = kinds[int(rng.integers(len(kinds)))]
         if kind in ("digit", "colour"):
             k = int(rng.integers(n))
             if kind == "digit":
@@ -116,6 +120,9 @@ def ask(rng: np.random.Generator, digits: list[int], colours: list[int]) -> tupl
                 if 0 <= k + step < n and keys.count(keys[k]) == 1
             ]
             if not options:  # e.g. two red sevens: nothing to name; ask something else
+                kinds = [k for k in kinds if k != "neighbour"]
+                if not kinds:
+                    return None
                 continue
             by_colour, step, k = options[int(rng.integers(len(options)))]
             side = "left" if step < 0 else "right"
@@ -129,20 +136,30 @@ def ask(rng: np.random.Generator, digits: list[int], colours: list[int]) -> tupl
         return kind, f"which digits are {COLOURS[c]} ?", " ".join(listed) or "none"
 
 
-def make_scenes(seed: int, n: int, labels: np.ndarray) -> Scenes:
-    """``n`` random scenes over a pool with these labels, one question each (numpy)."""
+def make_scenes(seed: int, n: int, labels: np.ndarray, kinds=KINDS) -> Scenes:
+    """``n`` random scenes over a pool with these labels, one question each (numpy), its type
+    drawn uniformly from ``kinds`` (ValueError for an unknown type)."""
     if n < 1:
         raise ValueError(f"need at least one scene, got n={n}")
+    unknown = sorted(set(kinds) - set(KINDS))
+    if unknown or not kinds:
+        raise ValueError(f"question types must be among {KINDS}, got {list(kinds)}")
+    kinds = tuple(kinds)
     rng = np.random.default_rng(seed)
     count = rng.integers(MIN_DIGITS, MAX_DIGITS + 1, n)  # (N,)
-    ids = rng.integers(len(labels), size=(n, MAX_DIGITS)) * (np.arange(4) < count[:, None])
-    colours = rng.integers(len(COLOURS), size=(n, MAX_DIGITS)) * (np.arange(4) < count[:, None])
+    used = np.arange(MAX_DIGITS) < count[:, None]  # (N, 4)
+    ids = rng.integers(len(labels), size=(n, MAX_DIGITS)) * used
+    colours = rng.integers(len(COLOURS), size=(n, MAX_DIGITS)) * used
     shift = rng.integers(WIDTH - count * SLOT + 1)  # (N,)
     text = np.full((n, QUESTION_LEN + ANSWER_LEN), PAD, np.int32)
     question_len, kind = np.zeros((n,), np.int32), np.zeros((n,), np.int32)
-    digits = labels[ids].tolist()
-    for i, (k, ds, cs) in enumerate(zip(count.tolist(), digits, colours.tolist(), strict=True)):
-        kind_i, question, answer = ask(rng, ds[:k], cs[:k])
+    for i, k in enumerate(count.tolist()):
+        while (
+            asked := ask(rng, labels[ids[i, :k]].tolist(), colours[i, :k].tolist(), kinds)
+        ) is None:
+            ids[i, :k] = rng.integers(len(labels), size=k)  # a scene with nothing to ask: redraw
+            colours[i, :k] = rng.integers(len(COLOURS), size=k)
+        kind_i, question, answer = asked
         q, a = VOCAB.encode(question.split()), VOCAB.encode(answer.split())
         text[i, : len(q) + len(a) + 1] = [*q, *a, EOS]
         question_len[i], kind[i] = len(q), KINDS.index(kind_i)
