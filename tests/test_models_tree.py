@@ -182,6 +182,11 @@ def test_fast_random_batches_are_the_random_trees_laid_out(rng):
         rtol=1e-5,
         atol=1e-6,
     )
+    order = np.argsort((batch.values >= 0).sum(1), kind="stable")  # by size, as for training
+    small, large = (td.pack(batch, part) for part in np.array_split(order, 2))
+    assert sum(td.level_widths(small)) < sum(td.level_widths(large)) <= sum(td.level_widths(batch))
+    assert [td.from_table(small, i) for i in range(200)] == [trees[i] for i in order[:200]]
+    assert large.label.tolist() == batch.label[order[200:]].tolist()
     # the same distribution as random_tree: node kinds per tree agree within sampling noise
     many = td.random_batch(np_rng, 3000, 3, 0.3, td.OPS)
     fast = _kinds([td.from_table(many, b) for b in range(3000)])
@@ -274,6 +279,7 @@ def test_tree_app_trains_predicts_and_checks_its_flags(tmp_path):
         train_size=300,
         test_size=50,
         three=0.3,
+        layouts=2,
         lr=1e-2,
     )
     assert losses[-1] < losses[0]
@@ -309,6 +315,7 @@ def test_n_ary_learns_subtraction_which_child_sum_cannot_tell_apart(tmp_path):
         lr=2e-2,
         train_size=2000,
         test_size=200,
+        layouts=1,
         seed=0,
     )
     assert result["evaluation"]["accuracy_height_1"] >= 0.9

@@ -17,6 +17,7 @@ Batching: trees of different shapes are flattened into padded node tables laid o
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -193,6 +194,32 @@ def random_batch(
     return out
 
 
+def pack(batch: TreeBatch, index: Any) -> TreeBatch:
+    """The trees ``index`` of a numpy `TreeBatch`, laid out for their own widest levels.
+
+    Relies on what both builders guarantee: a tree's nodes of height l fill the first slots
+    of level l. Splitting a batch by tree size and packing each part cuts the padded slots
+    that every step computes.
+    """
+    index = np.asarray(index)
+    widths = level_widths(batch)
+    start = np.concatenate([[0], np.cumsum(widths)]).astype(int)
+    used = np.asarray(batch.values)[index] >= 0  # (n, P)
+    new_widths = [max(1, int(used[:, a:b].sum(1).max())) for a, b in pairwise(start)]
+    keep = np.concatenate([a + np.arange(w) for a, w in zip(start[:-1], new_widths, strict=True)])
+    new_slot = np.full(start[-1] + 1, -1, np.int32)  # index −1 (no child) maps to −1
+    new_slot[keep] = np.arange(len(keep))
+    children = np.asarray(batch.children)[index][:, keep]  # (n, P', C)
+    return TreeBatch(
+        np.asarray(batch.tokens)[index][:, keep],
+        new_slot[children],
+        np.asarray(batch.height)[index][:, keep],
+        new_slot[np.asarray(batch.root)[index]],
+        np.asarray(batch.label)[index],
+        np.asarray(batch.values)[index][:, keep],
+    )
+
+
 def from_table(batch: TreeBatch, b: int) -> Any:
     """Tree ``b`` of a `TreeBatch` as a nested tree (the inverse of `batch_trees`)."""
 
@@ -351,6 +378,7 @@ __all__ = [
     "evaluate_tree",
     "from_table",
     "level_widths",
+    "pack",
     "random_batch",
     "random_tree",
     "to_table",

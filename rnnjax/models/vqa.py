@@ -242,7 +242,8 @@ def render_samples(path: Path, images: np.ndarray, samples: list[dict]) -> None:
         ax.imshow(image, vmin=0, vmax=1)
         right = s["answer"] == s["truth"]
         ax.set_title(
-            f"{s['question']}  →  {s['answer']}" + ("" if right else f"  (true: {s['truth']})"),
+            f"{s['question']}  →  {s['answer'] or '(nothing)'}"
+            + ("" if right else f"  (true: {s['truth']})"),
             fontsize=8,
             color="black" if right else "red",
         )

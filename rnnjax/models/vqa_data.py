@@ -1,7 +1,10 @@
 """Scenes, questions and answers for visual question answering (no download).
 
 A scene is a row of 2–4 of scikit-learn's bundled 8×8 handwritten digits (``load_digits``),
-each drawn in one of four colours, at a random horizontal offset on an 8×36 RGB canvas. The
+each drawn in one of four colours, in 8-pixel slots from the left of an 8×36 RGB canvas, the
+whole row moved right by a random 0–4 pixels. (Rows placed anywhere on the canvas, shifted by
+up to 20 pixels, make "the third digit" a matter of counting from wherever the row starts: the
+image-at-the-first-step model was still at 42 % of exact answers after 1400 steps.) The
 questions come in six types, drawn uniformly (answers are words; ``which`` may need several)::
 
     digit      what is the third digit ?                        seven
@@ -66,7 +69,7 @@ class Scenes(NamedTuple):
         ids: (N, 4) indices of the digit images in the pool, left to right (0 past ``count``).
         colours: (N, 4) colour of each digit (`COLOURS`).
         count: (N,) digits in the scene, 2–4.
-        shift: (N,) horizontal offset of the row, in pixels.
+        shift: (N,) horizontal offset of the row, 0–4 pixels.
         text: (N, QUESTION_LEN + ANSWER_LEN) the question then the answer words and ``<EOS>``,
             PAD after.
         question_len: (N,) words in the question (the answer starts there).
@@ -150,7 +153,7 @@ def make_scenes(seed: int, n: int, labels: np.ndarray, kinds=KINDS) -> Scenes:
     used = np.arange(MAX_DIGITS) < count[:, None]  # (N, 4)
     ids = rng.integers(len(labels), size=(n, MAX_DIGITS)) * used
     colours = rng.integers(len(COLOURS), size=(n, MAX_DIGITS)) * used
-    shift = rng.integers(WIDTH - count * SLOT + 1)  # (N,)
+    shift = rng.integers(WIDTH - MAX_DIGITS * SLOT + 1, size=n)  # (N,) 0–4 pixels
     text = np.full((n, QUESTION_LEN + ANSWER_LEN), PAD, np.int32)
     question_len, kind = np.zeros((n,), np.int32), np.zeros((n,), np.int32)
     for i, k in enumerate(count.tolist()):
