@@ -2,12 +2,18 @@
 
 Runs ``rnnjax train --task NAME`` for each application (or the ones named) — through
 ``python -m rnnjax.models``, the entry that command dispatches to — with the settings
-below, each capped at BUDGET_MINUTES of training CPU time, and collects the results into
+below, each capped at BUDGET_MINUTES of training CPU time (BUDGETS for the entries given
+more), and collects the results into
 ``benchmarks/results/applications.json`` (one entry per application; running one updates only
 its entry), a table ``applications.md`` and the figures ``applications_<name>.png``::
 
-    .venv/bin/python benchmarks/applications.py              # all four, one after another
+    .venv/bin/python benchmarks/applications.py              # all of them, one after another
     .venv/bin/python benchmarks/applications.py caption qa   # some
+    .venv/bin/python benchmarks/applications.py vqa vqa-every vqa-question-only
+
+Some entries are variants of one application (``TASKS``): the three visual question answering
+runs differ only in where the image enters the LSTM, the tree runs in the cell, the operators
+and the share of 3-child nodes; each family also gets a comparison table.
 
 Run directories (checkpoints, metrics.jsonl) go to ``runs/applications/<name>`` (git-ignored).
 Handwriting (recognition and synthesis, two applications that depend on each other) has its
@@ -29,22 +35,42 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 RUNS = ROOT / "runs" / "applications"
 BUDGET_MINUTES = 9.0  # training CPU time (--cpu-minutes); data and evaluation come on top
+BUDGETS = {"tree-n-ary": 15.0, "tree-child-sum-three": 15.0}  # entries given more
 SEED = 0
 SETTINGS = {  # flags beyond --task, --out, --seed, --cpu-minutes (defaults: `rnnjax train -h`)
     "translate": ["--steps", "600"],
     "caption": ["--steps", "3000"],
     "qa": ["--steps", "2500"],
     "tree": ["--steps", "3000"],
+    "vqa": ["--steps", "4000", "--image", "first"],
+    "vqa-every": ["--steps", "4000", "--image", "every"],
+    "vqa-question-only": ["--steps", "4000", "--image", "none"],
+    "tree-n-ary": ["--steps", "6000", "--cell", "n-ary", "--ops", "+", "-", "*", "--three", "0.25"],
+    "tree-child-sum-ordered": [
+        *("--steps", "3000", "--cell", "child-sum", "--ops", "+", "-", "*", "--three", "0.25"),
+    ],
+    "tree-child-sum-three": ["--steps", "6000", "--cell", "child-sum", "--three", "0.25"],
 }
-FIGURES = {"caption": "caption_samples.png"}
+TASKS = {  # entry -> application, where they differ
+    "vqa-every": "vqa",
+    "vqa-question-only": "vqa",
+    "tree-n-ary": "tree",
+    "tree-child-sum-ordered": "tree",
+    "tree-child-sum-three": "tree",
+}
+FIGURES = {
+    "caption": "caption_samples.png",
+    "vqa": "vqa_samples.png",
+}
 
 
 def run_one(name: str) -> dict:
     out = RUNS / name
     if out.exists():
         shutil.rmtree(out)
-    flags = ["--task", name, *SETTINGS[name], "--out", str(out.relative_to(ROOT))]
-    flags += ["--seed", str(SEED), "--cpu-minutes", str(BUDGET_MINUTES), "--quiet"]
+    flags = ["--task", TASKS.get(name, name), *SETTINGS[name], "--out", str(out.relative_to(ROOT))]
+    budget = BUDGETS.get(name, BUDGET_MINUTES)
+    flags += ["--seed", str(SEED), "--cpu-minutes", str(budget), "--quiet"]
     command = ["rnnjax", "train", *flags]
     print("$", " ".join(command), flush=True)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -73,6 +99,12 @@ HEADLINE = {  # application -> (figure label, key in the evaluation)
     "caption": ("exact caption, held-out compositions", "exact_caption"),
     "qa": ("exact answer, held-out stories", "exact_answer"),
     "tree": ("accuracy on deeper held-out trees", "accuracy_deeper"),
+    "vqa": ("exact answer, held-out images", "exact_answer"),
+    "vqa-every": ("exact answer, held-out images", "exact_answer"),
+    "vqa-question-only": ("exact answer, held-out images", "exact_answer"),
+    "tree-n-ary": ("accuracy on deeper held-out trees", "accuracy_deeper"),
+    "tree-child-sum-ordered": ("accuracy on deeper held-out trees", "accuracy_deeper"),
+    "tree-child-sum-three": ("accuracy on deeper held-out trees", "accuracy_deeper"),
 }
 
 
@@ -94,14 +126,28 @@ def details(name: str, ev: dict) -> str:
     if name == "qa":
         kinds = ", ".join(f"{k} {pct(v)}" for k, v in ev["exact_answer_by_kind"].items())
         return f"{ev['test_stories']} held-out stories; by question: {kinds}"
-    heights = [int(k.rsplit("_", 1)[1]) for k in ev if k.startswith("accuracy_height_")]
-    return (
-        "by height (majority baseline): "
-        + ", ".join(
-            f"{h}: {pct(ev[f'accuracy_height_{h}'])} ({pct(ev[f'majority_baseline_height_{h}'])})"
-            for h in sorted(heights)
+    if name.startswith("vqa"):
+        kinds = ", ".join(f"{k} {pct(v)}" for k, v in ev["exact_answer_by_kind"].items())
+        return (
+            f"image: {ev['image']}; {ev['test_questions']} questions about scenes of "
+            f"{ev['test_digit_images']} held-out digit images; by question: {kinds}"
         )
-        + f"; trained on heights {ev['train_heights']}"
+    heights = [int(k.rsplit("_", 1)[1]) for k in ev if k.startswith("accuracy_height_")]
+    nodes = ev.get("node_accuracy_deeper", {})
+    cell = (
+        f"{ev['cell']} cell, ops {' '.join(ev['ops'])}, 3-child share {ev['three']}; "
+        if "cell" in ev
+        else ""
+    )
+    by_height = ", ".join(
+        f"{h}: {pct(ev[f'accuracy_height_{h}'])} ({pct(ev[f'majority_baseline_height_{h}'])})"
+        for h in sorted(heights)
+    )
+    per_node = ", ".join(f"{k} {pct(v)}" for k, v in nodes.items())
+    return (
+        f"{cell}by height (majority baseline): {by_height}; "
+        f"trained on heights {ev['train_heights']}"
+        + (f"; per-node accuracy on the deeper trees: {per_node}" if nodes else "")
     )
 
 
@@ -132,18 +178,66 @@ def table(results: dict) -> str:
         if "figure" in r["evaluation"] and name in FIGURES:
             figures.append(f"![{name}]({Path(r['evaluation']['figure']).name})")
     machine = next(iter(results.values()))["machine"] if results else {}
+    extra = comparisons(results)
     return (
         "# Applications: full-budget results\n\n"
         f"Produced by `benchmarks/applications.py` on {machine.get('device', '?')} "
         f"({machine.get('cpu_count', '?')} cores, shared), python {platform.python_version()}, "
-        f"jax {machine.get('jax', '?')}; training capped at {BUDGET_MINUTES} CPU minutes.\n\n"
+        f"jax {machine.get('jax', '?')}; training capped at {BUDGET_MINUTES} CPU minutes"
+        + "".join(f", {k} {v}" for k, v in BUDGETS.items() if k in results)
+        + ".\n\n"
         + "\n".join(lines)
         + "\n\n"
         + "\n".join(notes)
         + "\n\n"
+        + extra
         + "\n\n".join(figures)
         + "\n"
     )
+
+
+def comparisons(results: dict) -> str:
+    """The variants of visual question answering and of the Tree-LSTMs, side by side."""
+    pct = lambda x: f"{100 * x:.1f} %"  # noqa: E731
+    out = ""
+    vqa = {k: r for k, r in results.items() if k.startswith("vqa")}
+    if vqa:
+        kinds = list(next(iter(vqa.values()))["evaluation"]["exact_answer_by_kind"])
+        out += (
+            "## Visual question answering: where the image enters the LSTM\n\n"
+            f"| entry | image | exact answer | {' | '.join(kinds)} | steps | train CPU s |\n"
+            f"|---|---|---|{'---|' * len(kinds)}---|---|\n"
+        )
+        for name, r in vqa.items():
+            ev, t = r["evaluation"], r["training"]
+            by_kind = " | ".join(pct(ev["exact_answer_by_kind"][k]) for k in kinds)
+            out += (
+                f"| {name} | {ev['image']} | **{pct(ev['exact_answer'])}** | {by_kind} | "
+                f"{t['steps_done']} | {t['train_cpu_s']:.0f} |\n"
+            )
+        out += "\n"
+    trees = {k: r for k, r in results.items() if k.startswith("tree")}
+    if trees:
+        kinds = sorted(
+            {k for r in trees.values() for k in r["evaluation"].get("node_accuracy_deeper", {})}
+        )
+        out += (
+            "## Tree-LSTMs: accuracy at the root, and per node on the deeper trees\n\n"
+            f"| entry | cell | ops | 3-child share | height 5 | height 6 | {' | '.join(kinds)} "
+            f"| steps | train CPU s |\n|---|---|---|---|---|---|{'---|' * len(kinds)}---|---|\n"
+        )
+        for name, r in trees.items():
+            ev, t = r["evaluation"], r["training"]
+            nodes = ev.get("node_accuracy_deeper", {})
+            per_node = " | ".join(pct(nodes[k]) if k in nodes else "" for k in kinds)
+            out += (
+                f"| {name} | {ev.get('cell', 'child-sum')} | {' '.join(ev.get('ops', ['+', '*']))} "
+                f"| {ev.get('three', 0.0)} | {pct(ev['accuracy_height_5'])} | "
+                f"{pct(ev['accuracy_height_6'])} | {per_node} | {t['steps_done']} | "
+                f"{t['train_cpu_s']:.0f} |\n"
+            )
+        out += "\n"
+    return out
 
 
 def main(names: list[str]) -> None:

@@ -40,9 +40,10 @@ APPLICATIONS: dict[str, App] = {
     "translate": _lazy("translate", "English → Russian number words, LSTM encoder–decoder"),
     "caption": _lazy("caption", "captions of rows of 8×8 digits, convnet + LSTM decoder"),
     "qa": _lazy("qa", "questions about generated stories, LSTM encoder–decoder"),
+    "vqa": _lazy("vqa", "questions about images of coloured digits, convnet + LSTM"),
     "handwriting": _lazy("handwriting", "Graves handwriting synthesis, read back by a recogniser"),
     "handwriting_recognition": _lazy("handwriting_recognition", "online handwriting, BLSTM + CTC"),
-    "tree": _lazy("tree", "value mod 10 of arithmetic trees, Child-Sum Tree-LSTM"),
+    "tree": _lazy("tree", "value mod 10 of arithmetic trees, Child-Sum or N-ary Tree-LSTM"),
 }
 
 

@@ -1,33 +1,44 @@
-"""Recursive (tree-structured) networks: a Child-Sum Tree-LSTM over arithmetic expressions.
+"""Recursive (tree-structured) networks: the Child-Sum and the N-ary Tree-LSTM.
 
 The lecture's "recursive neural networks — tree structured": the LSTM's recurrence runs up a
-tree instead of along a sequence; a node's state is computed from its own input and the sum of
-its children's states (Tai, Socher & Manning 2015, eq. 2–8)::
+tree instead of along a sequence; a node's state is computed from its own input x_j (its
+token's vector) and its children's states (Tai, Socher & Manning 2015). Both variants end in
 
-    h̃_j = Σ_k h_k                                   (k over the children of j)
+    c_j = i_j ⊙ u_j + Σ_ℓ f_jℓ ⊙ c_jℓ,      h_j = o_j ⊙ tanh(c_j)
+
+and differ in how the children enter the gates. **Child-Sum** (§3.1, eq. 2–8): through their
+sum, one weight matrix for all children, and each child's forget gate sees only that child::
+
+    h̃_j = Σ_k h_jk
     i_j = σ(x_j U⁽ⁱ⁾ + h̃_j W⁽ⁱ⁾ + b⁽ⁱ⁾)    o_j = σ(x_j U⁽ᵒ⁾ + h̃_j W⁽ᵒ⁾ + b⁽ᵒ⁾)
-    u_j = tanh(x_j U⁽ᵘ⁾ + h̃_j W⁽ᵘ⁾ + b⁽ᵘ⁾)
-    f_jk = σ(x_j U⁽ᶠ⁾ + h_k W⁽ᶠ⁾ + b⁽ᶠ⁾)               (one forget gate per child)
-    c_j = i_j ⊙ u_j + Σ_k f_jk ⊙ c_k,    h_j = o_j ⊙ tanh(c_j)
+    u_j = tanh(x_j U⁽ᵘ⁾ + h̃_j W⁽ᵘ⁾ + b⁽ᵘ⁾)    f_jk = σ(x_j U⁽ᶠ⁾ + h_jk W⁽ᶠ⁾ + b⁽ᶠ⁾)
 
-The task: expression trees over the digits 0–9 with ``+`` and ``*`` nodes of 2 (or 3)
-children — both operations are commutative, as the child sum is — labelled with their value
-mod 10; trained on shallow trees and tested on deeper ones (`rnnjax.models.tree`).
+so it is blind to the order of the children (any number of them). **N-ary** (§3.2, eq. 9–14):
+children ℓ = 1..N in order, a weight block per position, and a forget gate per child k that
+sees every sibling::
 
-Batching: trees of different shapes are flattened into padded node tables laid out by height
-(`TreeBatch`) and computed level by level — the leaves of every tree at once, then all nodes
-of height 1, … — so a whole batch is a fixed-shape, jit-compatible computation (`apply`);
-`apply_reference` is the readable recursion over one tree that it must equal.
+    i_j = σ(x_j U⁽ⁱ⁾ + Σ_ℓ h_jℓ W_ℓ⁽ⁱ⁾ + b⁽ⁱ⁾)      (o_j, u_j alike)
+    f_jk = σ(x_j U⁽ᶠ⁾ + Σ_ℓ h_jℓ W_kℓ⁽ᶠ⁾ + b⁽ᶠ⁾)    k = 1..N
+
+A node with fewer than N children has zero states in the missing positions. In the code the
+N position blocks are one matrix: ``[h_j1 … h_jN] (N·H) @ W (N·H, (3 + N)·H)`` gives the
+i, o, u pre-activations and the N forget pre-activations in one matmul.
+
+A model is a `TreeCell` (a NamedTuple of pure functions, like the library's cells):
+`child_sum` and `n_ary` build one; `apply` runs it over a `TreeBatch` level by level — the
+leaves of every tree at once, then all nodes of height 1, … — as one fixed-shape, jittable
+computation; `apply_reference` is the readable recursion over one tree that it must equal.
 
 References:
     Tai, Socher & Manning, "Improved semantic representations from tree-structured long
-    short-term memory networks", ACL 2015 (Child-Sum Tree-LSTM).
+    short-term memory networks", ACL 2015 (Child-Sum and N-ary Tree-LSTMs).
     Socher et al., "Recursive deep models for semantic compositionality over a sentiment
     treebank", EMNLP 2013.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -36,188 +47,32 @@ import numpy as np
 
 from rnnjax import initializers
 from rnnjax.cells.base import Array, check_positive, expand, gate_blocks
-
-OPS = ("+", "*")
-TOKENS = ("<PAD>", *[str(d) for d in range(10)], *OPS)
-TOKEN_ID = {t: i for i, t in enumerate(TOKENS)}
-MODULUS = 10
+from rnnjax.models.tree_data import MODULUS, TOKEN_ID, TOKENS, TreeBatch
 
 
-class TreeBatch(NamedTuple):
-    """B trees as padded node tables laid out level by level (numpy or jax int32).
-
-    The P = Σ_l W_l node slots are grouped by height: slots [0, W_0) hold the leaves of every
-    tree, the next W_1 slots the nodes of height 1, and so on (W_l, the widest level l in the
-    batch, is `level_widths`). A node's children therefore always sit in earlier slots.
+class TreeCell(NamedTuple):
+    """A Tree-LSTM node function (built by `child_sum` or `n_ary`).
 
     Attributes:
-        tokens: (B, P) token ids (`TOKENS`); 0 in unused slots.
-        children: (B, P, C) slots of each node's children, −1 for none.
-        height: (B, P) the level of each slot, i.e. the height of the node in it (0 for
-            leaves); the same for every tree (unused slots have token 0).
-        root: (B,) the slot of each tree's root.
-        label: (B,) the tree's value mod 10.
-        values: (B, P) the value mod 10 of the subtree under each slot; −1 in unused slots.
+        init: ``key -> params`` (a NamedTuple with E, U, b, V, c and the child weights).
+        update: ``(params, px (..., 4H), h_kids (..., C, H), c_kids (..., C, H)) -> (h, c)``,
+            (..., H) each: one node from its projected input ``x_j U + b`` and its children's
+            states in order (zeros for missing children).
+        max_children: N for the N-ary cell (the batch's child columns must not exceed it);
+            None for Child-Sum (any number).
+        name: for messages and results.
     """
 
-    tokens: Any
-    children: Any
-    height: Any
-    root: Any
-    label: Any
-    values: Any
+    init: Callable[[Any], Any]
+    update: Callable[[Any, Array, Array, Array], tuple[Array, Array]]
+    max_children: int | None
+    name: str
 
 
-def level_widths(batch: TreeBatch) -> tuple[int, ...]:
-    """The static layout (W_0, W_1, …) of a numpy `TreeBatch`: slots per level."""
-    height = np.asarray(batch.height)
-    first = [int(np.argmax(height[0] == l)) for l in range(int(height.max()) + 1)]
-    return tuple(int(b - a) for a, b in zip(first, [*first[1:], height.shape[1]], strict=True))
-
-
-def evaluate_tree(tree: Any) -> int:
-    """The value mod 10 of a nested tree: an int digit or ``(op, child, child, ...)``."""
-    if isinstance(tree, int | np.integer):
-        return int(tree) % MODULUS
-    op, *kids = tree
-    values = [evaluate_tree(k) for k in kids]
-    out = 0 if op == "+" else 1
-    for v in values:
-        out = (out + v) % MODULUS if op == "+" else (out * v) % MODULUS
-    return out
-
-
-def to_table(tree: Any) -> tuple[list[str], list[list[int]]]:
-    """A nested tree as a node table (tokens, children) in post-order (children first)."""
-    tokens: list[str] = []
-    children: list[list[int]] = []
-
-    def visit(node) -> int:
-        if isinstance(node, int | np.integer):
-            if not 0 <= int(node) <= 9:
-                raise ValueError(f"leaves must be digits 0–9, got {node!r}")
-            tokens.append(str(int(node)))
-            children.append([])
-        else:
-            if not isinstance(node, tuple) or len(node) < 3 or node[0] not in OPS:
-                raise ValueError(
-                    f"an inner node must be (op, child, child, ...) with op in {OPS}, got {node!r}"
-                )
-            kids = [visit(k) for k in node[1:]]
-            tokens.append(node[0])
-            children.append(kids)
-        return len(tokens) - 1
-
-    visit(tree)
-    return tokens, children
-
-
-def check_table(tokens: list[str], children: list[list[int]]) -> tuple[int, list[int]]:
-    """Validates a node table; returns (root, heights).
-
-    Raises:
-        ValueError: unknown token, leaf/op mismatch, child index out of range, a node with two
-            parents, no root or several roots, or a cycle.
-    """
-    n = len(tokens)
-    if n == 0 or len(children) != n:
-        raise ValueError(f"need one children list per token, got {n} tokens, {len(children)} lists")
-    parent = [-1] * n
-    for j, (tok, kids) in enumerate(zip(tokens, children, strict=True)):
-        if tok not in TOKEN_ID or tok == "<PAD>":
-            raise ValueError(f"node {j} has unknown token {tok!r}; use digits or {OPS}")
-        if len(kids) < 2 if tok in OPS else len(kids) > 0:
-            raise ValueError(
-                f"node {j} ({tok!r}) has {len(kids)} children: digits are leaves, "
-                f"operators need at least 2"
-            )
-        for k in kids:
-            if not 0 <= k < n:
-                raise ValueError(f"node {j} has child {k}, outside the table of {n} nodes")
-            if parent[k] != -1:
-                raise ValueError(f"node {k} has two parents ({parent[k]} and {j}): not a tree")
-            parent[k] = j
-    roots = [j for j in range(n) if parent[j] == -1]
-    if len(roots) != 1:
-        raise ValueError(
-            f"a tree has exactly one root, found {len(roots)} (nodes {roots[:5]}); "
-            f"every node is someone's child when the links form a cycle"
-        )
-    height = [-1] * n
-    state = [0] * n  # 0 new, 1 on the DFS stack, 2 done
-    stack = [(roots[0], 0)]
-    while stack:
-        j, i = stack.pop()
-        state[j] = 1
-        if i < len(children[j]):
-            stack.append((j, i + 1))
-            k = children[j][i]
-            if state[k] == 1:
-                raise ValueError(f"the tree has a cycle through nodes {j} and {k}")
-            if state[k] == 0:
-                stack.append((k, 0))
-        else:
-            state[j] = 2
-            height[j] = 1 + max((height[k] for k in children[j]), default=-1)
-    unreached = [j for j in range(n) if state[j] != 2]
-    if unreached:
-        raise ValueError(
-            f"nodes {unreached[:5]} are not reachable from the root {roots[0]}: they form a cycle"
-        )
-    return roots[0], height
-
-
-def batch_trees(trees: list[Any], max_children: int = 3) -> TreeBatch:
-    """Nested trees (or (tokens, children) tables) → a level-by-level `TreeBatch` (numpy).
-
-    Raises:
-        ValueError: a malformed tree (see `check_table`) or a node with more than
-            ``max_children`` children.
-    """
-    tables = [t if _is_table(t) else to_table(t) for t in trees]
-    checked = [check_table(*t) for t in tables]
-    levels = 1 + max(max(h) for _, h in checked)
-    widths = [max(h.count(l) for _, h in checked) for l in range(levels)]  # W_l
-    start = np.concatenate([[0], np.cumsum(widths)]).astype(int)  # first slot of each level
-    B, P = len(tables), int(start[-1])
-    out = TreeBatch(
-        np.zeros((B, P), np.int32),
-        np.full((B, P, max_children), -1, np.int32),
-        np.repeat(np.repeat(np.arange(levels), widths)[None], B, 0).astype(np.int32),
-        np.zeros((B,), np.int32),
-        np.zeros((B,), np.int32),
-        np.full((B, P), -1, np.int32),
-    )
-    for b, ((tokens, children), (root, height)) in enumerate(zip(tables, checked, strict=True)):
-        if max(map(len, children)) > max_children:
-            raise ValueError(f"tree {b} has a node with more than {max_children} children")
-        slot, used = {}, [0] * levels
-        for j in sorted(range(len(tokens)), key=lambda j: height[j]):  # stable: keeps order
-            slot[j] = start[height[j]] + used[height[j]]
-            used[height[j]] += 1
-        for j, s in slot.items():
-            out.tokens[b, s] = TOKEN_ID[tokens[j]]
-            out.children[b, s, : len(children[j])] = [slot[k] for k in children[j]]
-            out.values[b, s] = _table_value(tokens, children, j)
-        out.root[b] = slot[root]
-        out.label[b] = out.values[b, slot[root]]
-    return out
-
-
-def _is_table(t: Any) -> bool:
-    return isinstance(t, tuple) and len(t) == 2 and isinstance(t[0], list)
-
-
-def _table_value(tokens, children, j) -> int:
-    if tokens[j] not in OPS:
-        return int(tokens[j])
-    return evaluate_tree((tokens[j], *[_table_value(tokens, children, k) for k in children[j]]))
-
-
-class TreeLSTMParams(NamedTuple):
+class ChildSumParams(NamedTuple):
     """Attributes: E: token embeddings (V, D); U: input weights [U⁽ⁱ⁾ U⁽ᵒ⁾ U⁽ᵘ⁾ U⁽ᶠ⁾], (D, 4H);
     W: weights on the child sum [W⁽ⁱ⁾ W⁽ᵒ⁾ W⁽ᵘ⁾], (H, 3H); W_f: forget weights on each child,
-    (H, H); b: biases (4H,) (forget block starts at 1); V (H, 10), c (10,): the readout."""
+    (H, H); b: biases (4H,), forget block last; V (H, 10), c (10,): the readout."""
 
     E: Array
     U: Array
@@ -228,42 +83,128 @@ class TreeLSTMParams(NamedTuple):
     c: Array
 
 
-def init_params(key, hidden: int, embed: int = 32, forget_bias: float = 1.0) -> TreeLSTMParams:
-    """Parameters of a Child-Sum Tree-LSTM with H = hidden, D = embed.
+class NAryParams(NamedTuple):
+    """Attributes: E: token embeddings (V, D); U: input weights [U⁽ⁱ⁾ U⁽ᵒ⁾ U⁽ᵘ⁾ U⁽ᶠ⁾], (D, 4H)
+    (one U⁽ᶠ⁾, b⁽ᶠ⁾ for every child, as in the paper); W: (N·H, (3 + N)·H), row block ℓ holds
+    child position ℓ's weights [W_ℓ⁽ⁱ⁾ W_ℓ⁽ᵒ⁾ W_ℓ⁽ᵘ⁾ W_1ℓ⁽ᶠ⁾ … W_Nℓ⁽ᶠ⁾]; b: biases (4H,),
+    forget block last; V (H, 10), c (10,): the readout."""
 
-    ``forget_bias`` is the initial b⁽ᶠ⁾. With the child sum, c_j adds up Σ_k f_jk ⊙ c_k, so at
-    f ≈ σ(1) the cell state grows with the size of the subtree; a negative value starts
-    each node from (mostly) its own candidate instead.
+    E: Array
+    U: Array
+    W: Array
+    b: Array
+    V: Array
+    c: Array
+
+
+def _shared(key, hidden: int, embed: int, forget_bias: float) -> dict[str, Array]:
+    """E, U, b, V, c: the parts both cells have."""
+    H, D = hidden, embed
+    k = jax.random.split(key, 3)
+    return {
+        "E": jax.random.normal(k[0], (len(TOKENS), D), jnp.float32),
+        "U": gate_blocks(initializers.default_input_init, k[1], D, H, 4),
+        "b": jnp.zeros((4 * H,), jnp.float32).at[3 * H :].set(forget_bias),
+        "V": jax.nn.initializers.lecun_normal()(k[2], (H, MODULUS), jnp.float32),
+        "c": jnp.zeros((MODULUS,), jnp.float32),
+    }
+
+
+def child_sum(hidden: int, embed: int = 32, forget_bias: float = 1.0) -> TreeCell:
+    """The Child-Sum Tree-LSTM with H = hidden, D = embed (Tai et al. 2015, eq. 2–8).
+
+    ``forget_bias`` is the initial b⁽ᶠ⁾. As c_j adds up Σ_k f_jk ⊙ c_k, at f ≈ σ(1) the cell
+    state grows with the size of the subtree; a negative value starts each node from
+    (mostly) its own candidate instead.
+
+    Example:
+        >>> cell = child_sum(64)
+        >>> params = cell.init(jax.random.key(0))
+        >>> log_probs = apply(cell, params, batch, level_widths(batch))  # (B, 10)
     """
     H, D = check_positive("hidden", hidden), check_positive("embed", embed)
-    k = jax.random.split(key, 5)
-    b = jnp.zeros((4 * H,), jnp.float32).at[3 * H :].set(forget_bias)  # (4H,)
     rec = initializers.default_recurrent_init
-    return TreeLSTMParams(
-        E=jax.random.normal(k[0], (len(TOKENS), D), jnp.float32),
-        U=gate_blocks(initializers.default_input_init, k[1], D, H, 4),
-        W=gate_blocks(rec, k[2], H, H, 3),
-        W_f=rec(k[3], (H, H), jnp.float32),
-        b=b,
-        V=jax.nn.initializers.lecun_normal()(k[4], (H, MODULUS), jnp.float32),
-        c=jnp.zeros((MODULUS,), jnp.float32),
-    )
+
+    def init(key) -> ChildSumParams:
+        k_shared, k_w, k_f = jax.random.split(key, 3)
+        return ChildSumParams(
+            W=gate_blocks(rec, k_w, H, H, 3),  # (H, 3H)
+            W_f=rec(k_f, (H, H), jnp.float32),  # (H, H)
+            **_shared(k_shared, H, D, forget_bias),
+        )
+
+    def update(params: ChildSumParams, px, h_kids, c_kids):
+        p_iou, p_f = px[..., : 3 * H], px[..., 3 * H :]  # (..., 3H), (..., H)
+        z = p_iou + jnp.sum(h_kids, axis=-2) @ params.W  # (..., 3H)
+        i, o, u = jnp.split(z, 3, axis=-1)  # (..., H) each
+        f = jax.nn.sigmoid(p_f[..., None, :] + h_kids @ params.W_f)  # (..., C, H)
+        c = jax.nn.sigmoid(i) * jnp.tanh(u) + jnp.sum(f * c_kids, axis=-2)  # (..., H)
+        return jax.nn.sigmoid(o) * jnp.tanh(c), c
+
+    return TreeCell(init, update, None, "child-sum")
 
 
-def node_update(params: TreeLSTMParams, px: Array, h_kids: Array, c_kids: Array):
-    """One Child-Sum step: px (..., 4H) projected input, children h, c (..., C, H) (zeros for
-    missing children) → (h, c) of the node, (..., H) each."""
-    H = params.W_f.shape[0]
-    p_iou, p_f = px[..., : 3 * H], px[..., 3 * H :]  # (..., 3H), (..., H)
-    z = p_iou + jnp.sum(h_kids, axis=-2) @ params.W  # (..., 3H)
-    i, o, u = jnp.split(z, 3, axis=-1)  # (..., H) each
-    f = jax.nn.sigmoid(p_f[..., None, :] + h_kids @ params.W_f)  # (..., C, H)
-    c = jax.nn.sigmoid(i) * jnp.tanh(u) + jnp.sum(f * c_kids, axis=-2)  # (..., H)
+def n_ary(hidden: int, n: int = 3, embed: int = 32, forget_bias: float = 1.0) -> TreeCell:
+    """The N-ary Tree-LSTM with N = n ordered child positions (Tai et al. 2015, eq. 9–14).
+
+    Nodes may have fewer than N children (the missing positions hold zero states), never
+    more. ``forget_bias`` as in `child_sum`.
+    """
+    H, D, N = (check_positive(k, v) for k, v in (("hidden", hidden), ("embed", embed), ("n", n)))
+    rec = initializers.default_recurrent_init
+
+    def init(key) -> NAryParams:
+        k_shared, *k_pos = jax.random.split(key, N + 1)
+        blocks = [gate_blocks(rec, k, H, H, 3 + N) for k in k_pos]  # N × (H, (3 + N)H)
+        return NAryParams(
+            E=(s := _shared(k_shared, H, D, forget_bias))["E"],
+            U=s["U"],
+            W=jnp.concatenate(blocks, axis=0),  # (N·H, (3 + N)·H)
+            b=s["b"],
+            V=s["V"],
+            c=s["c"],
+        )
+
+    def update(params: NAryParams, px, h_kids, c_kids):
+        if h_kids.shape[-2] != N:
+            raise ValueError(f"the {N}-ary cell needs {N} child positions, got {h_kids.shape=}")
+        z = h_kids.reshape((*h_kids.shape[:-2], N * H)) @ params.W  # (..., (3 + N)H)
+        i, o, u = jnp.split(px[..., : 3 * H] + z[..., : 3 * H], 3, axis=-1)  # (..., H) each
+        z_f = z[..., 3 * H :].reshape((*z.shape[:-1], N, H))  # (..., N, H): Σ_ℓ h_ℓ W_kℓ
+        f = jax.nn.sigmoid(px[..., None, 3 * H :] + z_f)  # (..., N, H)
+        c = jax.nn.sigmoid(i) * jnp.tanh(u) + jnp.sum(f * c_kids, axis=-2)  # (..., H)
+        return jax.nn.sigmoid(o) * jnp.tanh(c), c
+
+    return TreeCell(init, update, N, f"{N}-ary")
+
+
+def leaf_state(px: Array) -> tuple[Array, Array]:
+    """(h, c) of nodes without children from their projected input px (..., 4H), the same
+    for both cells (every child term is zero): c = σ(i) ⊙ tanh(u), h = σ(o) ⊙ tanh(c)."""
+    i, o, u, _ = jnp.split(px, 4, axis=-1)  # (..., H) each
+    c = jax.nn.sigmoid(i) * jnp.tanh(u)
     return jax.nn.sigmoid(o) * jnp.tanh(c), c
 
 
+def _child_columns(cell: TreeCell, children: Array) -> Array:
+    """The batch's (B, P, C) child slots with C = N for an N-ary cell (padded with −1)."""
+    C, N = children.shape[-1], cell.max_children
+    if N is None or C == N:
+        return children
+    if C > N:
+        raise ValueError(
+            f"the batch allows {C} children per node but the {cell.name} cell takes at most "
+            f"{N}; batch the trees with batch_trees(trees, max_children={N})"
+        )
+    return jnp.pad(children, ((0, 0), (0, 0), (0, N - C)), constant_values=-1)
+
+
 def apply(
-    params: TreeLSTMParams, batch: TreeBatch, widths: tuple[int, ...], every_node: bool = False
+    cell: TreeCell,
+    params: Any,
+    batch: TreeBatch,
+    widths: tuple[int, ...],
+    every_node: bool = False,
 ) -> Array:
     """Log-probabilities (B, 10) of each tree's value, computed level by level.
 
@@ -272,7 +213,8 @@ def apply(
     computed, with static slices, so the loop unrolls into a fixed-shape, jittable graph.
 
     Args:
-        params: `TreeLSTMParams`.
+        cell: a `TreeCell`.
+        params: its params.
         batch: a `TreeBatch` (jax or numpy arrays).
         widths: the static layout of the batch, `level_widths(batch)`.
         every_node: return the log-probabilities (B, P, 10) of the value of every slot's
@@ -284,21 +226,21 @@ def apply(
     B, P = tokens.shape
     if sum(widths) != P:
         raise ValueError(f"widths {widths} do not match the batch's {P} node slots")
-    H = params.W_f.shape[0]
-    children = jnp.asarray(batch.children)  # (B, P, C)
+    H = params.V.shape[0]
+    children = _child_columns(cell, jnp.asarray(batch.children))  # (B, P, C)
     h = c = jnp.zeros((B, 0, H), jnp.float32)  # states of the levels done so far
     for W in widths:
         lo = h.shape[1]
         kids = children[:, lo : lo + W]  # (B, W, C), slots < lo
-        has_kid = (kids >= 0)[..., None]  # (B, W, C, 1)
-        if lo == 0:  # the leaves: no children
-            h_kids = c_kids = jnp.zeros((B, W, 1, H), jnp.float32)
+        if lo == 0:  # the leaves: no children, so no recurrent matmul
+            h_new, c_new = leaf_state(px[:, :W])  # (B, W, H)
         else:
+            has_kid = (kids >= 0)[..., None]  # (B, W, C, 1)
             flat = jnp.maximum(kids, 0).reshape(B, -1, 1)  # (B, W·C, 1)
             h_kids = jnp.take_along_axis(h, flat, axis=1).reshape((*kids.shape, H))
             c_kids = jnp.take_along_axis(c, flat, axis=1).reshape((*kids.shape, H))
             h_kids, c_kids = jnp.where(has_kid, h_kids, 0.0), jnp.where(has_kid, c_kids, 0.0)
-        h_new, c_new = node_update(params, px[:, lo : lo + W], h_kids, c_kids)  # (B, W, H)
+            h_new, c_new = cell.update(params, px[:, lo : lo + W], h_kids, c_kids)  # (B, W, H)
         h = jnp.concatenate([h, h_new], axis=1)  # (B, lo + W, H)
         c = jnp.concatenate([c, c_new], axis=1)
     if not every_node:
@@ -307,51 +249,39 @@ def apply(
     return jax.nn.log_softmax(logits + expand(params.c, logits), axis=-1)
 
 
-def apply_reference(params: TreeLSTMParams, tree: Any) -> Array:
+def apply_reference(cell: TreeCell, params: Any, tree: Any) -> Array:
     """The readable definition: recursion over one nested tree → log-probabilities (10,)."""
+    H = params.V.shape[0]
 
     def state(node):
-        H = params.W_f.shape[0]
         if isinstance(node, int | np.integer):
             token, kids = str(int(node)), []
         else:
             token, kids = node[0], [state(k) for k in node[1:]]
+        if cell.max_children is not None and len(kids) > cell.max_children:
+            raise ValueError(f"a node has {len(kids)} children; the {cell.name} cell takes fewer")
+        slots = cell.max_children or max(len(kids), 1)
+        zero = jnp.zeros((H,), jnp.float32)
+        kids = kids + [(zero, zero)] * (slots - len(kids))
         px = params.E[TOKEN_ID[token]] @ params.U + params.b  # (4H,)
-        h_k = jnp.stack([h for h, _ in kids]) if kids else jnp.zeros((1, H))  # (C, H)
-        c_k = jnp.stack([c for _, c in kids]) if kids else jnp.zeros((1, H))
-        return node_update(params, px, h_k, c_k)
+        h_k = jnp.stack([h for h, _ in kids])  # (C, H)
+        c_k = jnp.stack([c for _, c in kids])  # (C, H)
+        return cell.update(params, px, h_k, c_k)
 
     h, _ = state(tree)
     return jax.nn.log_softmax(h @ params.V + params.c)
 
 
-def random_tree(rng: np.random.Generator, height: int, p_three: float = 0.25) -> Any:
-    """A random nested tree of exactly ``height``: one child is ``height − 1`` tall, the
-    others random in [0, height − 1]; inner nodes get 3 children with probability p_three."""
-    if height == 0:
-        return int(rng.integers(10))
-    arity = 3 if rng.random() < p_three else 2
-    tall = int(rng.integers(arity))
-    kids = [
-        random_tree(rng, height - 1 if k == tall else int(rng.integers(height)), p_three)
-        for k in range(arity)
-    ]
-    return (OPS[int(rng.integers(len(OPS)))], *kids)
-
+CELLS: dict[str, Callable[..., TreeCell]] = {"child-sum": child_sum, "n-ary": n_ary}
 
 __all__ = [
-    "OPS",
-    "TOKENS",
-    "TreeBatch",
-    "TreeLSTMParams",
+    "CELLS",
+    "ChildSumParams",
+    "NAryParams",
+    "TreeCell",
     "apply",
     "apply_reference",
-    "batch_trees",
-    "check_table",
-    "evaluate_tree",
-    "init_params",
-    "level_widths",
-    "node_update",
-    "random_tree",
-    "to_table",
+    "child_sum",
+    "leaf_state",
+    "n_ary",
 ]
