@@ -25,7 +25,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy rnnjax
 
 pytest: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --dist loadfile
+	$(BIN)/python -m pytest -n 2 --dist worksteal
 
 test: lint typecheck pytest
 

@@ -1,11 +1,26 @@
 """Test configuration: strict rank promotion, float32 and helpers shared by the tests."""
 
 import contextlib
+import os
+import shutil
+import tempfile
 import zlib
 
-import jax
-import jax.numpy as jnp
-import pytest
+# One persistent compilation cache for the whole run, shared by the xdist workers and by the
+# processes the tests start (the CLI, the interrupted and resumed runs): a program compiled
+# by one is loaded by the others. Time only: a cached executable is the one XLA compiled.
+# (set by the controller, which loads this file before it starts the workers: they inherit it)
+_OWN_CACHE = "RNNJAX_TEST_JAX_CACHE" not in os.environ  # made here: removed at the end
+JAX_CACHE = os.environ.setdefault(
+    "RNNJAX_TEST_JAX_CACHE",
+    os.path.join(tempfile.gettempdir(), f"rnnjax-test-jax-cache-{os.getpid()}"),
+)
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", JAX_CACHE)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+
+import jax  # noqa: E402  (reads the cache settings above)
+import jax.numpy as jnp  # noqa: E402
+import pytest  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
@@ -75,3 +90,9 @@ def pytest_runtest_makereport(item, call):
             ("rng seed", f"{item.nodeid} drew from jax.random.key({seeds[0]}) (seed_of(node id))")
         )
     return report
+
+
+def pytest_sessionfinish(session):
+    """The process that made the run's compilation cache (the controller) removes it."""
+    if _OWN_CACHE:
+        shutil.rmtree(JAX_CACHE, ignore_errors=True)

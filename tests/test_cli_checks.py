@@ -49,7 +49,7 @@ def test_a_rejected_run_leaves_no_directory(capsys, tmp_path):
     """The step is traced and compiled before the run directory is made."""
     out = tmp_path / "mf"
     bad = f"train {TINY_TASK} --cell multiplicative_rnn --backend fused --steps 3 --out {out}"
-    one_line_error(capsys, bad, "backend='fused' supports")
+    one_line_error(capsys, bad, "backend='fused' derives its loop from a cell's structured form")
     assert not out.exists()
     code, _, err = run(capsys, bad.replace("fused", "scan"))  # the fix is not blocked
     assert code == 0, err

@@ -161,6 +161,7 @@ def test_registry_names_and_bad_task(tmp_path, capsys):
         "handwriting",
         "handwriting_recognition",
         "tree",
+        "vqa",
     }
     assert task_of(["--steps", "3", "--task=qa"]) == "qa"
     with pytest.raises(ValueError, match="unknown application 'sing'"):

@@ -208,7 +208,8 @@ def _finished(out: Path) -> list[int]:
 def _check_single_writer(run: Processes, out: Path, text: bool) -> None:
     """Process 0 wrote config, (vocab) and metrics; process 1 no file outside the checkpoints."""
     own = {"config.json", "metrics.jsonl"} | ({"vocab.json"} if text else set())
-    assert own <= run.written(0), run.written(0)
+    written = {p.removesuffix(".tmp") for p in run.written(0)}  # JSON files: written, renamed
+    assert own <= written, run.written(0)
     others = {p for p in run.written(1) if not p.startswith(CHECKPOINTS + os.sep)}
     assert not others, f"process 1 wrote {sorted(others)}"
     records = [json.dumps(r, sort_keys=True) for r in read_metrics(out / "metrics.jsonl")]

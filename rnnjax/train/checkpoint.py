@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -171,7 +172,9 @@ class Checkpointer:
         of lines after the one-line error. `_quiet_abandoned_reads` drops exactly those.
         """
         self.close()
-        gc.collect()
+        with warnings.catch_warnings():  # "coroutine ... was never awaited" from those reads
+            warnings.simplefilter("ignore", RuntimeWarning)
+            gc.collect()
 
     def close(self) -> None:
         """Stops orbax's worker threads (idempotent)."""
