@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-EXTRAS ?= dev
+EXTRAS ?= dev,apps
 
 .PHONY: demo test lint typecheck pytest bench bench-gpu clean
 
@@ -30,7 +30,7 @@ pytest: $(STAMP)
 test: lint typecheck pytest
 
 bench: $(STAMP)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,apps,bench]'
 	$(BIN)/python benchmarks/bench_speed.py
 
 # On a CUDA machine, with the machine's own CUDA-enabled JAX (the .venv holds the CPU build):

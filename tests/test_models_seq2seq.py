@@ -1,5 +1,6 @@
 """Shared application pieces: greedy and beam search, BLEU, the encoder–decoder, the registry."""
 
+import importlib.util
 import itertools
 import json
 import math
@@ -202,3 +203,16 @@ def run_tiny(task, out, **flags):
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if "loss" in r and "split" not in r]
     return losses, json.loads((out / "result.json").read_text())
+
+
+def test_an_application_without_its_data_package_names_the_extra(tmp_path, capsys, monkeypatch):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "num2words" else real_find_spec(name, *a),
+    )
+    assert main(["--task", "translate", "--steps", "1", "--out", str(tmp_path / "t")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "num2words" in err[0] and "rnnjax[apps]" in err[0], err
+    assert not (tmp_path / "t").exists()

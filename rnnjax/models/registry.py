@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import shlex
 import sys
@@ -26,23 +27,54 @@ class App(NamedTuple):
     summary: str
 
 
-def _lazy(module: str, summary: str) -> App:
+def _lazy(module: str, summary: str, needs: tuple[str, str] | None = None) -> App:
+    """An `App` whose module is imported when used; ``needs``: (import name, PyPI name) of a
+    package of the ``apps`` extra it reads its data with, checked first (ValueError)."""
+
+    def load() -> Any:
+        if needs is not None and importlib.util.find_spec(needs[0]) is None:
+            raise ValueError(
+                f"the {module} application needs the package {needs[1]}: "
+                f"pip install 'rnnjax[apps]' (make installs it)"
+            )
+        return importlib.import_module(f"rnnjax.models.{module}")
+
     def add_arguments(parser: argparse.ArgumentParser) -> None:
         importlib.import_module(f"rnnjax.models.{module}").add_arguments(parser)
 
     def run(args: argparse.Namespace) -> dict[str, Any]:
-        return importlib.import_module(f"rnnjax.models.{module}").run(args)
+        return load().run(args)
 
     return App(add_arguments, run, summary)
 
 
 APPLICATIONS: dict[str, App] = {
-    "translate": _lazy("translate", "English → Russian number words, LSTM encoder–decoder"),
-    "caption": _lazy("caption", "captions of rows of 8×8 digits, convnet + LSTM decoder"),
+    "translate": _lazy(
+        "translate",
+        "English → Russian number words, LSTM encoder–decoder",
+        ("num2words", "num2words"),
+    ),
+    "caption": _lazy(
+        "caption",
+        "captions of rows of 8×8 digits, convnet + LSTM decoder",
+        ("sklearn", "scikit-learn"),
+    ),
     "qa": _lazy("qa", "questions about generated stories, LSTM encoder–decoder"),
-    "vqa": _lazy("vqa", "questions about images of coloured digits, convnet + LSTM"),
-    "handwriting": _lazy("handwriting", "Graves handwriting synthesis, read back by a recogniser"),
-    "handwriting_recognition": _lazy("handwriting_recognition", "online handwriting, BLSTM + CTC"),
+    "vqa": _lazy(
+        "vqa",
+        "questions about images of coloured digits, convnet + LSTM",
+        ("sklearn", "scikit-learn"),
+    ),
+    "handwriting": _lazy(
+        "handwriting",
+        "Graves handwriting synthesis, read back by a recogniser",
+        ("HersheyFonts", "Hershey-Fonts"),
+    ),
+    "handwriting_recognition": _lazy(
+        "handwriting_recognition",
+        "online handwriting, BLSTM + CTC",
+        ("HersheyFonts", "Hershey-Fonts"),
+    ),
     "tree": _lazy("tree", "value mod 10 of arithmetic trees, Child-Sum or N-ary Tree-LSTM"),
 }
 

@@ -228,7 +228,11 @@ def make_optimizer(
         raise ValueError(f"clip norm must be > 0 (or None for no clipping), got {clip_norm=}")
     if not 0 < decay <= 1:
         raise ValueError(f"learning-rate decay must be in (0, 1], got {decay=}")
-    rate = learning_rate if decay == 1 else optax.exponential_decay(learning_rate, 1000, decay)
+    rate = (
+        learning_rate
+        if decay == 1
+        else optax.exponential_decay(learning_rate, 1000, decay, staircase=True)
+    )
     opt = OPTIMIZERS[name](rate, momentum)
     if clip_norm is None:
         return opt
