@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 EXTRAS ?= dev,apps
 
-.PHONY: demo test lint typecheck pytest bench bench-gpu clean
+.PHONY: demo test test-slow lint typecheck pytest bench bench-gpu clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,10 +24,15 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy rnnjax
 
+# `make test`: everything but the end-to-end runs marked slow (processes, signals, whole
+# applications), which `make test-slow` runs; CI runs both.
 pytest: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --dist worksteal
+	$(BIN)/python -m pytest -n 2 --dist worksteal -m "not slow" --durations=15
 
 test: lint typecheck pytest
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -n 2 --dist worksteal -m slow --durations=15
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,apps,bench]'

@@ -155,6 +155,7 @@ def test_console_script_is_installed():
         assert command in result.stdout
 
 
+@pytest.mark.slow
 def test_demo_end_to_end(capsys, tmp_path, monkeypatch):
     """The demo's whole path (two runs, table, gradient lags, sample, plot, report) on a tiny
     configuration; `make demo` runs the full one."""

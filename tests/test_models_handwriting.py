@@ -325,6 +325,7 @@ def test_recognition_application_trains_and_reports_cer(tiny_recogniser):
     assert (out / "recogniser.npz").is_file()
 
 
+@pytest.mark.slow
 def test_synthesis_application_trains_and_renders(tiny_recogniser, tmp_path):
     out = tmp_path / "hw"
     _, result = run_tiny(

@@ -265,6 +265,7 @@ def test_a_pure_cycle_and_an_empty_batch_are_named():
         td.batch_trees([])
 
 
+@pytest.mark.slow
 def test_tree_app_trains_predicts_and_checks_its_flags(tmp_path):
     out = tmp_path / "tree"
     losses, result = run_tiny(

@@ -159,6 +159,7 @@ def test_answer_questions_checks_its_input(pools):
         vqa.VQAModel("middle", 8, 16, rngs=nnx.Rngs(0))
 
 
+@pytest.mark.slow
 def test_vqa_app_writes_its_result_and_figure(tmp_path):
     out = tmp_path / "vqa"
     losses, result = run_tiny(
@@ -171,6 +172,7 @@ def test_vqa_app_writes_its_result_and_figure(tmp_path):
     assert result["target"] == {"metric": "exact_answer", "threshold": 0.9, "met": False}
 
 
+@pytest.mark.slow
 def test_the_image_at_the_first_step_is_learned_and_used(tmp_path):
     """A few hundred seeded steps on colour questions: without the picture no model can beat
     the commonest colour (27 % of these held-out answers; chance 25 %)."""

@@ -110,6 +110,7 @@ def _start(out: Path) -> subprocess.Popen:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc (Linux)")
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "trial,signals",
     [(0, (signal.SIGINT,)), (1, (signal.SIGTERM,)), (2, (signal.SIGINT, signal.SIGINT))],
