@@ -17,6 +17,10 @@ JAX_CACHE = os.environ.setdefault(
 )
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", JAX_CACHE)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+# The tests run small shapes, where compiling costs more than running: XLA's optimisation
+# passes are skipped (a third less CPU for the suite). Results are compared with tolerances
+# or within one mode (resume = uninterrupted); the optimised programs run in benchmarks/.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 import jax  # noqa: E402  (reads the cache settings above)
 import jax.numpy as jnp  # noqa: E402
