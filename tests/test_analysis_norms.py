@@ -213,8 +213,11 @@ def test_lstm_with_open_forget_gate_keeps_gradient_norm_one_over_500_steps():
     norms = jax.jit(lambda p, x: analysis.jacobian_norms(cell, p, x))
     xs = jax.random.normal(jax.random.key(7), (2, 500, D))
     out = norms(params, xs)
-    np.testing.assert_allclose(out.log_backward, 0.0, atol=1e-5)
-    np.testing.assert_allclose(out.log_forward, 0.0, atol=1e-5)
+    # σ(30) is 1 in float32, or 1 − 2⁻²⁴ where XLA evaluates it without its fast tanh:
+    # at most that rounding per step, 500 · 2⁻²³ ≈ 6e-5 in log norm
+    atol = 500 * 2.0**-23
+    np.testing.assert_allclose(out.log_backward, 0.0, atol=atol)
+    np.testing.assert_allclose(out.log_forward, 0.0, atol=atol)
     # with the forget gate half open (f_t = σ(x_t U_f), o = 0 so h = 0) the same path is
     # Π_t diag(f_t): its norm max_j Π_t f_t[j] ≈ 2^-500 lies far below float32's range
     _, params = _saturated_lstm(8, forget_bias=0.0)
