@@ -17,18 +17,19 @@ JAX_CACHE = os.environ.setdefault(
 )
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", JAX_CACHE)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+# The tests run small shapes, where compiling costs more than running: XLA's optimisation
+# passes are skipped (a third less CPU), here and in the processes the tests start, so that a
+# run killed in one process and resumed in another is still compared within one mode. Results
+# are compared with tolerances or within that mode. The notebooks' kernels compile as a
+# user's do (tests/test_notebooks.py): a notebook's seeded training run is the one its prose
+# describes.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 import jax  # noqa: E402  (reads the cache settings above)
 import jax.numpy as jnp  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
-# In this process the tests run small shapes, where compiling costs more than running: XLA's
-# optimisation passes are skipped (a third less CPU). Results are compared with tolerances, or
-# within one mode (resume = uninterrupted). The processes the tests start — the CLI, the
-# notebooks' kernels — compile as a user's do: a notebook's seeded training run is the one
-# its prose describes.
-jax.config.update("jax_disable_most_optimizations", True)
 
 import rnnjax as rj  # noqa: E402  (after the config update on purpose)
 from rnnjax.kernels import fused_cpu  # noqa: E402
