@@ -444,15 +444,7 @@ def pascanu_regularizer(
     states = const(batch_trajectory(prob, step_fn(cell, const(params), prob.unflatten)))
     pull = _pulled_back_paper if gradient == "paper" else _pulled_back_through_activations
     u = pull(cell, params, prob, states, v)  # (B, T, N)
-    num = jnp.sum(jnp.square(u), axis=-1)  # (B, T)
-    den = jnp.sum(jnp.square(v), axis=-1)  # (B, T)
-    valid = den >= min_norm
-    ratio = num / jnp.where(valid, den, 1.0)
-    ratio = ratio if squared else jnp.sqrt(ratio)
-    terms = jnp.where(valid, jnp.square(ratio - 1.0), 0.0)  # (B, T)
-    if reduction == "mean":
-        return jnp.sum(terms) / jnp.maximum(jnp.sum(valid), 1)
-    return jnp.sum(terms) / terms.shape[0]
+    return _omega_terms(u, v, min_norm=min_norm, squared=squared, reduction=reduction)
 
 
 def simple_rnn_regularizer(
@@ -514,6 +506,15 @@ def simple_rnn_regularizer(
     back = g @ const(W).T  # (B, T, H): g_t Wᵀ, the error reaching c_{t-1} through step t
     v = d + jnp.concatenate([back[:, 1:], jnp.zeros_like(back[:, :1])], axis=1)  # ∂L/∂c_t
     u = g @ W.T  # (B, T, H): v_t J_t with W live
+    return _omega_terms(u, v, min_norm=min_norm, squared=squared, reduction=reduction)
+
+
+def _omega_terms(u: Array, v: Array, *, min_norm: float, squared: bool, reduction: str) -> Array:
+    """Ω = Σ_t (‖u_t‖ / ‖v_t‖ − 1)² from u_t = v_t J_t (B, T, N) and v_t = ∂L/∂c_t (B, T, N).
+
+    Steps with ‖v_t‖² < min_norm are left out; ``squared`` compares the squared ratio;
+    ``reduction`` "mean" averages over the kept steps, otherwise the sum is averaged over B.
+    """
     num = jnp.sum(jnp.square(u), axis=-1)  # (B, T)
     den = jnp.sum(jnp.square(v), axis=-1)  # (B, T)
     valid = den >= min_norm
