@@ -60,28 +60,36 @@ inline float fast_tanh(float x) {
 inline float fast_sigmoid(float x) { return 0.5f * fast_tanh(0.5f * x) + 0.5f; }
 
 // out[j] = base[j] + Σ_k v[k] · M[k·ld + j] for j < cols (base may be null: zeros). Columns go
-// in blocks of 64 accumulated in registers, so M is streamed once and out written once.
+// in blocks of 64 accumulated in registers, so M is streamed once and out written once. The
+// vectors are as wide as the CPU's registers (-march=native): a GCC vector wider than the
+// hardware's is lowered through memory, ~5x slower (measured on an AVX2-only CPU).
+#if defined(__AVX512F__)
+constexpr int64_t kLanes = 16;  // one AVX-512 register
+#else
+constexpr int64_t kLanes = 8;  // one AVX2 register
+#endif
+typedef float vreg __attribute__((vector_size(4 * kLanes)));
+
 inline void vec_mat(const float* __restrict__ v, int64_t K, const float* __restrict__ M,
                     int64_t ld, int64_t cols, const float* __restrict__ base,
                     float* __restrict__ out) {
-  typedef float v16 __attribute__((vector_size(64)));  // 16 floats: one AVX-512 register
-  constexpr int64_t R = 4, C = 16 * R;
+  constexpr int64_t C = 64, R = C / kLanes;
   int64_t j0 = 0;
   for (; j0 + C <= cols; j0 += C) {
-    v16 acc[R];
+    vreg acc[R];
     for (int64_t r = 0; r < R; ++r) {
-      acc[r] = v16{};
-      if (base) std::memcpy(&acc[r], base + j0 + 16 * r, sizeof(v16));
+      acc[r] = vreg{};
+      if (base) std::memcpy(&acc[r], base + j0 + kLanes * r, sizeof(vreg));
     }
     for (int64_t k = 0; k < K; ++k) {
       const float* m = M + k * ld + j0;
       for (int64_t r = 0; r < R; ++r) {
-        v16 row;
-        std::memcpy(&row, m + 16 * r, sizeof(v16));
+        vreg row;
+        std::memcpy(&row, m + kLanes * r, sizeof(vreg));
         acc[r] += v[k] * row;
       }
     }
-    for (int64_t r = 0; r < R; ++r) std::memcpy(out + j0 + 16 * r, &acc[r], sizeof(v16));
+    for (int64_t r = 0; r < R; ++r) std::memcpy(out + j0 + kLanes * r, &acc[r], sizeof(vreg));
   }
   for (; j0 < cols; ++j0) {
     float acc = base ? base[j0] : 0.0f;
