@@ -29,3 +29,23 @@ def test_bench_speed_quick(tmp_path):
     assert "best rnnjax" in table and "rnnjax:fused" in table
     assert (tmp_path / "smoke_speed.png").stat().st_size > 1000
     assert report["machine"]["cores"] >= 1
+
+
+def test_merge_replaces_the_rerun_shapes_only():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import bench_speed
+    finally:
+        sys.path.remove(str(BENCH))
+    machine = {"load_average_start": [0.5], "load_average_end": [1.5]}
+    first = {
+        "machine": machine,
+        "gemm_gflops": 100.0,
+        "cases": [{"shape": "S", "tag": "first"}, {"shape": "latency", "tag": "first"}],
+    }
+    rerun = {"machine": machine, "gemm_gflops": 90.0, "cases": [{"shape": "latency", "tag": "re"}]}
+    merged = bench_speed.merge(first, rerun)
+    assert {(c["shape"], c["tag"]) for c in merged["cases"]} == {("S", "first"), ("latency", "re")}
+    assert merged["reruns"] == [{"shapes": ["latency"], "machine": machine, "gemm_gflops": 90.0}]
+    again = bench_speed.merge(merged, rerun)  # re-running the same shape replaces its record
+    assert len(again["reruns"]) == 1 and len(again["cases"]) == 2
