@@ -1,13 +1,17 @@
 """Character-level language model on the embedded corpus (Python's help text): validation bits
-per character of an LSTM and a Simple RNN after the same CPU budget.
+per character of an LSTM, the same LSTM with recurrent regularisation, and a Simple RNN after
+the same CPU budget.
 
     python benchmarks/char_lm.py                 # MINUTES of CPU time per model
     python benchmarks/char_lm.py --minutes 1     # a shorter budget
     python benchmarks/char_lm.py --quick         # smoke run (not recorded)
 
 The budget is CPU time of this process (``time.process_time``), so other jobs on a shared
-machine do not shrink it. Both models have the same hidden size, embedding, window, batch and
-optimiser; the table gives their sizes, the steps each reached, validation BPC on the last 10 %
+machine do not shrink it. The models have the same hidden size, embedding, window, batch and
+optimiser; the regularised LSTM adds variational dropout (Gal & Ghahramani 2016: one mask per
+sequence on x_t, one on h_{t-1} per forward pass, held over all steps; `rnnjax.regularise`) and
+weight drop on W (Merity et al. 2017), off at evaluation.
+The table gives their sizes, the steps each reached, validation BPC on the last 10 %
 of the corpus (never trained on), and a sample.
 
 Writes benchmarks/results/char_lm.json and char_lm.md, with the command that made them.
@@ -31,7 +35,14 @@ from rnnjax.train import RunConfig, read_metrics, sample, setup, train
 
 # ---- settings -------------------------------------------------------------------------------
 MINUTES = 10.0  # CPU minutes per model
-CELLS = ("lstm", "simple_rnn")
+# name -> RunConfig fields besides SETTINGS
+MODELS: dict[str, dict] = {
+    "lstm": dict(cell="lstm"),
+    "lstm, regularised": dict(
+        cell="lstm", input_dropout=0.1, recurrent_dropout=0.25, weight_drop=0.25
+    ),
+    "simple_rnn": dict(cell="simple_rnn"),
+}
 SETTINGS = dict(
     corpus="default",
     hidden=256,
@@ -51,18 +62,20 @@ PROMPT = "def "
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def run(cell: str, seconds: float, text: str, out: Path) -> dict:
-    config = RunConfig(cell=cell, **SETTINGS)
+def run(name: str, seconds: float, text: str, out: Path) -> dict:
+    config = RunConfig(**MODELS[name], **SETTINGS)
+    run_dir = out / name.replace(", ", "_")
     t0, c0 = time.perf_counter(), time.process_time()
-    summary = train(config, str(out / cell), text=text, time_limit=seconds, clock=time.process_time)
+    summary = train(config, str(run_dir), text=text, time_limit=seconds, clock=time.process_time)
     cpu, wall = time.process_time() - c0, time.perf_counter() - t0
     state = summary.pop("state")
     s = setup(config, text=text)
     assert s.text is not None
-    curve = [r for r in read_metrics(out / cell / "metrics.jsonl") if r.get("split") == "val"]
+    curve = [r for r in read_metrics(run_dir / "metrics.jsonl") if r.get("split") == "val"]
     text_sample = sample(s.model, state.params, s.text.vocab, PROMPT, 400, temperature=0.7)
     return dict(
-        cell=cell,
+        cell=name,
+        config={k: v for k, v in MODELS[name].items() if k != "cell"},
         n_params=summary["n_params"],
         steps=summary["step"],
         val_bpc=summary["eval"]["bpc"],
@@ -87,6 +100,9 @@ def markdown(rows: list[dict], command: str, minutes: float, n_chars: int) -> st
         f"{platform.machine()}, {jax.device_count()} {jax.default_backend()} device(s), "
         f"jax {jax.__version__}.",
         f"Settings: {json.dumps({k: v for k, v in SETTINGS.items() if k != 'steps'})}.",
+        "Regularised LSTM: "
+        + json.dumps({k: v for k, v in MODELS["lstm, regularised"].items() if k != "cell"})
+        + " (training only).",
         "",
         "| model | parameters | steps | characters seen | train bpc | validation bpc | "
         "clip rate | CPU s | wall s |",
@@ -122,11 +138,11 @@ def main(argv=None) -> int:
     out = Path(tempfile.mkdtemp(prefix="char_lm_"))
     try:
         rows = []
-        for cell in CELLS:
-            rows.append(run(cell, seconds, text, out))
+        for name in MODELS:
+            rows.append(run(name, seconds, text, out))
             r = rows[-1]
             print(
-                f"{cell}: {r['steps']} steps, validation {r['val_bpc']:.3f} bits/char, "
+                f"{name}: {r['steps']} steps, validation {r['val_bpc']:.3f} bits/char, "
                 f"{r['n_params']:,} parameters, {r['cpu_s']:.0f} CPU s",
                 flush=True,
             )
@@ -137,7 +153,10 @@ def main(argv=None) -> int:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "char_lm.json").write_text(
         json.dumps(
-            dict(command=command, settings=SETTINGS, minutes=args.minutes, rows=rows), indent=1
+            dict(
+                command=command, settings=SETTINGS, models=MODELS, minutes=args.minutes, rows=rows
+            ),
+            indent=1,
         )
         + "\n"
     )
