@@ -5,6 +5,7 @@ here; the script runs them)."""
 import dataclasses
 import importlib.util
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ _spec = importlib.util.spec_from_file_location(
 )
 assert _spec is not None and _spec.loader is not None
 mutation_check = importlib.util.module_from_spec(_spec)
+sys.modules["mutation_check"] = mutation_check  # dataclasses look their module up there
 _spec.loader.exec_module(mutation_check)
 MUTATIONS = mutation_check.MUTATIONS
 
