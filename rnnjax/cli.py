@@ -41,16 +41,16 @@ from rnnjax.train.step import OPTIMIZERS
 
 TRAIN_HELP = """\
 Train a recurrent network on a long-range task (--task) or on a text corpus
-(--corpus), run an application (--task translate, ...; see rnnjax train --task
-NAME -h for its flags), or continue a run (--out DIR --resume).
+(--corpus), run an application (--task translate and others: rnnjax train --task
+NAME -h shows its flags), or continue a run (--out DIR --resume).
 
 A run directory holds config.json (an application's: application.json),
 metrics.jsonl and checkpoints/. A flag that does not apply to the run is an
 error (--T or --definition with --corpus, --window with --task, --momentum with
-adam, an application's flag with another run). Bad input prints one line and exits
-with status 2, writing nothing; non-finite training exits with 1. Ctrl-C or
-SIGTERM finishes the current step, writes a checkpoint and exits with 130 or 143
-(a second signal exits at once).
+adam, an application's flag with another run). Bad input prints one line and
+exits with status 2, writing nothing; non-finite training exits with 1. Ctrl-C
+or SIGTERM finishes the current step, writes a checkpoint and exits with 130 or
+143 (a second signal exits at once).
 """
 
 TRAIN_EXAMPLES = """\
@@ -177,6 +177,16 @@ def _shape(action: argparse.Action) -> tuple[Any, ...]:
     return (action.dest, action.type or str, action.nargs, type(action).__name__)
 
 
+class _TrainFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the description's lines; several values read ``OP [OP …]``."""
+
+    def _format_args(self, action: argparse.Action, default_metavar: str) -> str:
+        if action.nargs == argparse.ONE_OR_MORE:
+            (metavar,) = self._metavar_formatter(action, default_metavar)(1)
+            return f"{metavar} [{metavar} …]"
+        return super()._format_args(action, default_metavar)
+
+
 class _TrainHelp(argparse.Action):
     """``-h``: the help of the application named by an earlier ``--task``, or of ``train``."""
 
@@ -191,7 +201,6 @@ class _TrainHelp(argparse.Action):
             parser = _Parser(
                 prog=f"{parser.prog} --task {task}",
                 description=f"{APPLICATIONS[task].summary}. Flags of other runs are refused.",
-                formatter_class=_ShowDefaults,
             )
             parser.add_argument("--out", help=f"run directory (default runs/{task})")
             parser.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -207,7 +216,8 @@ def _add_train(sub) -> None:
         help="train on a task, a corpus or an application",
         description=TRAIN_HELP,
         epilog=TRAIN_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_TrainFormatter,
+        usage="%(prog)s (--task NAME | --corpus PATH | --out DIR --resume) [flags]",
         add_help=False,
     )
     p.add_argument(

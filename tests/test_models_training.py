@@ -83,7 +83,7 @@ def test_flags_of_other_runs_are_one_line_errors(capsys, tmp_path, flags, match)
 def test_the_help_of_an_application_shows_its_own_flags(capsys):
     assert main(["train", "--task", "qa", "-h"]) == 0
     text = capsys.readouterr().out
-    assert "--train-size" in text and "(default: 2500)" in text and "--window" not in text
+    assert "--train-size" in text and "training steps (2500)" in text and "--window" not in text
     assert main(["train", "-h"]) == 0
     text = capsys.readouterr().out
     assert "--window" in text and "--train-size" in text  # every flag, each declared once

@@ -223,7 +223,8 @@ def fit(
     if start >= args.steps:  # a model finished before the interruption: nothing to train
         checkpoints.close()
         records = [r for r in read_metrics(log.path) if "loss" in r and "split" not in r]
-        summary = {"step": start, "steps_run": 0, "train": records[-1] if records else {}}
+        summary: dict[str, Any] = {"step": start, "steps_run": 0}
+        summary.update(train=records[-1] if records else {})
         summary.update(wall_s=0.0, stopped_by_budget=False, skipped=int(state.skipped))
         summary.update(steps_per_s=None, state=state)
     else:

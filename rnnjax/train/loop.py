@@ -471,7 +471,8 @@ def run_loop(
             state, metrics = step_fn(state, data)
             buffer.append(metrics)
             step += 1
-            if clock is not None and step % settings.log_every == 0 and clock() - c0 > limit:
+            at_log = step % settings.log_every == 0
+            if clock is not None and limit is not None and at_log and clock() - c0 > limit:
                 total, out_of_budget = step, True  # the time budget is spent: stop here
             if stop is not None and stop():
                 total, interrupted = step, True  # finish this step, checkpoint, leave
