@@ -87,3 +87,39 @@ def test_the_help_of_an_application_shows_its_own_flags(capsys):
     assert main(["train", "-h"]) == 0
     text = capsys.readouterr().out
     assert "--window" in text and "--train-size" in text  # every flag, each declared once
+
+
+DATA_PARALLEL = """
+import json, sys
+import jax
+from jax.sharding import Mesh
+import numpy as np
+from rnnjax.models.registry import run_application
+from rnnjax.train import parallel
+
+assert jax.device_count() == 4, jax.devices()
+flags, out = sys.argv[1].split(), sys.argv[2]
+many = run_application([*flags, "--out", out + "/many"])["training"]["last_train_record"]
+parallel.make_mesh = lambda devices=None: Mesh(np.asarray(jax.devices()[:1]), (parallel.AXIS,))
+one = run_application([*flags, "--out", out + "/one"])["training"]["last_train_record"]
+print(json.dumps({"many": many["loss"], "one": one["loss"]}))
+"""
+
+
+def test_an_application_trains_data_parallel_as_on_one_device(tmp_path):
+    """4 simulated devices (batch 8 split in 4) against 1: the same losses up to rounding."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    result = subprocess.run(
+        [sys.executable, "-c", DATA_PARALLEL, TINY_TREE, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    losses = json.loads(result.stdout.strip().splitlines()[-1])
+    assert losses["many"] == pytest.approx(losses["one"], rel=1e-4)
