@@ -1,7 +1,7 @@
 """Full-budget runs of the lecture's applications, measured against their targets.
 
 Runs ``rnnjax train --task NAME`` for each application (or the ones named) — through
-``python -m rnnjax.models``, the entry that command dispatches to — with the settings
+``python -m rnnjax.models``, the same parser and loop as that command — with the settings
 below, each capped at BUDGET_MINUTES of training CPU time (BUDGETS for the entries given
 more), and collects the results into
 ``benchmarks/results/applications.json`` (one entry per application; running one updates only
@@ -114,7 +114,8 @@ def details(name: str, ev: dict) -> str:
     if name == "translate":
         return (
             f"beam {ev['beam_size']}: {pct(ev['exact_match_beam'])} exact; BLEU greedy "
-            f"{ev['bleu_greedy']:.4f}, beam {ev['bleu_beam']:.4f}; {ev['test_numbers']} held-out "
+            f"{ev['bleu_greedy']:.4g}, beam {ev['bleu_beam']:.4g}; "
+            f"{ev['test_numbers']} held-out "
             f"numbers, by digits {ev['test_numbers_by_digits']}"
         )
     if name == "caption":

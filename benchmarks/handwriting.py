@@ -1,6 +1,6 @@
 """Handwriting results: the online recogniser, then the synthesis network read back by it.
 
-Runs, through ``python -m rnnjax.models`` (the entry ``rnnjax train`` dispatches to)::
+Runs, through ``python -m rnnjax.models`` (``rnnjax train`` by another name)::
 
     rnnjax train --task handwriting_recognition <RECOGNITION> --out runs/handwriting/recognition
     rnnjax train --task handwriting <SYNTHESIS> --recogniser runs/handwriting/recognition \

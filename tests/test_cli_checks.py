@@ -279,3 +279,17 @@ def test_configs_written_by_older_versions_still_load():
     assert task.T == 100 and task.window is None and task.embed is None
     with pytest.raises(ValueError, match="T=50 applies to task runs only"):
         RunConfig.from_json(json.dumps(dict(old, T=50)))  # not a default: a real conflict
+
+
+def test_every_run_config_field_has_one_flag_or_is_internal():
+    import dataclasses
+
+    from rnnjax.cli import FIELD_FLAGS, INTERNAL_FIELDS, build_parser
+    from rnnjax.train import RunConfig
+
+    fields = {f.name for f in dataclasses.fields(RunConfig)}
+    assert fields == set(FIELD_FLAGS) | set(INTERNAL_FIELDS)
+    assert not set(FIELD_FLAGS) & set(INTERNAL_FIELDS)
+    assert {dest for dest, _, _ in TRAIN_FLAGS.values()} == set(FIELD_FLAGS)
+    args = build_parser().parse_args(["train", "--task", "adding", "--forget-bias", "3"])
+    assert args.forget_bias == 3.0 and args.T is None  # a flag per field, None when not given

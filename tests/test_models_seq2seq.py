@@ -11,8 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from rnnjax.cli import main as cli
 from rnnjax.models.decoding import beam_search, corpus_bleu, greedy_search
-from rnnjax.models.registry import APPLICATIONS, main, run_application, task_of
+from rnnjax.models.registry import APPLICATIONS, run_application
 from rnnjax.models.seq2seq import BOS, EOS, PAD, WordVocab, pad_pairs, seq2seq
 
 V, EOS_ID = 5, 1  # toy vocabulary for the search tests: 0 pad, 1 eos, 2..4 words
@@ -95,15 +96,19 @@ def test_search_rejects_bad_arguments():
 
 
 def test_corpus_bleu_by_hand():
+    """sacreBLEU's corpus BLEU on the 0–100 scale, against values computed by hand."""
     ref = [["the", "cat", "sat", "on", "the", "mat"]]
-    assert corpus_bleu(ref, ref) == pytest.approx(1.0)
+    assert corpus_bleu(ref, ref) == pytest.approx(100.0)
     assert corpus_bleu(ref, [[]]) == 0.0
     hyp = [["the", "cat", "sat", "on", "a", "mat"]]
     # p1 = 5/6, p2 = 3/5, p3 = 2/4, p4 = 1/3, same length (no brevity penalty)
-    assert corpus_bleu(ref, hyp) == pytest.approx((5 / 6 * 3 / 5 * 2 / 4 * 1 / 3) ** (1 / 4))
-    assert corpus_bleu(ref, [["mat", "the", "on", "sat", "cat", "the"]]) == 0.0  # no bigram
-    short = [["the", "cat", "sat"]]  # brevity penalty exp(1 − 6/3)
-    assert corpus_bleu(ref, short, max_n=1) == pytest.approx(math.exp(1 - 2))
+    assert corpus_bleu(ref, hyp) == pytest.approx(100 * (5 / 6 * 3 / 5 * 2 / 4 * 1 / 3) ** 0.25)
+    # no bigram matches: p1 = 6/6, and the exp smoothing counts the empty orders as
+    # 1/(2·5), 1/(4·4), 1/(8·3)
+    scrambled = [["mat", "the", "on", "sat", "cat", "the"]]
+    assert corpus_bleu(ref, scrambled) == pytest.approx(100 * (1 / 10 / 16 / 24) ** 0.25)
+    with pytest.raises(ValueError, match="hypotheses"):
+        corpus_bleu(ref, [])
 
 
 def test_vocab_and_padding_errors():
@@ -164,24 +169,20 @@ def test_registry_names_and_bad_task(tmp_path, capsys):
         "tree",
         "vqa",
     }
-    assert task_of(["--steps", "3", "--task=qa"]) == "qa"
     with pytest.raises(ValueError, match="unknown application 'sing'"):
         run_application(["--task", "sing", "--out", str(tmp_path)])
-    assert main(["--task", "sing", "--out", str(tmp_path)]) == 2
+    assert cli(["train", "--task=sing", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "unknown application 'sing'" in err[0]
+    assert len(err) == 1 and "unknown task 'sing'" in err[0] and "translate" in err[0]
 
 
 def test_common_flags_are_checked(tmp_path, capsys):
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "x").write_text("")
-    assert main(["--task", "tree", "--out", str(tmp_path / "taken")]) == 2
+    assert cli(["train", "--task", "tree", "--out", str(tmp_path / "taken")]) == 2
     assert "not an empty directory" in capsys.readouterr().err
-    assert main(["--task", "tree", "--steps", "0", "--out", str(tmp_path / "a")]) == 2
+    assert cli(["train", "--task", "tree", "--steps", "0", "--out", str(tmp_path / "a")]) == 2
     assert "--steps must be a positive integer" in capsys.readouterr().err
-    # the rnnjax command hands the applications to the registry: same one-line errors
-    from rnnjax.cli import main as cli
-
     assert cli(["train", "--task", "qa", "--lr", "-1", "--out", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["rnnjax train: error: --lr must be > 0, got -1.0"]
@@ -212,7 +213,7 @@ def test_an_application_without_its_data_package_names_the_extra(tmp_path, capsy
         "find_spec",
         lambda name, *a: None if name == "num2words" else real_find_spec(name, *a),
     )
-    assert main(["--task", "translate", "--steps", "1", "--out", str(tmp_path / "t")]) == 2
+    assert cli(["train", "--task", "translate", "--steps", "1", "--out", str(tmp_path / "t")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "num2words" in err[0] and "rnnjax[apps]" in err[0], err
     assert not (tmp_path / "t").exists()

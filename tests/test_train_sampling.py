@@ -37,6 +37,50 @@ def test_seeded_and_greedy(model_and_params):
     assert greedy == "".join(chars)
 
 
+def step_by_step(model, params, prompt, length, temperature, top_k, seed):
+    """The reference: one `Model.step` per character, the t-th drawn with fold_in(key, t)."""
+    key = jax.random.key(seed)
+    carry = model.initial_carry(params, ())
+    carry, log_probs = model.apply(params, jnp.asarray(VOCAB.encode(prompt)), carry)
+    last, chars = log_probs[-1], []
+    for t in range(length):
+        logits = filter_logits(last, temperature, top_k)
+        token = jax.random.categorical(jax.random.fold_in(key, t), logits)
+        chars.append(VOCAB.chars[int(token)])
+        carry, last = model.step(params, carry, token)
+    return "".join(chars)
+
+
+def test_sampling_streams_and_matches_the_step_by_step_reference(model_and_params, monkeypatch):
+    model, params = model_and_params
+    import rnnjax.streaming as streaming
+    import rnnjax.train.sampling as sampling
+
+    pushes = []
+    real_streamer = sampling.streamer
+
+    def counting_streamer(*args, **kwargs):
+        push = real_streamer(*args, **kwargs)
+
+        def counted(carry, chunk):
+            pushes.append(chunk.shape)
+            return push(carry, chunk)
+
+        return counted
+
+    monkeypatch.setattr(streaming, "streamer", counting_streamer)  # the prompt (run_in_chunks)
+    monkeypatch.setattr(sampling, "streamer", counting_streamer)  # the characters drawn
+    prompt = "abc defg hij" * 7  # 84 characters: two prompt chunks
+    for temperature, top_k, seed in ((0.8, None, 1), (1.3, 4, 7)):
+        pushes.clear()
+        text = sample(
+            model, params, VOCAB, prompt, 25, temperature=temperature, top_k=top_k, seed=seed
+        )
+        assert text == step_by_step(model, params, prompt, 25, temperature, top_k, seed)
+        # the prompt in chunks of 64 characters, then one push per character drawn
+        assert [s[0] for s in pushes] == [64, 20] + [1] * 25
+
+
 def test_filter_logits():
     log_probs = jnp.log(jnp.asarray([0.1, 0.5, 0.15, 0.25]))
     kept = filter_logits(log_probs, 1.0, 2)

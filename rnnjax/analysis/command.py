@@ -21,9 +21,9 @@ from typing import Any
 
 import jax
 
-import rnnjax as rj
 from rnnjax import initializers
 from rnnjax.analysis.report import diagnose
+from rnnjax.train.model import CELLS
 
 CELL_NAMES = ("simple_rnn", "lstm", "gru", "multiplicative_rnn")
 INIT_NAMES = ("default", *initializers.SCHEMES)
@@ -65,10 +65,7 @@ def build(args: argparse.Namespace):
     if args.cell not in CELL_NAMES:
         raise ValueError(f"unknown --cell {args.cell!r}; choose one of {CELL_NAMES}")
     kwargs = _init_kwargs(args.cell, args.init)
-    if args.cell == "multiplicative_rnn":
-        cell = rj.multiplicative_rnn(args.hidden, factors=args.hidden, **kwargs)
-    else:
-        cell = getattr(rj, args.cell)(args.hidden, **kwargs)
+    cell = CELLS[args.cell](args.hidden, **kwargs)
     k_params, k_xs = jax.random.split(jax.random.key(args.seed))
     params = cell.init(k_params, args.input_size)
     xs = jax.random.normal(k_xs, (args.batch, args.T, args.input_size))  # (B, T, D)

@@ -2,6 +2,6 @@
 
 import sys
 
-from rnnjax.models.registry import main
+from rnnjax.cli import main
 
-sys.exit(main(prog="python -m rnnjax.models"))
+sys.exit(main(["train", *sys.argv[1:]]))

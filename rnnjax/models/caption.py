@@ -39,7 +39,13 @@ from rnnjax.flax import RNN
 from rnnjax.losses import sequence_cross_entropy
 from rnnjax.models.decoding import beam_search, greedy_search
 from rnnjax.models.seq2seq import EOS, PAD, WordVocab
-from rnnjax.models.training import add_common_arguments, check_common, fit, write_result
+from rnnjax.models.training import (
+    add_common_arguments,
+    check_common,
+    fit,
+    shard_batch,
+    write_result,
+)
 
 TARGET = {"metric": "exact_caption", "threshold": 0.90}
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -219,6 +225,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     def loss(state, pool, step, key):
         batch_key = jax.random.fold_in(jax.random.key(args.seed), step)
         images, captions = compose(batch_key, pool[0], pool[1], args.batch_size)
+        images, captions = shard_batch(images), shard_batch(captions)  # split over devices
         log_probs = nnx.merge(graphdef, state)(images, captions)  # (B, 5, V)
         mask = captions != PAD  # (B, 5)
         correct = jnp.all((jnp.argmax(log_probs, -1) == captions) | ~mask, axis=-1)  # (B,)

@@ -21,8 +21,6 @@ References:
 
 from __future__ import annotations
 
-import math
-from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -133,33 +131,24 @@ def beam_search(
     return tokens[:, 0], scores[:, 0]  # top_k sorts the beam: entry 0 is the best
 
 
-def corpus_bleu(
-    references: Sequence[Sequence[str]], hypotheses: Sequence[Sequence[str]], max_n: int = 4
-) -> float:
-    r"""Corpus-level BLEU with one reference per sentence (Papineni et al. 2002).
+def corpus_bleu(references: Sequence[Sequence[str]], hypotheses: Sequence[Sequence[str]]) -> float:
+    r"""Corpus-level BLEU (Papineni et al. 2002) as sacreBLEU computes it, on the 0–100 scale.
 
-    .. math:: \mathrm{BLEU} = \mathrm{BP} \cdot \exp\Big(\frac1N \sum_{n=1}^N \log p_n\Big),
-        \qquad \mathrm{BP} = \min(1, e^{1 - r/c})
+    .. math:: \mathrm{BLEU} = 100 \cdot \mathrm{BP} \cdot
+        \exp\Big(\frac14 \sum_{n=1}^4 \log p_n\Big), \qquad \mathrm{BP} = \min(1, e^{1 - r/c})
 
     with p_n the clipped n-gram precision summed over the corpus, r the total reference length
-    and c the total hypothesis length. Returns a value in [0, 1] (0 if any p_n is 0).
+    and c the total hypothesis length; sacreBLEU's standard settings (one reference, ``13a``
+    tokenisation, mixed case, ``exp`` smoothing: a p_n with no match counts as
+    1 / (2^k · total), k = 1, 2, ... for the k-th such order). Sentences are given as word
+    lists and joined with spaces.
     """
     if len(references) != len(hypotheses):
         raise ValueError(f"{len(references)=} references but {len(hypotheses)=} hypotheses")
-    matches, totals = [0] * max_n, [0] * max_n
-    ref_len = hyp_len = 0
-    for ref, hyp in zip(references, hypotheses, strict=True):
-        ref_len, hyp_len = ref_len + len(ref), hyp_len + len(hyp)
-        for n in range(1, max_n + 1):
-            ref_grams = Counter(tuple(ref[i : i + n]) for i in range(len(ref) - n + 1))
-            hyp_grams = Counter(tuple(hyp[i : i + n]) for i in range(len(hyp) - n + 1))
-            matches[n - 1] += sum(min(c, ref_grams[g]) for g, c in hyp_grams.items())
-            totals[n - 1] += max(len(hyp) - n + 1, 0)
-    if hyp_len == 0 or min(matches) == 0:
-        return 0.0
-    log_precision = sum(math.log(m / t) for m, t in zip(matches, totals, strict=True)) / max_n
-    brevity = min(0.0, 1.0 - ref_len / hyp_len)
-    return math.exp(brevity + log_precision)
+    import sacrebleu
+
+    refs = [" ".join(r) for r in references]
+    return float(sacrebleu.corpus_bleu([" ".join(h) for h in hypotheses], [refs]).score)
 
 
 __all__ = ["beam_search", "corpus_bleu", "greedy_search"]

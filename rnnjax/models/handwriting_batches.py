@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rnnjax.models import handwriting_data as hd
+from rnnjax.models.training import shard_batch
 
 
 def buckets(data: hd.StrokeData, n: int, multiple: int = 8) -> list[hd.StrokeData]:
@@ -95,7 +96,7 @@ def bucket_batches(loss_on, groups: list, sizes: list[int], seed: int, batch_siz
         g = jnp.searchsorted(bounds, jax.random.randint(k_bucket, (), 0, bounds[-1]), "right")
         batches = []  # a batch from every bucket (cheap gathers); the switch runs one loss
         for group, size in zip(groups, sizes, strict=True):
-            idx = jax.random.randint(k_batch, (batch_size,), 0, size)  # (B,)
+            idx = shard_batch(jax.random.randint(k_batch, (batch_size,), 0, size))  # (B,)
             batches.append(jax.tree.map(lambda a, idx=idx: a[idx], group))
         return _switched(loss_on, len(sizes))(params, batches, g), {}
 

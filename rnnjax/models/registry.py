@@ -1,9 +1,12 @@
 """The applications by name: ``rnnjax train --task NAME`` dispatches here.
 
-Each application is an `App`: ``add_arguments(parser)`` declares its flags (the common ones
-are ``--steps``, ``--out`` and ``--seed``) and ``run(args) -> result`` trains, evaluates and
-writes ``OUT/metrics.jsonl`` and ``OUT/result.json`` (+ PNGs), raising ValueError for bad
-input. Modules are imported only when their application runs.
+Each application is an `App`: ``add_arguments(parser)`` declares its own flags with their
+defaults (`rnnjax.models.training.add_common_arguments` and the application's), and
+``run(args) -> result`` trains through `rnnjax.models.training.fit`, evaluates and writes
+``OUT/metrics.jsonl``, checkpoints and ``OUT/result.json`` (+ PNGs), raising ValueError for
+bad input. ``rnnjax train`` (`rnnjax.cli`) parses every application's flags with its one
+parser and refuses a flag that the chosen ``--task`` does not declare. A module's heavy
+dependencies are checked when its application runs.
 """
 
 from __future__ import annotations
@@ -11,9 +14,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-import json
-import shlex
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -79,60 +79,33 @@ APPLICATIONS: dict[str, App] = {
 }
 
 
-class _Parser(argparse.ArgumentParser):
-    """Usage errors as one line on stderr and exit status 2 (as the ``rnnjax`` command)."""
-
-    def error(self, message: str) -> Any:
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def parser_for(name: str, prog: str = "rnnjax train") -> argparse.ArgumentParser:
-    """The argument parser of application ``name`` (ValueError if unknown)."""
+def application_parser(name: str) -> argparse.ArgumentParser:
+    """A parser holding only application ``name``'s own flags, as its module declares them
+    (read by ``rnnjax train``, which parses them; ValueError if the name is unknown)."""
     if name not in APPLICATIONS:
         raise ValueError(f"unknown application {name!r}; choose one of {', '.join(APPLICATIONS)}")
-    parser = _Parser(prog=f"{prog} --task {name}", description=APPLICATIONS[name].summary)
-    parser.add_argument("--task", choices=[name], default=name, help=argparse.SUPPRESS)
+    parser = argparse.ArgumentParser(add_help=False, description=APPLICATIONS[name].summary)
     APPLICATIONS[name].add_arguments(parser)
     return parser
 
 
-def task_of(argv: Sequence[str]) -> str | None:
-    """The value of ``--task`` in argv (``--task NAME`` or ``--task=NAME``), if any."""
-    for i, arg in enumerate(argv):
-        if arg == "--task" and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith("--task="):
-            return arg.split("=", 1)[1]
-    return None
+def run_application(argv: Sequence[str], stop: Callable[[], bool] | None = None) -> dict[str, Any]:
+    """Parses ``argv`` (the flags after ``rnnjax train``) and runs the application it names.
 
-
-def run_application(argv: Sequence[str], prog: str = "rnnjax train") -> dict[str, Any]:
-    """Parses ``argv`` (the flags after ``train``) and runs the application it names.
+    Args:
+        argv: e.g. ``["--task", "qa", "--steps", "50", "--out", "runs/qa"]``.
+        stop: polled after every training step (`rnnjax.train.interrupt.StopRequest`).
 
     Raises:
         ValueError: unknown application or bad input (argparse errors exit with status 2).
+        rnnjax.train.RunInterruptedError: ``stop`` fired (a checkpoint was written).
     """
-    argv = list(argv)
-    name = task_of(argv)
-    if name is None:
-        raise ValueError(f"--task is required; choose one of {', '.join(APPLICATIONS)}")
-    args = parser_for(name, prog).parse_args(argv)
-    args.command = shlex.join([*prog.split(), *argv])
-    return APPLICATIONS[name].run(args)
+    from rnnjax.cli import application_namespace, build_parser
+
+    args = build_parser().parse_args(["train", *argv])
+    args.argv = ["train", *argv]
+    app_args = application_namespace(args, stop)
+    return APPLICATIONS[app_args.task].run(app_args)
 
 
-def main(argv: Sequence[str] | None = None, prog: str = "rnnjax train") -> int:
-    """Runs an application; bad input → one line on stderr and exit status 2."""
-    try:
-        result = run_application(sys.argv[1:] if argv is None else argv, prog)
-    except SystemExit as exit_:  # usage errors (status 2) and --help (status 0)
-        return int(exit_.code or 0)
-    except ValueError as err:
-        print(f"{prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 2
-    summary = {k: v for k, v in result["evaluation"].items() if isinstance(v, int | float)}
-    print(json.dumps({"task": result["task"], **summary, "target": result["target"]}))
-    return 0
-
-
-__all__ = ["APPLICATIONS", "App", "main", "parser_for", "run_application", "task_of"]
+__all__ = ["APPLICATIONS", "App", "application_parser", "run_application"]

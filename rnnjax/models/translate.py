@@ -26,7 +26,13 @@ import numpy as np
 
 from rnnjax.models.decoding import corpus_bleu
 from rnnjax.models.seq2seq import Seq2SeqBatch, WordVocab, pad_pairs, seq2seq
-from rnnjax.models.training import add_common_arguments, check_common, fit, write_result
+from rnnjax.models.training import (
+    add_common_arguments,
+    check_common,
+    fit,
+    shard_batch,
+    write_result,
+)
 
 TARGET = {"metric": "exact_match_greedy", "threshold": 0.95}
 SPLIT_SEED = 1234  # the train/test split of the numbers is fixed, whatever --seed is
@@ -186,7 +192,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     params = model.init(jax.random.key(args.seed))
 
     def loss(params, train: Seq2SeqBatch, step, key):
-        idx = data.batch_indices(args.seed, step, args.batch_size)  # (B,)
+        idx = shard_batch(data.batch_indices(args.seed, step, args.batch_size))  # (B,)
         value, accuracy = model.loss(params, jax.tree.map(lambda a: a[idx], train))
         return value, {"token_accuracy": accuracy}
 

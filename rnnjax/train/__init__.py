@@ -13,12 +13,15 @@ from rnnjax.train.config import RunConfig
 from rnnjax.train.evaluate import task_evaluator, text_evaluator
 from rnnjax.train.interrupt import StopRequest, graceful_stop
 from rnnjax.train.loop import (
+    LoopSettings,
+    RunInterruptedError,
     Setup,
     TrainingHaltedError,
     TrainingInterruptedError,
     corpus_digest,
     count_params,
     restore_run,
+    run_loop,
     setup,
     train,
 )
@@ -49,6 +52,7 @@ __all__ = [
     "CELLS",
     "OPTIMIZERS",
     "Checkpointer",
+    "LoopSettings",
     "MetricsLog",
     "Model",
     "ModelParams",
@@ -56,6 +60,7 @@ __all__ = [
     "Progress",
     "RunConfig",
     "RunDir",
+    "RunInterruptedError",
     "Setup",
     "StopRequest",
     "TrainState",
@@ -74,6 +79,7 @@ __all__ = [
     "read_metrics",
     "reduce_steps",
     "restore_run",
+    "run_loop",
     "sample",
     "setup",
     "task_evaluator",

@@ -216,6 +216,20 @@ class TrainingInterruptedError(Exception):
     """A signal stopped the run before its first step (nothing was written)."""
 
 
+class RunInterruptedError(Exception):
+    """A stop request ended a run after a step (an application's; see `run_loop`).
+
+    Attributes:
+        step: the last step run.
+        checkpoint: the step of the newest checkpoint (None: none written).
+        directory: where the checkpoints are.
+    """
+
+    def __init__(self, step: int, checkpoint: int | None, directory: str):
+        super().__init__(f"interrupted after step {step}; checkpoint {checkpoint} in {directory}")
+        self.step, self.checkpoint, self.directory = step, checkpoint, directory
+
+
 def _check_platform(config: RunConfig) -> None:
     if config.backend == "pallas" and jax.default_backend() == "cpu":
         raise ValueError(
@@ -314,7 +328,10 @@ def train(
     n_params = count_params(state.params)
     budget = None if time_limit is None else (time_limit, clock)
     progress = progress if primary else None
-    return _loop(s, state, compiled, data, checkpoints, log, progress, n_params, budget, stop)
+    extra: dict[str, Any] = dict(progress=progress, n_params=n_params, budget=budget, stop=stop)
+    return run_loop(
+        loop_settings(config), state, compiled, data, checkpoints, log, s.evaluate, **extra
+    )
 
 
 def sharded_step(s: Setup, mesh: Mesh) -> tuple[Any, TrainState, Any, TrainState]:
@@ -350,46 +367,119 @@ def sharded_step(s: Setup, mesh: Mesh) -> tuple[Any, TrainState, Any, TrainState
     return jitted, state, data, shardings
 
 
-def _check_halted(state: TrainState, step: int, config: RunConfig, checkpoints) -> None:
+class LoopSettings(NamedTuple):
+    """How `run_loop` drives a run (a `RunConfig` gives them for tasks and text, an
+    application its own flags).
+
+    Attributes:
+        steps: the last step.
+        log_every, checkpoint_every: steps between metrics records / checkpoints.
+        eval_every: steps between evaluations (None: only `run_loop`'s caller evaluates).
+        max_bad_steps: non-finite steps in a row that halt the run.
+        label: the progress label.
+        split: the name of the evaluation records' split ("val", "test").
+    """
+
+    steps: int
+    log_every: int
+    checkpoint_every: int
+    eval_every: int | None
+    max_bad_steps: int
+    label: str
+    split: str = "val"
+
+
+def loop_settings(config: RunConfig) -> LoopSettings:
+    """The `LoopSettings` of a (resolved) task or text run."""
+    return LoopSettings(
+        config.steps,
+        config.log_every,
+        config.checkpoint_every,
+        config.eval_every,
+        config.max_bad_steps,
+        config.cell,
+        "test" if config.task is not None else "val",
+    )
+
+
+def _check_halted(state: TrainState, step: int, max_bad_steps: int, checkpoints) -> None:
     bad_run = int(state.bad_run)
-    if bad_run < config.max_bad_steps:
+    if bad_run < max_bad_steps:
         return
     last = checkpoints.latest_step()
     where = f"step {last} in {checkpoints.directory}" if last is not None else "none was written"
     raise TrainingHaltedError(
         f"training stopped at step {step - bad_run}: {bad_run} non-finite losses or gradients "
-        f"in a row (max_bad_steps={config.max_bad_steps}); last good checkpoint: {where}"
+        f"in a row (max_bad_steps={max_bad_steps}); last good checkpoint: {where}"
     )
 
 
-def _loop(
-    s: Setup, state, step_fn, data, checkpoints, log, progress, n_params, budget, stop
+def run_loop(
+    settings: LoopSettings,
+    state: TrainState,
+    step_fn: Callable[[TrainState, Any], tuple[TrainState, dict]],
+    data: Any,
+    checkpoints,
+    log: MetricsLog,
+    evaluate: Callable[[Any], dict[str, float]] | None = None,
+    progress: TextIO | None = None,
+    n_params: int = 0,
+    budget: tuple[float, Callable[[], float]] | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
-    config = s.config
+    """The training loop of every run: steps, metrics, checkpoints, evaluations, stops.
+
+    Runs ``step_fn(state, data)`` from ``state.step`` to ``settings.steps``. Every
+    ``log_every`` steps (and at checkpoints, evaluations and the end) the buffered step metrics
+    are reduced into one ``metrics.jsonl`` record and the progress display; every
+    ``checkpoint_every`` steps and at the end the state is saved, unless its last step was
+    non-finite; ``max_bad_steps`` non-finite steps in a row raise `TrainingHaltedError`.
+
+    Args:
+        settings: the `LoopSettings`.
+        state: the `TrainState` to start from (a fresh or a restored one).
+        step_fn: the compiled train step.
+        data: its second argument (streams, a seed key, an application's arrays).
+        checkpoints: a `rnnjax.train.checkpoint.Checkpointer` (closed at the end).
+        log: the run's `MetricsLog`.
+        evaluate: ``params -> record`` every ``eval_every`` steps and at the end (None: none).
+        progress: the progress stream (None: silent).
+        n_params: the parameter count (logged).
+        budget: ``(seconds, clock)``: stop at the first log point past the budget.
+        stop: polled after every step: True finishes the step, checkpoints and returns.
+
+    Returns:
+        The summary: ``step``, ``steps_run``, ``train`` (the last record), ``eval``,
+        ``n_params``, ``skipped``, ``steps_per_s``, ``wall_s``, ``interrupted``,
+        ``stopped_by_budget``, ``checkpoint`` (the newest saved step) and ``state``.
+    """
     start = int(state.step)
-    total = config.steps
+    total = settings.steps
     limit, clock = budget if budget is not None else (None, None)
-    bar = Progress(total, config.cell, progress, start, limit, clock or time.perf_counter)
+    bar = Progress(total, settings.label, progress, start, limit, clock or time.perf_counter)
     log.write({"event": "resume" if start else "start", "step": start, "n_params": n_params})
     buffer: list[dict] = []
     record: dict[str, Any] = {}
     t0 = t_log = time.perf_counter()
     c0 = clock() if clock is not None else 0.0
-    step, train_time, interrupted = start, 0.0, False
+    step, train_time, interrupted, out_of_budget = start, 0.0, False, False
     saved = checkpoints.latest_step()  # the step of the newest checkpoint
     evaluation: dict[str, float] = {}
+    every = settings.eval_every
     try:
         while step < total:
             state, metrics = step_fn(state, data)
             buffer.append(metrics)
             step += 1
-            if clock is not None and step % config.log_every == 0 and clock() - c0 > limit:
-                total = step  # the time budget is spent: stop here
+            at_log = step % settings.log_every == 0
+            if clock is not None and limit is not None and at_log and clock() - c0 > limit:
+                total, out_of_budget = step, True  # the time budget is spent: stop here
             if stop is not None and stop():
                 total, interrupted = step, True  # finish this step, checkpoint, leave
-            do_eval = step % config.eval_every == 0 or (step == total and not interrupted)
-            do_save = step % config.checkpoint_every == 0 or step == total
-            if step % config.log_every == 0 or do_eval or do_save:
+            at_end = step == total and not interrupted
+            do_eval = evaluate is not None and ((every and step % every == 0) or at_end)
+            do_save = step % settings.checkpoint_every == 0 or step == total
+            if step % settings.log_every == 0 or do_eval or do_save:
                 record = reduce_steps(buffer)  # waits for the buffered steps
                 now = time.perf_counter()  # the step is compiled already: every interval counts
                 train_time += now - t_log
@@ -397,13 +487,14 @@ def _loop(
                 log.write(record)
                 bar.update(step, record)
                 buffer = []
-                _check_halted(state, step, config, checkpoints)
+                _check_halted(state, step, settings.max_bad_steps, checkpoints)
                 if do_save and int(state.bad_run) == 0:
                     checkpoints.save(step, state)
                     saved = step
                 if do_eval:
-                    evaluation = s.evaluate(state.params)
-                    log.write({"split": "test" if s.task else "val", "step": step, **evaluation})
+                    assert evaluate is not None
+                    evaluation = evaluate(state.params)
+                    log.write({"split": settings.split, "step": step, **evaluation})
                 t_log = time.perf_counter()  # evaluation and saving are not training time
     finally:
         try:  # no computation may outlive the loop (XLA torn down under it crashes)
@@ -422,19 +513,24 @@ def _loop(
         "steps_per_s": ran / train_time if ran and train_time > 0 else None,
         "wall_s": time.perf_counter() - t0,
         "interrupted": interrupted,
+        "stopped_by_budget": out_of_budget,
         "checkpoint": saved,
         "state": state,
     }
 
 
 __all__ = [
+    "LoopSettings",
+    "RunInterruptedError",
     "Setup",
     "TrainingHaltedError",
     "TrainingInterruptedError",
     "build_model",
     "corpus_digest",
     "count_params",
+    "loop_settings",
     "restore_run",
+    "run_loop",
     "setup",
     "sharded_step",
     "train",

@@ -1,4 +1,4 @@
-"""Metrics of a run: aggregation of step metrics, the JSONL log and the terminal progress bar.
+"""Metrics of a run: aggregation of step metrics, the JSONL log and the progress display.
 
 Every ``log_every`` steps the per-step metrics (kept on the device until then, so the host
 does not wait for every step) are fetched once and reduced to one log record::
@@ -103,7 +103,12 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 
 
 class Progress:
-    """A one-line progress bar on a terminal; periodic plain lines otherwise.
+    """Training progress: a `rich.progress` bar on a terminal, periodic plain lines otherwise.
+
+    On a terminal the bar shows the step (or, with a time budget, the time spent), the last
+    loss / bpc / accuracy and clipping rate, steps/s and the time left; when ``stream`` is not
+    a terminal (a log file, a captured test) about ten plain lines per run carry the same
+    figures, so logs stay readable.
 
     Args:
         total: the last step of the run.
@@ -111,7 +116,7 @@ class Progress:
         stream: where to write (default stderr); None silences it.
         start: the step the run starts from (a resumed run).
         time_limit: the run's time budget in seconds, if any (the bar then shows time).
-        clock: the clock of the budget.
+        clock: the clock of the budget (read once here, once per update).
     """
 
     def __init__(
@@ -128,6 +133,23 @@ class Progress:
         self.tty = bool(stream is not None and getattr(stream, "isatty", lambda: False)())
         self.t0 = clock()
         self._last_line = -1
+        self._bar: Any = None
+        if self.tty:
+            from rich.console import Console
+            from rich.progress import BarColumn, TextColumn, TimeRemainingColumn
+            from rich.progress import Progress as Bar
+
+            self._bar = Bar(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TextColumn("{task.fields[where]} | {task.fields[shown]} | {task.fields[rate]}"),
+                TextColumn("eta"),
+                TimeRemainingColumn(),
+                console=Console(file=stream),
+            )
+            width = time_limit if time_limit is not None else total
+            self._task = self._bar.add_task(label, total=width, where="", shown="", rate="")
+            self._bar.start()
 
     def update(self, step: int, record: dict[str, Any]) -> None:
         if self.stream is None:
@@ -138,24 +160,26 @@ class Progress:
             frac = max(frac, min(1.0, elapsed / self.time_limit))
         shown = [f"{k} {record[k]:.3g}" for k in ("loss", "bpc", "accuracy") if k in record]
         shown += [f"clip {record['clip_rate']:.0%}"] if "clip_rate" in record else []
-        rate = (step - self.start) / elapsed if elapsed > 0 else 0.0
-        eta = elapsed * (1 - frac) / frac if frac > 0 else 0.0
+        rate = f"{(step - self.start) / elapsed:.1f} steps/s" if elapsed > 0 else "- steps/s"
         where = f"{step}/{self.total}"
         if self.time_limit is not None:
             where = f"step {step}, {elapsed:.0f}/{self.time_limit:.0f} s"
-        text = f"{self.label} {where} | {' '.join(shown)} | {rate:.1f} it/s"
-        if self.tty:
-            bar = "#" * int(20 * frac) + "." * (20 - int(20 * frac))
-            self.stream.write(f"\r[{bar}] {text} | eta {eta:.0f}s ")
-        elif int(10 * frac) > self._last_line:  # about ten lines per run
+        if self._bar is not None:
+            done = elapsed if self.time_limit is not None else step
+            fields = dict(where=where, shown=" ".join(shown), rate=rate)
+            self._bar.update(self._task, completed=done, **fields)
+            return
+        if int(10 * frac) > self._last_line:  # about ten lines per run
             self._last_line = int(10 * frac)
+            eta = elapsed * (1 - frac) / frac if frac > 0 else 0.0
+            text = f"{self.label} {where} | {' '.join(shown)} | {rate} | eta {eta:.0f}s"
             self.stream.write(text + "\n")
-        self.stream.flush()
+            self.stream.flush()
 
     def close(self) -> None:
-        if self.stream is not None and self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
 
 
 __all__ = ["MetricsLog", "Progress", "read_metrics", "reduce_steps"]

@@ -1,17 +1,18 @@
 """Sampling text from a character model: temperature, top-k, seeded.
 
-The prompt is read in one `unroll`; then each new character is drawn from
+The model's RNN stack runs as a stream (`rnnjax.streaming.streamer`, the carry passed from
+one chunk to the next): the prompt is read in chunks of ``PROMPT_CHUNK`` characters, then each
+new character is drawn from
 
 .. math:: p(k) \\propto \\exp(\\log y_t(k) / \\tau) \\quad \\text{over the } k
     \\text{ most likely characters (top-}k\\text{), } \\tau = \\text{temperature}
 
-and fed back as the next input (`Model.step`), inside one `lax.scan`. The same seed gives the
-same text.
+with the key ``fold_in(key(seed), t)`` for the t-th character, and pushed back into the stream
+as a chunk of one step. The same seed gives the same text.
 """
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 import jax
@@ -19,7 +20,10 @@ import jax.numpy as jnp
 
 from rnnjax.cells.base import Array
 from rnnjax.data.text import Vocab
+from rnnjax.streaming import run_in_chunks, streamer
 from rnnjax.train.model import Model
+
+PROMPT_CHUNK = 64  # characters of the prompt read per call
 
 
 def filter_logits(log_probs: Array, temperature: float, top_k: int | None) -> Array:
@@ -32,20 +36,24 @@ def filter_logits(log_probs: Array, temperature: float, top_k: int | None) -> Ar
 
 
 def _generate(model: Model, params, prompt: Array, length: int, temperature, top_k, key):
-    """The characters after ``prompt`` (P,), as int32 (length,) (jit with length, top_k static)."""
-    carry = model.initial_carry(params, ())
-    carry, log_probs = model.apply(params, prompt, carry)  # (P, V)
+    """The characters after ``prompt`` (P,), as int32 (length,), read and written as a stream."""
+    xs = model.features(params, prompt)  # (P, E)
+    carry, hs = run_in_chunks(model.stack, params.rnn, xs, min(PROMPT_CHUNK, len(prompt)))
+    push = streamer(model.stack, params.rnn, chunk_size=1)
 
-    def body(state, t):
-        carry, last = state  # last: (V,) log-probabilities of the next character
-        token = jax.random.categorical(
-            jax.random.fold_in(key, t), filter_logits(last, temperature, top_k)
-        )
-        carry, nxt = model.step(params, carry, token)
-        return (carry, nxt), token
+    @jax.jit
+    def draw(h: Array, t: Array) -> tuple[Array, Array]:  # h: (H,) -> token (), its input (1, E)
+        logits = filter_logits(model.head(params, h), temperature, top_k)  # (V,)
+        token = jax.random.categorical(jax.random.fold_in(key, t), logits)
+        return token, model.features(params, token[None])
 
-    _, tokens = jax.lax.scan(body, (carry, log_probs[-1]), jnp.arange(length))
-    return tokens  # (length,)
+    h, tokens = hs[-1], []  # (H,)
+    for t in range(length):
+        token, x = draw(h, jnp.int32(t))
+        tokens.append(token)
+        carry, hs = push(carry, x)  # hs: (1, H)
+        h = hs[-1]
+    return jnp.stack(tokens)  # (length,)
 
 
 def sample(
@@ -83,8 +91,7 @@ def sample(
     if top_k is not None and not 0 < top_k <= vocab.size:
         raise ValueError(f"top_k must be in [1, {vocab.size}] (the vocabulary), got {top_k=}")
     tokens = jnp.asarray(vocab.encode(prompt))  # (P,)
-    generate = jax.jit(partial(_generate, model), static_argnums=(2, 4))
-    out = generate(params, tokens, length, float(temperature), top_k, jax.random.key(seed))
+    out = _generate(model, params, tokens, length, float(temperature), top_k, jax.random.key(seed))
     return vocab.decode(out)
 
 
