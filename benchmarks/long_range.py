@@ -59,6 +59,7 @@ SEEDS = (0, 1, 2, 3, 4)
 TASKS = (("temporal_order", None), ("adding", "pascanu"))
 LENGTHS = (50, 100, 200)
 BUDGET = 15_000  # updates per run at most (all methods alike); sized with `profile`
+TWO_CORE_HOURS = 2  # the wall time a whole sweep should fit on an idle 2-core machine
 CHECK_EVERY = 250  # updates between checks
 PRECHECK, TEST, CHUNK = 1_000, 10_000, 1_000  # fresh sequences: gate, success test, chunk
 HIDDEN, BATCH = 50, 20  # Pascanu et al.: 50 units, minibatch 20
@@ -383,16 +384,30 @@ def budget_lines(data: dict) -> list[str]:
         if m in per_update
     )
     spent = sum(r["seconds"] for r in data["runs"])
-    return [
+    fits = int(TWO_CORE_HOURS * 2 * 3600 / (worst / data["budget"]) // CHECK_EVERY * CHECK_EVERY)
+    successes = [r for r in data["runs"] if r["solved"]]
+    slowest = max(successes, key=lambda r: r["solved_at"], default=None)
+    lines = [
         f"Budget: {data['budget']:,} updates per run. `{profile['command']}` measured the CPU "
         f"time of one update at T = {profile['rows'][0]['T']} on the shared machine (SGD-CR "
         f"{1e3 * per_update['SGD-CR'] * 100:.1f} ms, LSTM SGD-C "
         f"{1e3 * per_update['LSTM SGD-C'] * 100:.1f} ms); scaled by T, the whole plan "
         f"({len(sweep_plan(LENGTHS, METHODS, SEEDS))} runs) costs at most {worst / 3600:.1f} "
         f"CPU-hours if no run stopped early — about half that wall time on an idle 2-core "
-        f"machine running `--shard 0/2` and `--shard 1/2` side by side. The runs in this file "
-        f"took {spent / 3600:.1f} hours of wall time on the shared machine.",
+        f"machine running `--shard 0/2` and `--shard 1/2` side by side. To fit the whole plan "
+        f"into {TWO_CORE_HOURS} hours of both cores, a run could have at most about {fits:,} "
+        f"updates.",
+        "",
+        f"The runs in this file took {spent / 3600:.1f} hours of wall time on the shared "
+        f"machine, added up over its {len(data['runs'])} runs.",
     ]
+    if slowest is not None:
+        lines[0] += (
+            f" This file keeps {data['budget']:,}: the slowest success so far needed "
+            f"{slowest['solved_at']:,} updates ({slowest['method']}, {slowest['task']}, "
+            f"T = {slowest['T']}, seed {slowest['seed']})."
+        )
+    return lines
 
 
 # ---- Hochreiter & Schmidhuber's adding problem -----------------------------------------------
