@@ -9,9 +9,9 @@ its entry), a table ``applications.md`` and the figures ``applications_<name>.pn
 
     .venv/bin/python benchmarks/applications.py              # all of them, one after another
     .venv/bin/python benchmarks/applications.py caption qa   # some
-    .venv/bin/python benchmarks/applications.py vqa vqa-every vqa-question-only
+    .venv/bin/python benchmarks/applications.py vqa vqa-every vqa-state vqa-question-only
 
-Some entries are variants of one application (``TASKS``): the three visual question answering
+Some entries are variants of one application (``TASKS``): the four visual question answering
 runs differ only in where the image enters the LSTM, the tree runs in the cell, the operators
 and the share of 3-child nodes; each family also gets a comparison table.
 
@@ -44,6 +44,7 @@ SETTINGS = {  # flags beyond --task, --out, --seed, --cpu-minutes (defaults: `rn
     "tree": ["--steps", "3000"],
     "vqa": ["--steps", "4000", "--image", "first"],
     "vqa-every": ["--steps", "4000", "--image", "every"],
+    "vqa-state": ["--steps", "4000", "--image", "state"],
     "vqa-question-only": ["--steps", "4000", "--image", "none"],
     "tree-n-ary": ["--steps", "6000", "--cell", "n-ary", "--ops", "+", "-", "*", "--three", "0.25"],
     "tree-child-sum-ordered": [
@@ -53,6 +54,7 @@ SETTINGS = {  # flags beyond --task, --out, --seed, --cpu-minutes (defaults: `rn
 }
 TASKS = {  # entry -> application, where they differ
     "vqa-every": "vqa",
+    "vqa-state": "vqa",
     "vqa-question-only": "vqa",
     "tree-n-ary": "tree",
     "tree-child-sum-ordered": "tree",
@@ -101,6 +103,7 @@ HEADLINE = {  # application -> (figure label, key in the evaluation)
     "tree": ("accuracy on deeper held-out trees", "accuracy_deeper"),
     "vqa": ("exact answer, held-out images", "exact_answer"),
     "vqa-every": ("exact answer, held-out images", "exact_answer"),
+    "vqa-state": ("exact answer, held-out images", "exact_answer"),
     "vqa-question-only": ("exact answer, held-out images", "exact_answer"),
     "tree-n-ary": ("accuracy on deeper held-out trees", "accuracy_deeper"),
     "tree-child-sum-ordered": ("accuracy on deeper held-out trees", "accuracy_deeper"),
@@ -247,9 +250,11 @@ def main(names: list[str]) -> None:
         raise SystemExit(f"unknown application(s) {unknown}; choose from {list(SETTINGS)}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / "applications.json"
-    results = json.loads(path.read_text()) if path.exists() else {}
     for name in names or list(SETTINGS):
-        results[name] = run_one(name)
+        result = run_one(name)
+        # read again: entries other invocations finished meanwhile stay (runs may go in parallel)
+        results = json.loads(path.read_text()) if path.exists() else {}
+        results[name] = result
         results = {k: results[k] for k in SETTINGS if k in results}
         path.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
         (RESULTS / "applications.md").write_text(table(results))

@@ -111,7 +111,8 @@ def test_decoding_steps_equal_teacher_forcing(pools, image):
 
 
 def test_where_the_image_enters(pools):
-    """first: x_0 = v only; every: [E w_t; v] at each step; none: the image is never read."""
+    """first: x_0 = v only; every: [E w_t; v] at each step; state: (h_0, c_0) from the image
+    features; none: the image is never read."""
     images, s = _batch(pools)
     other = images[::-1]
     text = jnp.asarray(s.text)
@@ -129,6 +130,13 @@ def test_where_the_image_enters(pools):
     assert (
         every.rnn.functional_params.U.shape[0] == 16 and model.rnn.functional_params.U.shape[0] == 8
     )
+    state = vqa.VQAModel("state", 8, 16, rngs=nnx.Rngs(1))
+    h0, c0 = np.split(np.asarray(state.to_carry(state.features(images))), 2, axis=-1)
+    carry = state.rnn.initial_carry((4,))._replace(h=jnp.tanh(h0), c=jnp.asarray(c0))
+    _, hs = state.rnn(state.embed(text[:, :-1]), carry)  # the image only in (h_0, c_0)
+    by_hand = jax.nn.log_softmax(state.out(hs), axis=-1)
+    chex.assert_trees_all_close(by_hand, state(images, text), rtol=1e-5, atol=1e-5)
+    assert state.rnn.functional_params.U.shape[0] == 8
 
 
 def test_answer_questions_checks_its_input(pools):

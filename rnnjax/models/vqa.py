@@ -6,15 +6,18 @@ handwritten digits with generated questions (`rnnjax.models.vqa_data`)::
 
     [7 red][2 blue][7 yellow]   what colour is the digit left of the two ?   →   red
 
-Model (flax.nnx): two 3×3 convolutions, 2×2 average pooling, a linear map and a layer norm
-(which puts v on the scale of the word vectors) give the image vector v ∈ R^E; one rnnjax
-LSTM (`rnnjax.flax.RNN`) reads the question's word vectors E[q_t] and then writes the answer
-words and ``<EOS>`` (teacher forcing in training, greedy decoding at test time),
-p(a_{k+1} | a_{≤k}, q, image) = softmax(h_t V + b). Where the image enters is ``--image``:
+Model (flax.nnx): two 3×3 convolutions and 2×2 average pooling give the image features
+f ∈ R^F (F = 4·18·32); one rnnjax LSTM (`rnnjax.flax.RNN`) reads the question's word
+vectors E[q_t] and then writes the answer words and ``<EOS>`` (teacher forcing in training,
+greedy decoding at test time), p(a_{k+1} | a_{≤k}, q, image) = softmax(h_t V + b). Where the
+image enters is ``--image``, with v = LayerNorm(W f + b) ∈ R^E on the scale of the word vectors:
 
 - ``first`` (the lecture's recipe; Ren, Kiros & Zemel's VIS+LSTM): x_0 = v, then x_t = E[w_t];
 - ``every`` (Malinowski, Rohrbach & Fritz's "Ask your neurons"): x_t = [E[w_t]; v] at every
   step;
+- ``state``: also only in the beginning, as the initial state rather than an input:
+  h_0 = tanh(W_h f + b_h), c_0 = W_c f + b_c (as Xu et al.'s caption decoder starts from
+  the image), then x_t = E[w_t];
 - ``none``: x_t = E[w_t], the question alone — the baseline that shows how much of the answer
   the question's wording gives away.
 
@@ -22,6 +25,7 @@ Commands::
 
     rnnjax train --task vqa --out runs/vqa                    # image at the first step
     rnnjax train --task vqa --image every --out runs/vqa-every
+    rnnjax train --task vqa --image state --out runs/vqa-state
     rnnjax train --task vqa --image none --out runs/vqa-blind
 
 References:
@@ -29,6 +33,8 @@ References:
     Malinowski, Rohrbach & Fritz, "Ask your neurons: a neural-based approach to answering
     questions about images", ICCV 2015.
     Antol et al., "VQA: visual question answering", ICCV 2015 (question-only baselines).
+    Xu et al., "Show, attend and tell: neural image caption generation with visual attention",
+    ICML 2015 (h_0 and c_0 predicted from the image).
 """
 
 from __future__ import annotations
@@ -59,7 +65,7 @@ from rnnjax.models.training import (
 
 TARGET = {"metric": "exact_answer", "threshold": 0.90}
 TRAIN_SEED, TEST_SEED = 1, 2  # the data do not depend on --seed (which seeds init and batches)
-IMAGE_MODES = ("first", "every", "none")
+IMAGE_MODES = ("first", "every", "state", "none")
 IMAGE_SHAPE = (vd.HEIGHT, vd.WIDTH, 3)
 
 
@@ -67,7 +73,7 @@ class VQAModel(nnx.Module):
     """Convnet image encoder + one rnnjax LSTM that reads the question and writes the answer.
 
     Args:
-        image: where the image vector enters the LSTM: "first", "every" or "none".
+        image: where the image enters the LSTM: "first", "every", "state" or "none".
         embed: E, the size of the image vector and of the word vectors.
         hidden: H, the LSTM units.
         rngs: ``nnx.Rngs``.
@@ -90,24 +96,43 @@ class VQAModel(nnx.Module):
             raise ValueError(f"image must be one of {IMAGE_MODES}, got {image=}")
         self.image = image
         c1, c2 = channels
+        features = (vd.HEIGHT // 2) * (vd.WIDTH // 2) * c2
         if image != "none":
             self.conv1 = nnx.Conv(3, c1, (3, 3), padding="SAME", rngs=rngs)
             self.conv2 = nnx.Conv(c1, c2, (3, 3), padding="SAME", rngs=rngs)
-            flat = (vd.HEIGHT // 2) * (vd.WIDTH // 2) * c2
-            self.project = nnx.Linear(flat, embed, rngs=rngs)
+        if image in ("first", "every"):
+            self.project = nnx.Linear(features, embed, rngs=rngs)
             self.norm = nnx.LayerNorm(embed, rngs=rngs)
+        if image == "state":
+            self.to_carry = nnx.Linear(features, 2 * hidden, rngs=rngs)
         self.embed = nnx.Embed(len(vd.VOCAB), embed, rngs=rngs)
         size = 2 * embed if image == "every" else embed
         self.rnn = RNN(lstm(hidden, forget_bias=forget_bias), input_size=size, rngs=rngs)
         self.out = nnx.Linear(hidden, len(vd.VOCAB), rngs=rngs)
 
-    def encode(self, images: Array) -> Array:
-        """(B, 8, 36, 3) images → (B, E) image vectors ((B, 0) for the question-only model)."""
-        if self.image == "none":
-            return jnp.zeros((images.shape[0], 0), jnp.float32)
+    def features(self, images: Array) -> Array:
+        """(B, 8, 36, 3) images → (B, F) image features f: two 3×3 convolutions, 2×2 average
+        pooling, flattened."""
         x = nnx.relu(self.conv2(nnx.relu(self.conv1(images))))  # (B, 8, 36, C2)
         x = nnx.avg_pool(x, (2, 2), strides=(2, 2))  # (B, 4, 18, C2)
-        return self.norm(self.project(x.reshape(x.shape[0], -1)))  # (B, E)
+        return x.reshape(x.shape[0], -1)  # (B, F)
+
+    def encode(self, images: Array) -> Array:
+        """(B, 8, 36, 3) images → the image vector v = LayerNorm(W f + b) (B, E) that enters
+        as an input ("first", "every"); (B, 2H) = [h_0; c_0] for "state"; (B, 0) for "none"."""
+        if self.image == "none":
+            return jnp.zeros((images.shape[0], 0), jnp.float32)
+        f = self.features(images)  # (B, F)
+        if self.image == "state":
+            return self.to_carry(f)  # (B, 2H)
+        return self.norm(self.project(f))  # (B, E)
+
+    def _carry(self, v: Array) -> Any:
+        """The LSTM's initial carry: (h_0, c_0) = (tanh(W_h f), W_c f) for "state", else zero."""
+        if self.image != "state":
+            return None
+        h0, c0 = jnp.split(v, 2, axis=-1)  # (B, H) each
+        return self.rnn.initial_carry((v.shape[0],))._replace(h=jnp.tanh(h0), c=c0)
 
     def _inputs(self, v: Array, words: Array) -> Array:
         """The LSTM's inputs for word vectors (B, T, E): with v prepended, appended or not."""
@@ -121,7 +146,8 @@ class VQAModel(nnx.Module):
     def __call__(self, images: Array, text: Array) -> Array:
         """Teacher forcing: log-probabilities (B, L − 1, V) of text[:, 1:] given text[:, :-1]
         (the question, then the answer) and the image; the loss uses the answer positions."""
-        hs = self.rnn(self._inputs(self.encode(images), self.embed(text[:, :-1])))[1]
+        v = self.encode(images)  # (B, E), (B, 2H) or (B, 0)
+        hs = self.rnn(self._inputs(v, self.embed(text[:, :-1])), self._carry(v))[1]
         if self.image == "first":
             hs = hs[:, 1:]  # (B, L − 1, H): the image step predicts nothing
         return jax.nn.log_softmax(self.out(hs), axis=-1)
@@ -131,7 +157,8 @@ class VQAModel(nnx.Module):
         ``((carry, v), log_probs (B, V) of the first answer word)``."""
         v = self.encode(images)  # (B, E)
         lengths = question_len + (self.image == "first")  # (B,)
-        carry, hs = self.rnn(self._inputs(v, self.embed(question)), lengths=lengths)
+        words = self.embed(question)  # (B, Lq, E)
+        carry, hs = self.rnn(self._inputs(v, words), self._carry(v), lengths=lengths)
         h = jnp.take_along_axis(hs, (lengths - 1)[:, None, None], axis=1)[:, 0]  # (B, H)
         return (carry, v), jax.nn.log_softmax(self.out(h), axis=-1)
 
@@ -158,6 +185,17 @@ def _answer_fn(model: VQAModel):
         return nnx.merge(graphdef, state).answer(images, question, question_len)
 
     return lambda *arrays: run(state, *arrays)
+
+
+def accuracy_by_kind(right: Array, kind: Array) -> dict[str, Array]:
+    """Training accuracy of a batch by question type: right and kind (B,) → one mean per type
+    (0 for a type the batch lacks: at 64 questions of six types, one batch in 10⁵)."""
+    metrics = {}
+    for i, name in enumerate(vd.KINDS):
+        of_kind = kind == i  # (B,)
+        n = jnp.sum(of_kind)
+        metrics[f"answer_accuracy_{name}"] = jnp.sum(right & of_kind) / jnp.maximum(n, 1)
+    return metrics
 
 
 def encode_questions(questions: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -282,7 +320,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     train = vd.make_scenes(TRAIN_SEED, args.train_size, train_y, args.kinds)
     test = vd.make_scenes(TEST_SEED, args.test_size, test_y, args.kinds)
     model = VQAModel(
-        args.image, args.embed, args.hidden, rngs=nnx.Rngs(args.seed), forget_bias=args.forget_bias
+        args.image,
+        args.embed,
+        args.hidden,
+        rngs=nnx.Rngs(args.seed),
+        forget_bias=args.forget_bias,
     )
     graphdef, state = nnx.split(model)
     L = train.text.shape[1] - 1
@@ -297,7 +339,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         mask = (jnp.arange(L)[None, :] >= s.question_len[:, None] - 1) & (target != PAD)
         right = jnp.all((jnp.argmax(log_probs, -1) == target) | ~mask, axis=-1)  # (B,)
         value = sequence_cross_entropy(log_probs, target, mask)
-        return value, {"answer_accuracy": jnp.mean(right.astype(jnp.float32))}
+        return value, {"answer_accuracy": jnp.mean(right), **accuracy_by_kind(right, s.kind)}
 
     data = (jnp.asarray(train_x), jax.tree.map(jnp.asarray, train))
     state, training = fit(loss, state, data, args, label=f"vqa ({args.image})")
