@@ -80,6 +80,32 @@ def seed_of(nodeid: str) -> int:
 
 
 @pytest.fixture
+def run_on_devices():
+    """Runs ``python -c script *args`` with N simulated CPU devices; returns its last line's JSON.
+
+    The device count must be set before JAX starts, hence a fresh process. Usage:
+    ``report = run_on_devices(SCRIPT, str(tmp_path), devices=4)``.
+    """
+    import json
+    import subprocess
+    import sys
+
+    def run(script: str, *args: str, devices: int = 4):
+        env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+        result = subprocess.run(
+            [sys.executable, "-c", script, *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+    return run
+
+
+@pytest.fixture
 def rng(request):
     """A key per test, ``jax.random.key(seed_of(node id))``; reported when the test fails."""
     seed = seed_of(request.node.nodeid)

@@ -106,20 +106,7 @@ print(json.dumps({"many": many["loss"], "one": one["loss"]}))
 """
 
 
-def test_an_application_trains_data_parallel_as_on_one_device(tmp_path):
+def test_an_application_trains_data_parallel_as_on_one_device(tmp_path, run_on_devices):
     """4 simulated devices (batch 8 split in 4) against 1: the same losses up to rounding."""
-    import os
-    import subprocess
-    import sys
-
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
-    result = subprocess.run(
-        [sys.executable, "-c", DATA_PARALLEL, TINY_TREE, str(tmp_path)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    losses = json.loads(result.stdout.strip().splitlines()[-1])
+    losses = run_on_devices(DATA_PARALLEL, TINY_TREE, str(tmp_path), devices=4)
     assert losses["many"] == pytest.approx(losses["one"], rel=1e-4)

@@ -6,10 +6,6 @@ starts). Tolerance: float32, rtol 1e-5 / atol 1e-6 — the 4-device run sums the
 over devices in another order, so the results agree to rounding, not bit for bit.
 """
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
 SCRIPT = textwrap.dedent(
@@ -78,19 +74,10 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def test_four_devices_equal_one(tmp_path):
+def test_four_devices_equal_one(tmp_path, run_on_devices):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("the quick brown fox jumps over the lazy dog. " * 40, encoding="utf-8")
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
-    result = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(tmp_path), str(corpus)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = run_on_devices(SCRIPT, str(tmp_path), str(corpus), devices=4)
     for name in ("task", "text"):
         assert report[name]["close"], report[name]
     assert report["task"]["all_reduce"], "the gradients are not reduced over the devices"
