@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 EXTRAS ?= dev,apps
 
-.PHONY: demo test test-slow lint typecheck pytest bench bench-gpu clean
+.PHONY: demo test test-slow test-lowest lint typecheck pytest bench bench-gpu clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,20 @@ test: lint typecheck pytest
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist worksteal -m slow --durations=15
 
+# `make test-lowest`: the suite again in a second environment holding the oldest version of
+# every dependency pyproject.toml allows (.ci/lowest_requirements.py pins each lower bound).
+# The notebooks (ipykernel) and the PyTorch oracles (torch is pinned, not bounded) stay out.
+LOWEST := .venv-lowest
+test-lowest:
+	test -x $(LOWEST)/bin/python || $(PYTHON) -m venv $(LOWEST)
+	$(PYTHON) .ci/lowest_requirements.py apps dev > $(LOWEST)/constraints.txt
+	$(LOWEST)/bin/python -m pip install --quiet --disable-pip-version-check \
+		-c $(LOWEST)/constraints.txt -e '.[apps]' chex pytest pytest-xdist
+	$(LOWEST)/bin/python -m pip list --disable-pip-version-check | grep -iE '^(jax|jaxlib|numpy|optax|flax|orbax-checkpoint|matplotlib|rich|chex|scikit-learn) '
+	$(LOWEST)/bin/python -m rnnjax.kernels.build
+	$(LOWEST)/bin/python -m pytest -n 2 --dist worksteal -m "not slow" -p no:cacheprovider \
+		--ignore tests/test_notebooks.py
+
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,apps,bench]'
 	$(BIN)/python benchmarks/bench_speed.py
@@ -44,4 +58,4 @@ bench-gpu:
 	PYTHONPATH=. $(PYTHON) benchmarks/bench_gpu.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(LOWEST) build *.egg-info

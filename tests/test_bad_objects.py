@@ -9,7 +9,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 from flax import linen as nn
 
 import rnnjax as rj
@@ -21,6 +20,7 @@ D, H = 3, 4
 
 @pytest.fixture(scope="module")
 def torch_lstm():
+    torch = pytest.importorskip("torch")  # the other tests run without it
     torch.manual_seed(0)
     return torch.nn.LSTM(D, H, batch_first=True)
 

@@ -12,7 +12,7 @@ import rnnjax as rj
 B, T, D, H = 4, 6, 3, 5
 
 
-def setup(name, key, batch=B):
+def make_case(name, key, batch=B):
     k_c, k_p, k_x, k_h = jax.random.split(key, 4)
     cell = CELL_FACTORIES[name](H)
     params = random_like(k_p, cell.init(k_c, D))
@@ -31,7 +31,7 @@ def one_sequence(cell, params, x, carry, reverse):
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("name", ["simple_rnn", "lstm_peephole", "gru", "multiplicative_rnn"])
 def test_lengths_match_each_sequence_run_alone(name, reverse, rng):
-    cell, params, xs, carry = setup(name, rng)
+    cell, params, xs, carry = make_case(name, rng)
     lengths = jnp.array([T, 1, 3, 0])  # full length, length 1, ragged, empty
     final, ys = jax.jit(lambda p, x, c, n: rj.unroll(cell, p, x, c, lengths=n, reverse=reverse))(
         params, xs, carry, lengths
@@ -49,14 +49,14 @@ def test_lengths_match_each_sequence_run_alone(name, reverse, rng):
 
 
 def test_reverse_without_lengths_reads_from_the_end(rng):
-    cell, params, xs, carry = setup("lstm", rng)
+    cell, params, xs, carry = make_case("lstm", rng)
     final, ys = rj.unroll(cell, params, xs, carry, reverse=True)
     want_final, want_ys = rj.unroll(cell, params, xs[:, ::-1], carry)
     chex.assert_trees_all_close((final, ys), (want_final, want_ys[:, ::-1]), rtol=1e-6)
 
 
 def test_gradients_do_not_flow_from_padding(rng):
-    cell, params, xs, _ = setup("gru", rng)
+    cell, params, xs, _ = make_case("gru", rng)
     lengths = jnp.array([2, T, 4, 1])
     grad = jax.grad(lambda x: rj.unroll(cell, params, x, lengths=lengths)[1].sum())(xs)
     for b, L in enumerate(lengths.tolist()):
@@ -65,7 +65,7 @@ def test_gradients_do_not_flow_from_padding(rng):
 
 @pytest.mark.parametrize("name", ["simple_rnn", "lstm", "gru"])
 def test_time_major_unroll_and_remat_change_nothing(name, rng):
-    cell, params, xs, carry = setup(name, rng)
+    cell, params, xs, carry = make_case(name, rng)
     lengths = jnp.array([3, T, 1, 5])
 
     def loss(p, x, c, **options):
@@ -118,12 +118,12 @@ BAD_INPUTS = [
 
 @pytest.mark.parametrize("make_xs, options, message", BAD_INPUTS)
 def test_bad_input_gets_a_clear_error(make_xs, options, message, rng):
-    cell, params, xs, _ = setup("simple_rnn", rng)
+    cell, params, xs, _ = make_case("simple_rnn", rng)
     with pytest.raises(ValueError, match=message):
         rj.unroll(cell, params, make_xs(xs), **options)
 
 
 def test_lengths_under_jit_are_accepted_as_tracers(rng):
-    cell, params, xs, _ = setup("simple_rnn", rng)
+    cell, params, xs, _ = make_case("simple_rnn", rng)
     run = jax.jit(lambda n: rj.unroll(cell, params, xs, lengths=n)[1])
     np.testing.assert_array_equal(np.asarray(run(jnp.array([1, 2, 3, 4]))[0, 1:]), 0.0)

@@ -224,7 +224,7 @@ def numpy_rng(key):
     return np.random.default_rng(np.asarray(jax.random.key_data(key)).tolist())
 
 
-def setup(name, key, batch=B, steps=T, D=D, H=H, dtype=np.float32):
+def make_case(name, key, batch=B, steps=T, D=D, H=H, dtype=np.float32):
     """A cell with N(0, 0.5²) values in every parameter (biases too), N(0, 1) inputs and an
     N(0, 0.5²) initial carry, all numpy arrays of ``dtype``."""
     make_cell, _ = VARIANTS[name]
@@ -264,7 +264,7 @@ CASES = {
 def test_unroll_and_step_match_the_oracle(name, rng):
     """Outputs and final carry of `rj.unroll` (backend "scan"), batched with and without
     ragged lengths and reverse, one unbatched (T, D) sequence, and one `cell.step`."""
-    cell, params, xs, carry = setup(name, rng)
+    cell, params, xs, carry = make_case(name, rng)
 
     @jax.jit
     def run(params, xs, carry):
@@ -322,7 +322,7 @@ def finite_differences(f, arrays, eps=1e-6):
 def test_gradients_match_finite_differences_of_the_oracle(name, rng):
     """jax.grad of a weighted sum of the outputs and the final carry, w.r.t. the parameters,
     the inputs and the initial carry, without lengths and with ragged lengths + reverse."""
-    cell, params, xs, carry = setup(name, rng, GB, GT, GD, GH, dtype=np.float64)
+    cell, params, xs, carry = make_case(name, rng, GB, GT, GD, GH, dtype=np.float64)
     gen = numpy_rng(jax.random.fold_in(rng, 1))
     w_ys = gen.standard_normal((GB, GT, GH))
     w_carry = [gen.standard_normal(leaf.shape) for leaf in jax.tree.leaves(carry)]
