@@ -149,15 +149,20 @@ def params_digest(params: Any) -> str:
     return digest.hexdigest()
 
 
-def _record_flags(args: argparse.Namespace) -> None:
-    """Writes ``RUN/application.json`` (the task and its flags) once, for ``--resume``."""
+def _record_flags(args: argparse.Namespace) -> int:
+    """Writes ``RUN/application.json`` (the task and its flags) once, for ``--resume``.
+
+    Returns the length of the learning-rate schedule: the ``steps`` recorded by the run's
+    first call (a resumed run given more steps keeps its schedule, whose step size stays at
+    its final value after it ends), or ``args.steps`` without a run directory."""
     flags, root = getattr(args, "flags", None), getattr(args, "run_dir", None)
     if flags is None or root is None:
-        return
+        return args.steps
     path = Path(root) / APPLICATION_CONFIG
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"task": args.task, "flags": flags}, indent=2) + "\n")
+    return int(json.loads(path.read_text())["flags"].get("steps", args.steps))
 
 
 def fit(
@@ -169,7 +174,9 @@ def fit(
     label: str,
 ) -> tuple[Any, dict[str, Any]]:
     """Trains ``params`` for ``args.steps`` steps of Adam with a cosine-decayed step size,
-    through `rnnjax.train.loop.run_loop`, in the run directory ``args.out``.
+    through `rnnjax.train.loop.run_loop`, in the run directory ``args.out``. The schedule
+    spans the steps the run was started with: resumed with more, it keeps that schedule and
+    the extra steps run at its final step size (lr / 20), with no jump.
 
     With ``args.resume`` it continues from the newest checkpoint in ``args.out`` (a model
     already at ``args.steps`` is restored, not trained). ``args.stop`` (optional) is polled
@@ -191,8 +198,9 @@ def fit(
         rnnjax.train.TrainingHaltedError: ``args.max_bad_steps`` non-finite steps in a row.
     """
     out = Path(args.out)
+    schedule_steps = _record_flags(args)  # the run's first --steps, kept on --resume
     schedule = optax.warmup_cosine_decay_schedule(  # lr, cosine-decayed to lr / 20
-        args.lr, args.lr, 1, max(args.steps, 1), end_value=0.05 * args.lr
+        args.lr, args.lr, 1, max(schedule_steps, 1), end_value=0.05 * args.lr
     )
     optimizer = optax.chain(clip_by_global_norm_with_stats(args.clip), optax.adam(schedule))
 
@@ -206,7 +214,6 @@ def fit(
     )
     state = init_state(params, optimizer, ())
     step_fn, state, data, rep = _compiled_step(train_step, state, data, args.batch_size)
-    _record_flags(args)
     out.mkdir(parents=True, exist_ok=True)
     checkpoints = Checkpointer(out / CHECKPOINTS, keep=args.keep)
     if getattr(args, "resume", False) and checkpoints.latest_step() is not None:
