@@ -77,6 +77,23 @@ def test_a_run_resumed_with_more_steps_keeps_its_learning_rate_schedule(tmp_path
     assert lengths == [6, 6]  # not 8: the step size does not jump back up
 
 
+def test_a_finished_run_resumes_without_compiling_the_step(tmp_path, monkeypatch):
+    import rnnjax.models.training as training
+
+    out = str(tmp_path / "run")
+    done = run_application(
+        [*shlex.split(TINY_TREE.replace("--steps 12", "--steps 4")), "--out", out]
+    )
+
+    def no_compile(*args, **kwargs):
+        raise AssertionError("the step was compiled for a finished run")
+
+    monkeypatch.setattr(training, "_compiled_step", no_compile)
+    again = run_application(["--out", out, "--resume"])
+    assert again["training"]["steps_this_call"] == 0
+    assert again["training"]["params_sha256"] == done["training"]["params_sha256"]
+
+
 @pytest.mark.parametrize(
     "flags,match",
     [
