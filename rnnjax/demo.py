@@ -27,6 +27,7 @@ import numpy as np
 from rnnjax.analysis import jacobian_norms
 from rnnjax.data.text import default_corpus
 from rnnjax.train import RunConfig, read_metrics, sample, setup, train
+from rnnjax.train.checkpoint import METRICS
 
 CELLS = ("simple_rnn", "lstm")
 LAGS = (1, 10, 30, 60, 100)
@@ -181,11 +182,7 @@ def run_demo(out: str = "runs/demo", seconds: float | None = None) -> int:
         s = setup(config, text=text)
         assert s.text is not None
         params = summary.pop("state").params
-        curve = [
-            m
-            for m in read_metrics(root / cell / "metrics.jsonl")
-            if "bpc" in m and "split" not in m
-        ]
+        curve = [m for m in read_metrics(root / cell / METRICS) if "bpc" in m and "split" not in m]
         results[cell] = {**summary, "lags": _gradient_lags(s, params), "curve": curve}
         if cell == "lstm":
             results[cell]["sample"] = sample(

@@ -206,14 +206,17 @@ def run_tiny(task, out, **flags):
     return losses, json.loads((out / "result.json").read_text())
 
 
-def test_an_application_without_its_data_package_names_the_extra(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("missing", ["num2words", "sacrebleu"])
+def test_an_application_without_its_package_names_the_extra_before_training(
+    tmp_path, capsys, monkeypatch, missing
+):
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(
         importlib.util,
         "find_spec",
-        lambda name, *a: None if name == "num2words" else real_find_spec(name, *a),
+        lambda name, *a: None if name == missing else real_find_spec(name, *a),
     )
     assert cli(["train", "--task", "translate", "--steps", "1", "--out", str(tmp_path / "t")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "num2words" in err[0] and "rnnjax[apps]" in err[0], err
+    assert len(err) == 1 and missing in err[0] and "rnnjax[apps]" in err[0], err
     assert not (tmp_path / "t").exists()

@@ -58,6 +58,42 @@ def test_an_interrupted_application_resumes_to_the_uninterrupted_parameters(tmp_
     assert _training_steps(split) == [2, 4, 5, 6, 7, 8, 10, 12]  # the stop's step, once
 
 
+def test_a_run_resumed_with_more_steps_keeps_its_learning_rate_schedule(tmp_path, monkeypatch):
+    import optax
+
+    lengths = []
+    real = optax.warmup_cosine_decay_schedule
+
+    def recording(init_value, peak_value, warmup_steps, decay_steps, **kwargs):
+        lengths.append(decay_steps)
+        return real(init_value, peak_value, warmup_steps, decay_steps, **kwargs)
+
+    monkeypatch.setattr(optax, "warmup_cosine_decay_schedule", recording)
+    out = str(tmp_path / "run")
+    short = TINY_TREE.replace("--steps 12", "--steps 6")
+    run_application([*shlex.split(short), "--out", out])
+    extended = run_application(["--out", out, "--resume", "--steps", "8"])
+    assert extended["training"]["steps_done"] == 8
+    assert lengths == [6, 6]  # not 8: the step size does not jump back up
+
+
+def test_a_finished_run_resumes_without_compiling_the_step(tmp_path, monkeypatch):
+    import rnnjax.models.training as training
+
+    out = str(tmp_path / "run")
+    done = run_application(
+        [*shlex.split(TINY_TREE.replace("--steps 12", "--steps 4")), "--out", out]
+    )
+
+    def no_compile(*args, **kwargs):
+        raise AssertionError("the step was compiled for a finished run")
+
+    monkeypatch.setattr(training, "_compiled_step", no_compile)
+    again = run_application(["--out", out, "--resume"])
+    assert again["training"]["steps_this_call"] == 0
+    assert again["training"]["params_sha256"] == done["training"]["params_sha256"]
+
+
 @pytest.mark.parametrize(
     "flags,match",
     [

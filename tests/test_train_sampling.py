@@ -51,34 +51,29 @@ def step_by_step(model, params, prompt, length, temperature, top_k, seed):
     return "".join(chars)
 
 
-def test_sampling_streams_and_matches_the_step_by_step_reference(model_and_params, monkeypatch):
+@pytest.mark.parametrize(
+    "prompt,length,temperature,top_k,seed",
+    [("abc defg hij" * 7, 25, 0.8, None, 1), ("h", 30, 1.3, 4, 7), ("ab\nc", 12, 0.5, 2, 0)],
+)
+def test_sampling_matches_the_step_by_step_reference(
+    model_and_params, prompt, length, temperature, top_k, seed
+):
     model, params = model_and_params
-    import rnnjax.streaming as streaming
+    text = sample(
+        model, params, VOCAB, prompt, length, temperature=temperature, top_k=top_k, seed=seed
+    )
+    assert text == step_by_step(model, params, prompt, length, temperature, top_k, seed)
+
+
+def test_a_second_call_does_not_recompile(model_and_params):
     import rnnjax.train.sampling as sampling
 
-    pushes = []
-    real_streamer = sampling.streamer
-
-    def counting_streamer(*args, **kwargs):
-        push = real_streamer(*args, **kwargs)
-
-        def counted(carry, chunk):
-            pushes.append(chunk.shape)
-            return push(carry, chunk)
-
-        return counted
-
-    monkeypatch.setattr(streaming, "streamer", counting_streamer)  # the prompt (run_in_chunks)
-    monkeypatch.setattr(sampling, "streamer", counting_streamer)  # the characters drawn
-    prompt = "abc defg hij" * 7  # 84 characters: two prompt chunks
-    for temperature, top_k, seed in ((0.8, None, 1), (1.3, 4, 7)):
-        pushes.clear()
-        text = sample(
-            model, params, VOCAB, prompt, 25, temperature=temperature, top_k=top_k, seed=seed
-        )
-        assert text == step_by_step(model, params, prompt, 25, temperature, top_k, seed)
-        # the prompt in chunks of 64 characters, then one push per character drawn
-        assert [s[0] for s in pushes] == [64, 20] + [1] * 25
+    model, params = model_and_params
+    sample(model, params, VOCAB, "abc", 15, temperature=0.9, seed=0)
+    before = sampling._generate._cache_size()
+    other = jax.tree.map(lambda x: 0.5 * x, params)  # new values, same shapes
+    sample(model, other, VOCAB, "cba", 15, temperature=1.2, seed=3)
+    assert sampling._generate._cache_size() == before
 
 
 def test_filter_logits():

@@ -65,8 +65,10 @@ inline float fast_sigmoid(float x) { return 0.5f * fast_tanh(0.5f * x) + 0.5f; }
 // hardware's is lowered through memory, ~5x slower (measured on an AVX2-only CPU).
 #if defined(__AVX512F__)
 constexpr int64_t kLanes = 16;  // one AVX-512 register
+#elif defined(__AVX__)
+constexpr int64_t kLanes = 8;  // one AVX / AVX2 register
 #else
-constexpr int64_t kLanes = 8;  // one AVX2 register
+constexpr int64_t kLanes = 4;  // one SSE or NEON register
 #endif
 typedef float vreg __attribute__((vector_size(4 * kLanes)));
 

@@ -27,16 +27,19 @@ class App(NamedTuple):
     summary: str
 
 
-def _lazy(module: str, summary: str, needs: tuple[str, str] | None = None) -> App:
-    """An `App` whose module is imported when used; ``needs``: (import name, PyPI name) of a
-    package of the ``apps`` extra it reads its data with, checked first (ValueError)."""
+def _lazy(module: str, summary: str, needs: tuple[tuple[str, str], ...] = ()) -> App:
+    """An `App` whose module is imported when its flags are declared (``add_arguments``, on
+    every parser build) or it runs, not when this table is built. ``needs``: (import name,
+    PyPI name) of each package of the ``apps`` extra the application reads its data or scores
+    with, all checked before it runs (ValueError naming the first missing one)."""
 
     def load() -> Any:
-        if needs is not None and importlib.util.find_spec(needs[0]) is None:
-            raise ValueError(
-                f"the {module} application needs the package {needs[1]}: "
-                f"pip install 'rnnjax[apps]' (make installs it)"
-            )
+        for import_name, pip_name in needs:
+            if importlib.util.find_spec(import_name) is None:
+                raise ValueError(
+                    f"the {module} application needs the package {pip_name}: "
+                    f"pip install 'rnnjax[apps]' (make installs it)"
+                )
         return importlib.import_module(f"rnnjax.models.{module}")
 
     def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,28 +55,28 @@ APPLICATIONS: dict[str, App] = {
     "translate": _lazy(
         "translate",
         "English → Russian number words, LSTM encoder–decoder",
-        ("num2words", "num2words"),
+        (("num2words", "num2words"), ("sacrebleu", "sacrebleu")),
     ),
     "caption": _lazy(
         "caption",
         "captions of rows of 8×8 digits, convnet + LSTM decoder",
-        ("sklearn", "scikit-learn"),
+        (("sklearn", "scikit-learn"),),
     ),
     "qa": _lazy("qa", "questions about generated stories, LSTM encoder–decoder"),
     "vqa": _lazy(
         "vqa",
         "questions about images of coloured digits, convnet + LSTM",
-        ("sklearn", "scikit-learn"),
+        (("sklearn", "scikit-learn"),),
     ),
     "handwriting": _lazy(
         "handwriting",
         "Graves handwriting synthesis, read back by a recogniser",
-        ("HersheyFonts", "Hershey-Fonts"),
+        (("HersheyFonts", "Hershey-Fonts"),),
     ),
     "handwriting_recognition": _lazy(
         "handwriting_recognition",
         "online handwriting, BLSTM + CTC",
-        ("HersheyFonts", "Hershey-Fonts"),
+        (("HersheyFonts", "Hershey-Fonts"),),
     ),
     "tree": _lazy("tree", "value mod 10 of arithmetic trees, Child-Sum or N-ary Tree-LSTM"),
 }

@@ -44,7 +44,7 @@ import optax
 from rnnjax.analysis import clip_by_global_norm_with_stats
 from rnnjax.cells.base import Array
 from rnnjax.train import parallel
-from rnnjax.train.checkpoint import CHECKPOINTS, Checkpointer
+from rnnjax.train.checkpoint import CHECKPOINTS, METRICS, Checkpointer
 from rnnjax.train.loop import LoopSettings, RunInterruptedError, count_params, run_loop
 from rnnjax.train.metrics import MetricsLog, read_metrics
 from rnnjax.train.step import Objective, init_state, make_train_step
@@ -121,22 +121,22 @@ def batch_indices(seed: int, step: Array, n: int, batch_size: int) -> Array:
     return shard_batch(jax.random.randint(key, (batch_size,), 0, n))  # (B,)
 
 
-def _compiled_step(train_step, state, data, batch_size: int):
-    """The step jitted over every device when ``batch_size`` splits evenly over them (else
-    over one), with the state and data placed (replicated) on them.
-
-    Returns:
-        ``(compiled step, state, data, sharding of the state)``.
-    """
+def _mesh(batch_size: int):
+    """The devices a step runs on: all of them when ``batch_size`` splits evenly over them
+    (data parallelism), else one. Returns ``(mesh, replicated sharding)``."""
     mesh = parallel.make_mesh()
-    if batch_size % mesh.devices.size:  # data parallelism where the batch allows it
+    if batch_size % mesh.devices.size:
         mesh = parallel.make_mesh(jax.devices()[:1])
+    return mesh, parallel.replicated(mesh)
+
+
+def _compiled_step(train_step, state, data, mesh):
+    """The step jitted over ``mesh`` for the placed (replicated) ``state`` and ``data``."""
     rep = parallel.replicated(mesh)
-    state, data = parallel.place(state, rep), parallel.place(data, rep)
     jitted = jax.jit(train_step, in_shardings=(rep, rep), out_shardings=(rep, rep))
     token = _BATCH_ROWS.set(parallel.batch_sharded(mesh) if mesh.devices.size > 1 else None)
     try:
-        return jitted.lower(state, data).compile(), state, data, rep
+        return jitted.lower(state, data).compile()
     finally:
         _BATCH_ROWS.reset(token)
 
@@ -149,15 +149,20 @@ def params_digest(params: Any) -> str:
     return digest.hexdigest()
 
 
-def _record_flags(args: argparse.Namespace) -> None:
-    """Writes ``RUN/application.json`` (the task and its flags) once, for ``--resume``."""
+def _record_flags(args: argparse.Namespace) -> int:
+    """Writes ``RUN/application.json`` (the task and its flags) once, for ``--resume``.
+
+    Returns the length of the learning-rate schedule: the ``steps`` recorded by the run's
+    first call (a resumed run given more steps keeps its schedule, whose step size stays at
+    its final value after it ends), or ``args.steps`` without a run directory."""
     flags, root = getattr(args, "flags", None), getattr(args, "run_dir", None)
     if flags is None or root is None:
-        return
+        return args.steps
     path = Path(root) / APPLICATION_CONFIG
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"task": args.task, "flags": flags}, indent=2) + "\n")
+    return int(json.loads(path.read_text())["flags"].get("steps", args.steps))
 
 
 def fit(
@@ -169,7 +174,9 @@ def fit(
     label: str,
 ) -> tuple[Any, dict[str, Any]]:
     """Trains ``params`` for ``args.steps`` steps of Adam with a cosine-decayed step size,
-    through `rnnjax.train.loop.run_loop`, in the run directory ``args.out``.
+    through `rnnjax.train.loop.run_loop`, in the run directory ``args.out``. The schedule
+    spans the steps the run was started with: resumed with more, it keeps that schedule and
+    the extra steps run at its final step size (lr / 20), with no jump.
 
     With ``args.resume`` it continues from the newest checkpoint in ``args.out`` (a model
     already at ``args.steps`` is restored, not trained). ``args.stop`` (optional) is polled
@@ -191,8 +198,9 @@ def fit(
         rnnjax.train.TrainingHaltedError: ``args.max_bad_steps`` non-finite steps in a row.
     """
     out = Path(args.out)
+    schedule_steps = _record_flags(args)  # the run's first --steps, kept on --resume
     schedule = optax.warmup_cosine_decay_schedule(  # lr, cosine-decayed to lr / 20
-        args.lr, args.lr, 1, max(args.steps, 1), end_value=0.05 * args.lr
+        args.lr, args.lr, 1, max(schedule_steps, 1), end_value=0.05 * args.lr
     )
     optimizer = optax.chain(clip_by_global_norm_with_stats(args.clip), optax.adam(schedule))
 
@@ -204,15 +212,14 @@ def fit(
     train_step = make_train_step(
         objective, optimizer, seed=args.seed, max_bad_steps=args.max_bad_steps
     )
-    state = init_state(params, optimizer, ())
-    step_fn, state, data, rep = _compiled_step(train_step, state, data, args.batch_size)
-    _record_flags(args)
+    mesh, rep = _mesh(args.batch_size)
+    state = parallel.place(init_state(params, optimizer, ()), rep)
     out.mkdir(parents=True, exist_ok=True)
     checkpoints = Checkpointer(out / CHECKPOINTS, keep=args.keep)
     if getattr(args, "resume", False) and checkpoints.latest_step() is not None:
         state = parallel.place(checkpoints.restore(state), rep)
     start, n_params = int(state.step), count_params(params)
-    log = MetricsLog(out / "metrics.jsonl")
+    log = MetricsLog(out / METRICS)
     if start:
         log.truncate(start)  # the steps after the checkpoint are replayed: log them once
     settings = LoopSettings(
@@ -228,6 +235,8 @@ def fit(
         summary.update(wall_s=0.0, stopped_by_budget=False, skipped=int(state.skipped))
         summary.update(steps_per_s=None, state=state)
     else:
+        data = parallel.place(data, rep)  # compiled only when there are steps left
+        step_fn = _compiled_step(train_step, state, data, mesh)
         progress = None if args.quiet else sys.stderr
         extra: dict[str, Any] = dict(
             progress=progress, n_params=n_params, budget=budget, stop=getattr(args, "stop", None)
@@ -287,7 +296,7 @@ def write_result(
             "jax": jax.__version__,
         },
     }
-    MetricsLog(Path(args.out) / "metrics.jsonl").write({"split": "test", **_flat(evaluation)})
+    MetricsLog(Path(args.out) / METRICS).write({"split": "test", **_flat(evaluation)})
     (Path(args.out) / "result.json").write_text(
         json.dumps(result, indent=2, ensure_ascii=False) + "\n"
     )

@@ -155,7 +155,7 @@ class VQAModel(nnx.Module):
     def start(self, images: Array, question: Array, question_len: Array) -> tuple[Any, Array]:
         """Reads the image and the padded question (B, Lq) of ``question_len`` words (B,):
         ``((carry, v), log_probs (B, V) of the first answer word)``."""
-        v = self.encode(images)  # (B, E)
+        v = self.encode(images)  # (B, E), (B, 2H) or (B, 0)
         lengths = question_len + (self.image == "first")  # (B,)
         words = self.embed(question)  # (B, Lq, E)
         carry, hs = self.rnn(self._inputs(v, words), self._carry(v), lengths=lengths)

@@ -1,18 +1,19 @@
 """Sampling text from a character model: temperature, top-k, seeded.
 
-The model's RNN stack runs as a stream (`rnnjax.streaming.streamer`, the carry passed from
-one chunk to the next): the prompt is read in chunks of ``PROMPT_CHUNK`` characters, then each
-new character is drawn from
+The prompt is read in one pass of the model, then each new character is drawn from
 
 .. math:: p(k) \\propto \\exp(\\log y_t(k) / \\tau) \\quad \\text{over the } k
     \\text{ most likely characters (top-}k\\text{), } \\tau = \\text{temperature}
 
-with the key ``fold_in(key(seed), t)`` for the t-th character, and pushed back into the stream
-as a chunk of one step. The same seed gives the same text.
+with the key ``fold_in(key(seed), t)`` for the t-th character and fed back through
+`Model.step`. Reading and drawing are one jitted program with a ``lax.scan`` over the
+characters, compiled once per model, prompt length, length and top-k (the parameters and
+the temperature are arguments). The same seed gives the same text.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -20,10 +21,7 @@ import jax.numpy as jnp
 
 from rnnjax.cells.base import Array
 from rnnjax.data.text import Vocab
-from rnnjax.streaming import run_in_chunks, streamer
 from rnnjax.train.model import Model
-
-PROMPT_CHUNK = 64  # characters of the prompt read per call
 
 
 def filter_logits(log_probs: Array, temperature: float, top_k: int | None) -> Array:
@@ -35,25 +33,27 @@ def filter_logits(log_probs: Array, temperature: float, top_k: int | None) -> Ar
     return logits
 
 
+@functools.partial(jax.jit, static_argnames=("model", "length", "top_k"))
 def _generate(model: Model, params, prompt: Array, length: int, temperature, top_k, key):
-    """The characters after ``prompt`` (P,), as int32 (length,), read and written as a stream."""
-    xs = model.features(params, prompt)  # (P, E)
-    carry, hs = run_in_chunks(model.stack, params.rnn, xs, min(PROMPT_CHUNK, len(prompt)))
-    push = streamer(model.stack, params.rnn, chunk_size=1)
+    """The characters after ``prompt`` (P,), as int32 (length,).
 
-    @jax.jit
-    def draw(h: Array, t: Array) -> tuple[Array, Array]:  # h: (H,) -> token (), its input (1, E)
-        logits = filter_logits(model.head(params, h), temperature, top_k)  # (V,)
-        token = jax.random.categorical(jax.random.fold_in(key, t), logits)
-        return token, model.features(params, token[None])
+    The prompt is read in one `Model.apply`; then the t-th character is drawn with
+    ``fold_in(key, t)`` and fed back through `Model.step`, all in one ``lax.scan``.
+    ``params`` and ``temperature`` are arguments (not constants of the trace), so a second
+    call with the same shapes reuses the compiled program.
+    """
+    carry = model.initial_carry(params, ())
+    carry, log_probs = model.apply(params, prompt, carry)  # log_probs: (P, V)
 
-    h, tokens = hs[-1], []  # (H,)
-    for t in range(length):
-        token, x = draw(h, jnp.int32(t))
-        tokens.append(token)
-        carry, hs = push(carry, x)  # hs: (1, H)
-        h = hs[-1]
-    return jnp.stack(tokens)  # (length,)
+    def one(state, t):
+        carry, log_probs = state
+        logits = filter_logits(log_probs, temperature, top_k)  # (V,)
+        token = jax.random.categorical(jax.random.fold_in(key, t), logits)  # ()
+        carry, log_probs = model.step(params, carry, token)  # log_probs: (V,)
+        return (carry, log_probs), token
+
+    _, tokens = jax.lax.scan(one, (carry, log_probs[-1]), jnp.arange(length))  # (length,)
+    return tokens
 
 
 def sample(
