@@ -22,6 +22,7 @@ from rnnjax.cells.base import (
     Cell,
     LSTMCarry,
     Structure,
+    activate_blocks,
     check_compute_dtype,
     check_param_dtype,
     check_positive,
@@ -88,16 +89,21 @@ def lstm_pointwise(config: LSTMConfig):
         z = [a + b for a, b in zip(px, hw, strict=True)]  # K x (..., H)
         zi, zf, zg, zo = [None, *z] if coupled else z
         c_prev = carry.c
-        if peephole:
+        if peephole:  # f, i read c_{t-1} and o reads c_t: each gate activated on its own
             p_i, p_f, p_o = (None, *unit_params) if coupled else unit_params
-            zf = zf + expand(p_f, zf) * c_prev
-        f = sigmoid(zf)
+            f = sigmoid(zf + expand(p_f, zf) * c_prev)
+            if not coupled:
+                i = sigmoid(zi + expand(p_i, zi) * c_prev)
+            g = jnp.tanh(zg)  # (..., H)
+        elif coupled:  # every gate in one pass
+            f, g, o = activate_blocks((zf, zg, zo), (True, False, True))
+        else:
+            i, f, g, o = activate_blocks((zi, zf, zg, zo), (True, True, False, True))
         if coupled:
             i = 1.0 - f
-        else:
-            i = sigmoid(zi + expand(p_i, zi) * c_prev if peephole else zi)
-        c = f * c_prev + i * jnp.tanh(zg)  # (..., H)
-        o = sigmoid(zo + expand(p_o, zo) * c if peephole else zo)
+        c = f * c_prev + i * g  # (..., H)
+        if peephole:
+            o = sigmoid(zo + expand(p_o, zo) * c)
         h = o * jnp.tanh(c)  # (..., H)
         return LSTMCarry(h, c), h
 
