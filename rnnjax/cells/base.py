@@ -219,21 +219,42 @@ def split_blocks(a: Array, gates: int) -> tuple[Array, ...]:
     return tuple(jnp.split(a, gates, axis=-1)) if gates > 1 else (a,)
 
 
+def pointwise_inputs(
+    structure: Structure, px: Array, hw: Array | None
+) -> tuple[tuple[Array, ...], tuple[Array, ...] | None]:
+    """``pointwise``'s (px, hw) blocks from the step's px (…, K·H) and hw = h_{t-1} W (or None).
+
+    The tied blocks are passed as (z_k, 0) with z = px + hw summed as ONE (…, K·H) array —
+    the form a backward rebuilds from what it saved; XLA drops the zero additions, so a step
+    does one add over all gates instead of one per block, and the blocks a cell activates
+    together are slices of one array (what a loop at small batch pays for).
+    """
+    K = structure.gates
+    if hw is None:
+        return split_blocks(px, K), None
+    z = split_blocks(px + hw, K)  # K x (…, H)
+    px_b, hw_b = split_blocks(px, K), split_blocks(hw, K)
+    tied = structure.tied
+    return (
+        tuple(z[k] if tied[k] else px_b[k] for k in range(K)),
+        tuple(jnp.zeros_like(z[k]) if tied[k] else hw_b[k] for k in range(K)),
+    )
+
+
 def structured_recur(structure: Structure) -> RecurFn:
     """``recur`` defined from a `Structure`: hw = h_{t-1} W, then ``pointwise``.
 
     This is the readable reference every fast backend equals.
     """
-    K = structure.gates
 
     def recur(params: Params, carry: Carry, px: Array, /) -> tuple[Carry, Array]:
         W = structure.recurrent_weights(params)
         hw = None
         if W is not None:
             h = jax.tree.leaves(carry)[0]  # (..., H)
-            hw = split_blocks(matmul(h, W, structure.compute_dtype), K)  # K x (..., H)
+            hw = matmul(h, W, structure.compute_dtype)  # (..., K·H)
         up = structure.unit_params(params)
-        return structure.pointwise(up, carry, split_blocks(px, K), hw)
+        return structure.pointwise(up, carry, *pointwise_inputs(structure, px, hw))
 
     return recur
 
@@ -409,9 +430,14 @@ def activate_blocks(blocks: Sequence[Array], is_sigmoid: Sequence[bool]) -> tupl
     pre-activations (K blocks (…, H) -> one (…, K·H) pass) and a scale and shift per block:
     a single vectorised loop instead of K short ones, which is what a time loop pays for.
     """
-    scaled = [0.5 * z if s else z for z, s in zip(blocks, is_sigmoid, strict=True)]
-    activated = split_blocks(jnp.tanh(jnp.concatenate(scaled, axis=-1)), len(scaled))
-    return tuple(0.5 * a + 0.5 if s else a for a, s in zip(activated, is_sigmoid, strict=True))
+    z = jnp.concatenate(blocks, axis=-1)  # (…, K·H); a no-op when the blocks are one array's
+    halves = [
+        jnp.full(b.shape[-1:], 0.5 if s else 1.0, z.dtype)
+        for b, s in zip(blocks, is_sigmoid, strict=True)
+    ]
+    scale = expand(jnp.concatenate(halves), z)  # (1, …, K·H): ½ on the σ blocks, 1 on tanh
+    activated = scale * jnp.tanh(scale * z) + (1.0 - scale)  # (…, K·H), one pass
+    return split_blocks(activated, len(blocks))
 
 
 def expand(v: Any, like: Array) -> Array:

@@ -20,6 +20,7 @@ from rnnjax.cells.base import (
     Cell,
     RNNCarry,
     Structure,
+    activate_blocks,
     check_compute_dtype,
     check_param_dtype,
     check_positive,
@@ -70,8 +71,7 @@ def gru_pointwise(unit_params, carry: RNNCarry, px, hw):
     (b_hn,) = unit_params
     px_r, px_z, px_n = px  # (..., H) each
     hw_r, hw_z, hw_n = hw
-    r = sigmoid(px_r + hw_r)
-    z = sigmoid(px_z + hw_z)
+    r, z = activate_blocks((px_r + hw_r, px_z + hw_z), (True, True))  # σ of both, one pass
     n = jnp.tanh(px_n + r * (hw_n + expand(b_hn, hw_n)))  # (..., H)
     h = (1.0 - z) * n + z * carry.h  # (..., H)
     return RNNCarry(h), h

@@ -40,7 +40,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from rnnjax.cells.base import Array, Cell, Structure, matmul, split_blocks
+from rnnjax.cells.base import Array, Cell, Structure, matmul, pointwise_inputs, split_blocks
 from rnnjax.kernels.base import YES, Backend, Problem, Support, no, structured
 
 Leaves = tuple[Array, ...]  # the carry's leaves, each (N, H); h first
@@ -128,8 +128,7 @@ def _forward(s: Structure, treedef, unroll: int, W, up, px, leaves: Leaves, leng
     def body(leaves, inputs):
         px_t, t = inputs  # (N, G), ()
         hw_t = None if W is None else matmul(leaves[0], W, s.compute_dtype)  # (N, G)
-        hw_b = None if hw_t is None else split_blocks(hw_t, s.gates)  # K x (N, H)
-        new, y = pointwise(up, leaves, split_blocks(px_t, s.gates), hw_b)
+        new, y = pointwise(up, leaves, *pointwise_inputs(s, px_t, hw_t))
         if lengths is not None:
             valid = (t < lengths)[:, None]  # (N, 1)
             new = tuple(jnp.where(valid, n, o) for n, o in zip(new, leaves, strict=True))
@@ -175,7 +174,12 @@ def _fused_bwd(s, treedef, unroll, residuals, cotangents):
     # valid its previous state is the previous output (elsewhere the gradient is masked).
     h_prev = jnp.concatenate([h0[None], ys[:-1]], axis=0)  # (T, N, H)
     W_t = W.T if has_w else None  # (K·H, H), transposed once outside the loop
-    zeros_up = jax.tree.map(jnp.zeros_like, up)
+    # The per-unit parameters' gradients are summed over the batch once, after the loop: the
+    # step's VJP runs per row (vmap), so its d up is (N, H) and the loop only adds it up.
+    N = h0.shape[0]
+    up_rows = tuple(jnp.broadcast_to(u, (N, *u.shape)) for u in up)  # (N, H) each
+    zeros_up = jax.tree.map(jnp.zeros_like, up_rows)
+    pointwise_rows = jax.vmap(pointwise)
 
     def body(acc, inputs):
         dleaves, dup = acc
@@ -186,7 +190,7 @@ def _fused_bwd(s, treedef, unroll, residuals, cotangents):
         if lengths is not None:
             valid = (t < lengths)[:, None]  # (N, 1)
             cot = jax.tree.map(lambda d: jnp.where(valid, d, jnp.zeros_like(d)), cot)
-        _, vjp = jax.vjp(pointwise, up, prev, px_b, hw_b)
+        _, vjp = jax.vjp(pointwise_rows, up_rows, prev, px_b, hw_b)
         dup_t, dprev, dpx_b, dhw_b = vjp(cot)
         dprev = list(dprev)
         if W_t is not None:
@@ -219,6 +223,7 @@ def _fused_bwd(s, treedef, unroll, residuals, cotangents):
                 j += 1
         dhw = jnp.concatenate(blocks, axis=-1) if s.gates > 1 else blocks[0]  # (T, N, G)
         dW = sum_outer(h_prev, dhw, s.compute_dtype).astype(W.dtype)  # (H, G): one matmul
+    dup = tuple(d.sum(axis=0) for d in dup)  # (H,) each
     return dW, dup, dpx, dleaves0, None
 
 

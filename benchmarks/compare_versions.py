@@ -1,0 +1,103 @@
+"""Times one backend of two or more checkouts of rnnjax in ONE process, calls interleaved.
+
+Separate processes run minutes apart see different load on a shared machine (run-to-run noise
+of 10-20 % on the 2-core development CPU); here every version is imported in turn (its
+modules removed from ``sys.modules`` before the next one is imported), its training step
+(forward + BPTT of the mean square of all outputs) and inference jitted and warmed up, and
+then the versions' calls alternate round-robin, so load hits them alike. Reports medians and
+ratios to the first version.
+
+    git worktree add /tmp/old 9cc1d38      # e.g. the hand-written fused LSTM / GRU
+    python benchmarks/compare_versions.py --cell gru --shape S --backend fused \\
+        old=/tmp/old new=$PWD
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+
+SHAPES = {"S": (32, 100, 128, 256), "L": (128, 50, 256, 512), "latency": (1, 1000, 64, 128)}
+WARMUP = 3  # untimed calls per function after compilation
+
+
+def import_version(path: str):
+    """Imports the rnnjax package found under ``path``, replacing any loaded one."""
+    for name in [m for m in sys.modules if m == "rnnjax" or m.startswith("rnnjax.")]:
+        del sys.modules[name]
+    sys.path.insert(0, path)
+    try:
+        module = importlib.import_module("rnnjax")
+    finally:
+        sys.path.pop(0)
+    if not module.__file__.startswith(os.path.abspath(path)):
+        raise SystemExit(f"{path}: imported {module.__file__} instead")
+    return module
+
+
+def build(rj, cell_kind: str, shape: str, backend: str) -> dict:
+    """The version's jitted training step and inference, compiled and warmed up.
+
+    Both are traced here, while this version's modules are the loaded ones (backends import
+    some modules lazily, at trace time).
+    """
+    B, T, D, H = SHAPES[shape]
+    cell = getattr(rj, cell_kind)(H)
+    params = cell.init(jax.random.key(0), input_size=D)
+    xs = jax.random.normal(jax.random.key(1), (B, T, D))  # (B, T, D)
+
+    def loss(p, x):
+        return jnp.mean(rj.unroll(cell, p, x, backend=backend)[1] ** 2)
+
+    fns = {"train": jax.jit(jax.grad(loss, argnums=(0, 1))), "inference": jax.jit(loss)}
+    for fn in fns.values():
+        for _ in range(WARMUP):
+            jax.block_until_ready(fn(params, xs))
+    return {mode: (fn, params, xs) for mode, fn in fns.items()}
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cell", default="lstm", choices=("lstm", "gru", "simple_rnn"))
+    parser.add_argument("--shape", default="S", choices=tuple(SHAPES))
+    parser.add_argument("--backend", default="fused")
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("versions", nargs="+", help="name=path of a checkout")
+    args = parser.parse_args(argv)
+    versions = [v.split("=", 1) for v in args.versions]
+    if any(len(v) != 2 for v in versions):
+        parser.error(f"versions are name=path, got {args.versions}")
+    runs = {
+        name: build(import_version(path), args.cell, args.shape, args.backend)
+        for name, path in versions
+    }
+    load_start = os.getloadavg()
+    times: dict = {(name, mode): [] for name in runs for mode in ("train", "inference")}
+    for _ in range(args.repeats):
+        for name, fns in runs.items():
+            for mode, (fn, params, xs) in fns.items():
+                start = time.perf_counter()
+                jax.block_until_ready(fn(params, xs))
+                times[(name, mode)].append(time.perf_counter() - start)
+    first = versions[0][0]
+    report = {}
+    for mode in ("train", "inference"):
+        medians = {name: statistics.median(times[(name, mode)]) for name in runs}
+        report[mode] = medians
+        cells = "  ".join(
+            f"{name} {1e3 * t:.2f} ms ({t / medians[first]:.3f})" for name, t in medians.items()
+        )
+        print(f"{args.cell} {args.shape} {mode} {args.backend}: {cells}")
+    print(f"load average {load_start[0]:.2f} -> {os.getloadavg()[0]:.2f}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
