@@ -147,6 +147,17 @@ def test_fused_cpu_without_lengths(rng):
     check_backend("lstm", "fused_cpu", rng)
 
 
+@needs_gxx
+@pytest.mark.parametrize("name", ["lstm", "gru"])
+@pytest.mark.parametrize("lengths", [False, True])
+def test_fused_cpu_inference_equals_scan(name, lengths, rng):
+    """Undifferentiated (the LSTM's loop is then the generic XLA one): outputs equal scan's."""
+    cell, params = make(name, rng)
+    xs, carry, _, opts = random_problem(cell, params, rng, lengths=lengths)
+    run = jax.jit(lambda b, p, x, c: rj.unroll(cell, p, x, c, backend=b, **opts), static_argnums=0)
+    assert_close(run("fused_cpu", params, xs, carry), run("scan", params, xs, carry), 1e-5)
+
+
 @pytest.mark.parametrize("name", ["lstm_peephole", "lstm_coupled", "gru_cho", "simple_rnn"])
 def test_fused_cpu_rejects_other_cells(name):
     cell = CELL_FACTORIES[name](H)

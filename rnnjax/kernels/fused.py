@@ -121,7 +121,9 @@ def _pointwise_flat(s: Structure, treedef):
 # ---------------------------------------------------------------------------------------------
 
 
-def _forward(s: Structure, treedef, unroll: int, W, up, px, leaves: Leaves, lengths, save: bool):
+def forward_loop(
+    s: Structure, treedef, unroll: int, W, up, px, leaves: Leaves, lengths, save: bool
+):
     """Runs the forward loop; returns (final leaves, ys (T, N, H), saved (T, N, ·) or None)."""
     pointwise = _pointwise_flat(s, treedef)
 
@@ -155,12 +157,12 @@ def fused_loop(s: Structure, treedef, unroll: int, W, up, px, leaves: Leaves, le
         leaves: the initial carry's leaves, each (N, H), h first.
         lengths: None or int (N,).
     """
-    final, ys, _ = _forward(s, treedef, unroll, W, up, px, leaves, lengths, save=False)
+    final, ys, _ = forward_loop(s, treedef, unroll, W, up, px, leaves, lengths, save=False)
     return final, ys
 
 
 def _fused_fwd(s, treedef, unroll, W, up, px, leaves, lengths):
-    final, ys, saved = _forward(s, treedef, unroll, W, up, px, leaves, lengths, save=True)
+    final, ys, saved = forward_loop(s, treedef, unroll, W, up, px, leaves, lengths, save=True)
     return (final, ys), (W, up, saved, ys, leaves[0], lengths)
 
 

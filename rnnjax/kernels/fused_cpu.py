@@ -9,7 +9,9 @@ activated gates and the incoming cell states, the backward carries only (dh, dc)
 d px, and dW = Σ_t h_{t-1}ᵀ dg_t is one XLA matmul after the backward call.
 
 It is a hand-written *specialisation*, kept because ``make bench`` measures it faster than the
-generic ``"fused"`` loop at batch <= 4 (``benchmarks/results/cpu_speed.md``). It runs exactly
+generic ``"fused"`` loop at batch <= 4 (``benchmarks/results/cpu_speed.md``) — where it is: the
+LSTM's forward without differentiation (inference) is the generic XLA loop, which saves nothing
+and is faster there (`lstm_loop`). It runs exactly
 two cells — the plain LSTM (`rnnjax.cells.lstm.LSTMConfig` without peepholes or coupling) and
 the GRU with ``reset_after=True`` — in float32, and the tests check it against the generic
 ``"fused"`` backend and ``"scan"``. The equations of ``fused_cpu.cc`` restate those of
@@ -36,11 +38,11 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from rnnjax.cells.base import Cell
+from rnnjax.cells.base import Cell, LSTMCarry
 from rnnjax.cells.gru import GRUConfig
 from rnnjax.cells.lstm import LSTMConfig
 from rnnjax.kernels.base import YES, Backend, Problem, Support, no
-from rnnjax.kernels.fused import sum_outer
+from rnnjax.kernels.fused import forward_loop, sum_outer
 
 SOURCE = Path(__file__).with_name("fused_cpu.cc")
 KERNELS = ("RnnjaxLstmForward", "RnnjaxLstmBackward", "RnnjaxGruForward", "RnnjaxGruBackward")
@@ -131,10 +133,17 @@ def _shapes(*arrays_or_shapes):
     return tuple(jax.ShapeDtypeStruct(s, jnp.float32) for s in arrays_or_shapes)
 
 
-@jax.custom_vjp
-def lstm_loop(W, px, h0, c0, lengths):
-    """(hT, cT, ys) of the LSTM over px (T, N, 4H) from (h0, c0); lengths int32 (N,)."""
-    ys, _, _, hT, cT = _forward(W, px, h0, c0, lengths)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def lstm_loop(structure, W, px, h0, c0, lengths):
+    """(hT, cT, ys) of the LSTM over px (T, N, 4H) from (h0, c0); lengths None or int32 (N,).
+
+    Undifferentiated (inference), the loop is the generic XLA one of ``"fused"``
+    (`rnnjax.kernels.fused.forward_loop`, nothing saved): at B = 1 it runs in 6.3 ms where the
+    C++ forward, which also writes the gates for the backward, takes 9.9 ms
+    (``benchmarks/results/cpu_generic_vs_handwritten.md``). Differentiated, both loops are C++.
+    """
+    treedef = jax.tree.structure(LSTMCarry(h0, c0))
+    (hT, cT), ys, _ = forward_loop(structure, treedef, 1, W, (), px, (h0, c0), lengths, False)
     return hT, cT, ys
 
 
@@ -145,12 +154,15 @@ def _forward(W, px, h0, c0, lengths):
     return _call("RnnjaxLstmForward", out)(px, W, h0, c0, lengths)
 
 
-def _loop_fwd(W, px, h0, c0, lengths):
+def _loop_fwd(structure, W, px, h0, c0, lengths):
+    del structure  # the C++ loop restates it
+    if lengths is None:
+        lengths = jnp.full(h0.shape[:1], px.shape[0], jnp.int32)  # (N,)
     ys, gates, c_prev, hT, cT = _forward(W, px, h0, c0, lengths)
     return (hT, cT, ys), (W, gates, c_prev, ys, h0, lengths)
 
 
-def _loop_bwd(residuals, cotangents):
+def _loop_bwd(structure, residuals, cotangents):
     W, gates, c_prev, ys, h0, lengths = residuals
     dhT, dcT, dys = cotangents
     out = _shapes(gates.shape, h0.shape, h0.shape)
@@ -217,7 +229,7 @@ def fused_cpu_backend(cell, params, px, carry, lengths, *, unroll=1, remat=False
     f32 = jnp.float32  # the kernel's dtype; params of another dtype are cast (and cast back)
     W = params.W.astype(f32)
     if _specialised(cell) == "lstm":
-        hT, cT, ys = lstm_loop(W, px, *leaves, lens)
+        hT, cT, ys = lstm_loop(cell.structure, W, px, *leaves, None if lengths is None else lens)
         final = [hT, cT]
     else:
         hT, ys = gru_loop(W, params.b_hn.astype(f32), px, *leaves, lens)
