@@ -146,3 +146,17 @@ def test_an_application_trains_data_parallel_as_on_one_device(tmp_path, run_on_d
     """4 simulated devices (batch 8 split in 4) against 1: the same losses up to rounding."""
     losses = run_on_devices(DATA_PARALLEL, TINY_TREE, str(tmp_path), devices=4)
     assert losses["many"] == pytest.approx(losses["one"], rel=1e-4)
+
+
+def test_the_application_record_is_written_whole_and_a_broken_one_is_named(tmp_path):
+    from argparse import Namespace
+
+    from rnnjax.models.training import APPLICATION_CONFIG, _record_flags
+
+    args = Namespace(task="tree", flags={"steps": 7}, run_dir=str(tmp_path / "r"), steps=9)
+    assert _record_flags(args) == 7  # the first call records its steps and reads them back
+    assert [p.name for p in (tmp_path / "r").iterdir()] == [APPLICATION_CONFIG]  # no .tmp left
+    assert json.loads((tmp_path / "r" / APPLICATION_CONFIG).read_text())["task"] == "tree"
+    (tmp_path / "r" / APPLICATION_CONFIG).write_text('{"task": "tree", "fl')  # cut short
+    with pytest.raises(ValueError, match=f"{APPLICATION_CONFIG} is not an application record"):
+        _record_flags(args)

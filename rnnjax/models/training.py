@@ -44,7 +44,7 @@ import optax
 from rnnjax.analysis import clip_by_global_norm_with_stats
 from rnnjax.cells.base import Array
 from rnnjax.train import parallel
-from rnnjax.train.checkpoint import CHECKPOINTS, METRICS, Checkpointer
+from rnnjax.train.checkpoint import CHECKPOINTS, METRICS, Checkpointer, write_atomic
 from rnnjax.train.loop import LoopSettings, RunInterruptedError, count_params, run_loop
 from rnnjax.train.metrics import MetricsLog, read_metrics
 from rnnjax.train.step import Objective, init_state, make_train_step
@@ -161,8 +161,11 @@ def _record_flags(args: argparse.Namespace) -> int:
     path = Path(root) / APPLICATION_CONFIG
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"task": args.task, "flags": flags}, indent=2) + "\n")
-    return int(json.loads(path.read_text())["flags"].get("steps", args.steps))
+        write_atomic(path, json.dumps({"task": args.task, "flags": flags}, indent=2) + "\n")
+    try:
+        return int(json.loads(path.read_text())["flags"].get("steps", args.steps))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise ValueError(f"{path} is not an application record (task and flags)") from None
 
 
 def fit(

@@ -295,9 +295,9 @@ class RunDir:
         made = [p for p in (self.path, *self.path.parents) if not p.exists()]
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            _write_atomic(self.path / CONFIG, config.to_json() + "\n")
+            write_atomic(self.path / CONFIG, config.to_json() + "\n")
             if vocab is not None:
-                _write_atomic(self.path / VOCAB, json.dumps(vocab.chars) + "\n")
+                write_atomic(self.path / VOCAB, json.dumps(vocab.chars) + "\n")
         except OSError as err:
             for folder in made:  # the deepest first; only the empty ones we made
                 try:
@@ -327,7 +327,7 @@ class RunDir:
         return Checkpointer(self.path / CHECKPOINTS, keep, create=create)
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
     """Writes ``text`` to ``path`` through a temporary file and a rename (never half a file)."""
     tmp = path.with_name(path.name + ".tmp")
     try:
@@ -337,4 +337,4 @@ def _write_atomic(path: Path, text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
-__all__ = ["CHECKPOINTS", "CONFIG", "METRICS", "VOCAB", "Checkpointer", "RunDir"]
+__all__ = ["CHECKPOINTS", "CONFIG", "METRICS", "VOCAB", "Checkpointer", "RunDir", "write_atomic"]
