@@ -132,8 +132,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     _m(
         "activate_blocks.sigmoid_shift_sign",
         "rnnjax/cells/base.py",
-        "0.5 * a + 0.5 if s else a",
-        "0.5 * a - 0.5 if s else a",
+        "scale * jnp.tanh(scale * z) + (1.0 - scale)",
+        "scale * jnp.tanh(scale * z) - (1.0 - scale)",
         "gates in one pass: σ(x) = ½ tanh(x/2) − ½",
         f"{ORACLE}[lstm]",
     ),
