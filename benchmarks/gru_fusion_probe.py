@@ -6,12 +6,16 @@ The same step is timed three ways, the three loops' calls alternated (medians of
   fused GRU saved them for its backward); each of r, z, n then has a consumer outside the step's
   last fusion, so XLA materialises them in small fusions, one transcendental each;
 - ``pre-activations out``: the loop writes z_r, z_z, px_n, hw_n (what the generic ``fused``
-  backend saves);
+  backend saves), the sums being the very arrays the step activates;
 - ``nothing out``: inference.
 
-In the last two XLA fuses σ, σ, tanh and the update into ONE loop fusion per step, which
-runs several times slower per element than the separate fusions (see the profile with
-``XLA_FLAGS=--xla_cpu_enable_xprof_traceme=true`` and `jax.profiler.trace`).
+Where the step's σ, σ and tanh have no consumer outside its last fusion (inference), XLA:CPU
+fuses them and the update into ONE loop fusion per step, which runs several times slower per
+element than the small fusions it makes otherwise (see the profile with
+``XLA_FLAGS=--xla_cpu_enable_xprof_traceme=true`` and `jax.profiler.trace`). If the saved sums
+are computed apart from the ones the step uses, XLA recomputes them inside that fusion and it
+is as slow as with nothing written (which the generic backend did before it saved the step's own
+blocks).
 
     python benchmarks/gru_fusion_probe.py
 """

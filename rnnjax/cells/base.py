@@ -224,21 +224,31 @@ def pointwise_inputs(
 ) -> tuple[tuple[Array, ...], tuple[Array, ...] | None]:
     """``pointwise``'s (px, hw) blocks from the step's px (…, K·H) and hw = h_{t-1} W (or None).
 
-    The tied blocks are passed as (z_k, 0) with z = px + hw summed as ONE (…, K·H) array —
-    the form a backward rebuilds from what it saved; XLA drops the zero additions, so a step
-    does one add over all gates instead of one per block, and the blocks a cell activates
-    together are slices of one array (what a loop at small batch pays for).
+    The tied blocks are passed as (z_k, 0) — the form a backward rebuilds from what it saved
+    (XLA drops the zero additions) — and the leading run of tied blocks is summed as ONE array
+    (…, k·H), e.g. all four of the LSTM's blocks, the GRU's r and z: a step does one add instead
+    of one per block, the blocks a cell activates together are slices of one array, and a
+    forward that saves the sums (the ``fused`` backend) writes that same array, which XLA:CPU
+    then computes once instead of again inside the step's last fusion
+    (``benchmarks/gru_fusion_probe.py``).
     """
     K = structure.gates
     if hw is None:
         return split_blocks(px, K), None
-    z = split_blocks(px + hw, K)  # K x (…, H)
-    px_b, hw_b = split_blocks(px, K), split_blocks(hw, K)
     tied = structure.tied
-    return (
-        tuple(z[k] if tied[k] else px_b[k] for k in range(K)),
-        tuple(jnp.zeros_like(z[k]) if tied[k] else hw_b[k] for k in range(K)),
-    )
+    lead = next((k for k in range(K) if not tied[k]), K)  # the leading tied blocks: one add
+    H = px.shape[-1] // K
+    px_b, hw_b = split_blocks(px, K), split_blocks(hw, K)
+    z_lead = split_blocks(px[..., : lead * H] + hw[..., : lead * H], lead) if lead else ()
+
+    def block(k: int) -> tuple[Array, Array]:  # (px_k, hw_k) as pointwise gets them
+        if tied[k]:
+            z_k = z_lead[k] if k < lead else px_b[k] + hw_b[k]  # (…, H)
+            return z_k, jnp.zeros_like(z_k)
+        return px_b[k], hw_b[k]
+
+    pairs = [block(k) for k in range(K)]
+    return tuple(p for p, _ in pairs), tuple(h for _, h in pairs)
 
 
 def structured_recur(structure: Structure) -> RecurFn:

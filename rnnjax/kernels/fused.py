@@ -69,21 +69,19 @@ def sum_outer(a: Array, b: Array, compute_dtype: Any = None) -> Array:
 # ---------------------------------------------------------------------------------------------
 
 
-def _pack(s: Structure, px_t: Array, hw_t: Array | None, others: Leaves) -> Array:
+def _pack(s: Structure, px_b, hw_b, others: Leaves) -> Array:
     """What one step saves, as ONE (N, ·) array (one buffer write per step in the loop).
 
-    Columns: z_k = px_k + hw_k for the tied gate blocks, then px_k and hw_k for the untied
-    ones, then the carry leaves other than h.
+    From `pointwise_inputs`' blocks (the arrays the step itself uses): z_k = px_k + hw_k for the
+    tied gate blocks, then px_k and hw_k for the untied ones, then the carry leaves other than h.
     """
-    if hw_t is None:
-        parts = [px_t]
-    elif all(s.tied):
-        parts = [px_t + hw_t]  # (N, G)
+    if hw_b is None:
+        parts = list(px_b)
     else:
-        z, px, hw = (split_blocks(a, s.gates) for a in (px_t + hw_t, px_t, hw_t))
-        parts = [z[k] for k in range(s.gates) if s.tied[k]]
-        parts += [px[k] for k in range(s.gates) if not s.tied[k]]
-        parts += [hw[k] for k in range(s.gates) if not s.tied[k]]
+        K = len(px_b)
+        parts = [px_b[k] for k in range(K) if s.tied[k]]
+        parts += [px_b[k] for k in range(K) if not s.tied[k]]
+        parts += [hw_b[k] for k in range(K) if not s.tied[k]]
     return jnp.concatenate([*parts, *others], axis=-1)
 
 
@@ -130,12 +128,13 @@ def forward_loop(
     def body(leaves, inputs):
         px_t, t = inputs  # (N, G), ()
         hw_t = None if W is None else matmul(leaves[0], W, s.compute_dtype)  # (N, G)
-        new, y = pointwise(up, leaves, *pointwise_inputs(s, px_t, hw_t))
+        px_b, hw_b = pointwise_inputs(s, px_t, hw_t)  # K x (N, H) each
+        new, y = pointwise(up, leaves, px_b, hw_b)
         if lengths is not None:
             valid = (t < lengths)[:, None]  # (N, 1)
             new = tuple(jnp.where(valid, n, o) for n, o in zip(new, leaves, strict=True))
             y = jnp.where(valid, y, jnp.zeros_like(y))
-        saved = _pack(s, px_t, hw_t, leaves[1:]) if save else None
+        saved = _pack(s, px_b, hw_b, leaves[1:]) if save else None
         return new, (y, saved)
 
     steps = jnp.arange(px.shape[0])  # (T,)
