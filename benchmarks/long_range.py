@@ -30,6 +30,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import sys
 import tempfile
 import time
@@ -647,7 +648,8 @@ def main(argv=None) -> int:
     except ValueError:
         parser.error(f"--shard must be k/n with 0 <= k < n, got {args.shard!r}")
     args.shard = (k, n)
-    command = "python benchmarks/long_range.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    given = sys.argv[1:] if argv is None else argv
+    command = "python benchmarks/long_range.py " + shlex.join(given)  # quoted: runnable as is
     if args.lengths is None:
         args.lengths = [T for T, _ in HS_RUNS] if args.part == "hochreiter" else list(LENGTHS)
     if args.part != "hochreiter":
