@@ -86,7 +86,15 @@ MUTATIONS: tuple[Mutation, ...] = (
         "rnnjax/cells/simple_rnn.py",
         "h = act(px[0] + hw[0])",
         "h = act(px[0] - hw[0])",
-        "c_t = σ(x_t U + b − c_{t-1} W)",
+        "c_t = σ(x_t U + b − c_{t-1} W) (the analysis reads px and hw apart)",
+        "tests/test_analysis_norms.py::test_closed_form_jacobian_equals_autodiff[simple_rnn]",
+    ),
+    _m(
+        "pointwise_inputs.tied_sum_sign",
+        "rnnjax/cells/base.py",
+        "px[..., : lead * H] + hw[..., : lead * H]",
+        "px[..., : lead * H] - hw[..., : lead * H]",
+        "every structured step: tied gates z = x_t U + b − h_{t-1} W",
         f"{ORACLE}[simple_rnn_tanh]",
     ),
     _m(
