@@ -138,8 +138,8 @@ def lstm_loop(structure, W, px, h0, c0, lengths):
     """(hT, cT, ys) of the LSTM over px (T, N, 4H) from (h0, c0); lengths None or int32 (N,).
 
     Undifferentiated (inference), the loop is the generic XLA one of ``"fused"``
-    (`rnnjax.kernels.fused.forward_loop`, nothing saved): at B = 1 it runs in 6.3 ms where the
-    C++ forward, which also writes the gates for the backward, takes 9.9 ms
+    (`rnnjax.kernels.fused.forward_loop`, nothing saved): at B = 1 it runs in 5.5 ms where the
+    C++ forward, which also writes the gates for the backward, takes 8.7 ms
     (``benchmarks/results/cpu_generic_vs_handwritten.md``). Differentiated, both loops are C++.
     """
     treedef = jax.tree.structure(LSTMCarry(h0, c0))
