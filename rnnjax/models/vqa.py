@@ -292,7 +292,7 @@ def render_samples(path: Path, images: np.ndarray, samples: list[dict]) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_common_arguments(parser, steps=4000, batch_size=64, lr=2e-3, hidden=256)
+    add_common_arguments(parser, steps=20000, batch_size=64, lr=2e-3, hidden=256)
     parser.add_argument(
         "--image", choices=IMAGE_MODES, default="first", help="where the image enters (first)"
     )
