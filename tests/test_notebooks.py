@@ -177,6 +177,10 @@ def execute(nb, directory: Path) -> tuple[dict, float]:
         timeout=WALL_TIMEOUT_S,
         kernel_name=KERNEL,
         resources={"metadata": {"path": str(directory)}},  # the working directory
+        # a cell's printed output can reach the client after its reply on a loaded machine:
+        # wait for it (nbclient's default 4 s then drops it silently), and fail if it never comes
+        iopub_timeout=120,
+        raise_on_iopub_timeout=True,
     )
     start = time.perf_counter()
     client.execute()  # raises CellExecutionError on the first failing cell
