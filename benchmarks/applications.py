@@ -37,6 +37,7 @@ RUNS = ROOT / "runs" / "applications"
 BUDGET_MINUTES = 9.0  # training CPU time (--cpu-minutes); data and evaluation come on top
 BUDGETS = {  # entries given more
     **dict.fromkeys(("vqa", "vqa-every", "vqa-state", "vqa-question-only"), 40.0),
+    **dict.fromkeys(("vqa-state-augment", "vqa-every-augment"), 40.0),
     "tree-n-ary": 45.0,
     "tree-child-sum-three": 15.0,
 }
@@ -50,6 +51,8 @@ SETTINGS = {  # flags beyond --task, --out, --seed, --cpu-minutes (defaults: `rn
     "vqa-every": ["--steps", "20000", "--image", "every"],
     "vqa-state": ["--steps", "20000", "--image", "state"],
     "vqa-question-only": ["--steps", "20000", "--image", "none"],
+    "vqa-state-augment": ["--steps", "20000", "--image", "state", "--augment"],
+    "vqa-every-augment": ["--steps", "20000", "--image", "every", "--augment"],
     "tree-n-ary": [
         *("--steps", "20000", "--cell", "n-ary", "--ops", "+", "-", "*", "--three", "0.25"),
     ],
@@ -62,6 +65,8 @@ TASKS = {  # entry -> application, where they differ
     "vqa-every": "vqa",
     "vqa-state": "vqa",
     "vqa-question-only": "vqa",
+    "vqa-state-augment": "vqa",
+    "vqa-every-augment": "vqa",
     "tree-n-ary": "tree",
     "tree-child-sum-ordered": "tree",
     "tree-child-sum-three": "tree",
@@ -111,10 +116,17 @@ HEADLINE = {  # application -> (figure label, key in the evaluation)
     "vqa-every": ("exact answer, held-out images", "exact_answer"),
     "vqa-state": ("exact answer, held-out images", "exact_answer"),
     "vqa-question-only": ("exact answer, held-out images", "exact_answer"),
+    "vqa-state-augment": ("exact answer, held-out images", "exact_answer"),
+    "vqa-every-augment": ("exact answer, held-out images", "exact_answer"),
     "tree-n-ary": ("accuracy on deeper held-out trees", "accuracy_deeper"),
     "tree-child-sum-ordered": ("accuracy on deeper held-out trees", "accuracy_deeper"),
     "tree-child-sum-three": ("accuracy on deeper held-out trees", "accuracy_deeper"),
 }
+
+
+def image_label(ev: dict) -> str:
+    """Where a VQA model's image enters, and whether its training digits were augmented."""
+    return ev["image"] + (", augmented digits" if ev.get("augment") else "")
 
 
 def details(name: str, ev: dict) -> str:
@@ -139,7 +151,7 @@ def details(name: str, ev: dict) -> str:
     if name.startswith("vqa"):
         kinds = ", ".join(f"{k} {pct(v)}" for k, v in ev["exact_answer_by_kind"].items())
         return (
-            f"image: {ev['image']}; {ev['test_questions']} questions about scenes of "
+            f"image: {image_label(ev)}; {ev['test_questions']} questions about scenes of "
             f"{ev['test_digit_images']} held-out digit images; by question: {kinds}"
         )
     heights = [int(k.rsplit("_", 1)[1]) for k in ev if k.startswith("accuracy_height_")]
@@ -222,7 +234,7 @@ def comparisons(results: dict) -> str:
             ev, t = r["evaluation"], r["training"]
             by_kind = " | ".join(pct(ev["exact_answer_by_kind"][k]) for k in kinds)
             out += (
-                f"| {name} | {ev['image']} | **{pct(ev['exact_answer'])}** | {by_kind} | "
+                f"| {name} | {image_label(ev)} | **{pct(ev['exact_answer'])}** | {by_kind} | "
                 f"{t['steps_done']} | {t['train_cpu_s']:.0f} |\n"
             )
         out += "\n"

@@ -31,12 +31,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from rnnjax.cells import CELLS
 from rnnjax.data.tasks import TASKS
 from rnnjax.initializers import SCHEMES, SQUARE_RECURRENCE
 from rnnjax.kernels import BACKENDS
 from rnnjax.models.registry import APPLICATIONS, application_parser
 from rnnjax.train.config import RunConfig
-from rnnjax.train.model import CELLS
 from rnnjax.train.step import OPTIMIZERS
 
 TRAIN_HELP = """\

@@ -87,6 +87,43 @@ def test_rendered_pixels_hold_each_digit_in_its_colour(pools, rng):
         assert 0 <= s <= 4
 
 
+def test_jitter_moves_each_tile_by_at_most_a_pixel_and_dims_it(pools):
+    (images, _), _ = pools
+    tiles = jnp.asarray(images[:24].reshape(4, 6, 8, 8))  # (B, K, 8, 8)
+    key = jax.random.key(7)
+    moved = np.asarray(vd.jitter(key, tiles, dimmest=1.0))  # movement alone
+    padded = np.pad(np.asarray(tiles), ((0, 0), (0, 0), (1, 1), (1, 1)))
+    shifts = set()
+    for b in range(4):
+        for k in range(6):
+            found = [
+                (dy, dx)
+                for dy in range(3)
+                for dx in range(3)
+                if np.array_equal(moved[b, k], padded[b, k, dy : dy + 8, dx : dx + 8])
+            ]
+            assert found, (b, k)
+            shifts.update(found)
+    assert len(shifts) > 3  # the 24 tiles do not all move the same way
+    dimmed = np.asarray(vd.jitter(key, tiles, dimmest=0.5))  # same key: same moves, scaled
+    ratio = dimmed.sum((2, 3)) / moved.sum((2, 3))  # (B, K)
+    assert np.all((ratio >= 0.5 - 1e-6) & (ratio <= 1 + 1e-6)) and np.ptp(ratio) > 0.1
+    np.testing.assert_allclose(dimmed, moved * ratio[..., None, None], rtol=1e-5, atol=1e-7)
+
+
+def test_render_augments_only_when_given_a_key(pools):
+    (images, labels), _ = pools
+    s = vd.make_scenes(4, 8, labels)
+    pool = jnp.asarray(images)
+    plain = vd.render(pool, s.ids, s.colours, s.count, s.shift)
+    augmented = vd.render(pool, s.ids, s.colours, s.count, s.shift, jax.random.key(1))
+    chex.assert_equal_shape([plain, augmented])
+    assert not np.allclose(plain, augmented)
+    slot = 8 * np.asarray(s.count)[:, None] + np.asarray(s.shift)[:, None]  # (B, 1)
+    empty = np.arange(36)[None, :] >= slot  # past the last digit: a moved tile keeps its slot
+    assert np.all(np.asarray(augmented).sum((1, 3))[empty] == 0)
+
+
 def _batch(pools, n=4):
     (images, labels), _ = pools
     s = vd.make_scenes(5, n, labels)

@@ -23,7 +23,7 @@ import jax
 
 from rnnjax import initializers
 from rnnjax.analysis.report import diagnose
-from rnnjax.train.model import CELLS
+from rnnjax.cells import CELLS
 
 CELL_NAMES = ("simple_rnn", "lstm", "gru", "multiplicative_rnn")
 INIT_NAMES = ("default", *initializers.SCHEMES)

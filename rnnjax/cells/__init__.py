@@ -1,4 +1,7 @@
-"""Recurrent cells: one family per module, each a factory returning a `Cell`."""
+"""Recurrent cells: one family per module, each a factory returning a `Cell`; `CELLS` names
+the families the command line offers (factory(H, **options) -> Cell)."""
+
+from collections.abc import Callable
 
 from rnnjax.cells.base import ACTIVATIONS, Cell, LSTMCarry, RNNCarry, Structure, make_cell
 from rnnjax.cells.gru import GRUConfig, GRUParams, gru
@@ -27,8 +30,18 @@ from rnnjax.cells.multiplicative import (
 )
 from rnnjax.cells.simple_rnn import SimpleRNNConfig, SimpleRNNParams, simple_rnn
 
+CELLS: dict[str, Callable[..., Cell]] = {  # the families `rnnjax train --cell` and `analyze` name
+    "simple_rnn": simple_rnn,
+    "lstm": lstm,
+    "gru": gru,
+    "multiplicative_rnn": lambda H, **kw: multiplicative_rnn(H, factors=H, **kw),
+    "min_gru": min_gru,
+    "min_lstm": min_lstm,
+}
+
 __all__ = [
     "ACTIVATIONS",
+    "CELLS",
     "Cell",
     "DiagonalLinearRNNParams",
     "GRUConfig",

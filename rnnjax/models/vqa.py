@@ -312,6 +312,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=list(vd.KINDS),
         help="question types to train and test on (all)",
     )
+    parser.add_argument(
+        "--augment",
+        action="store_true",
+        help="move each training digit by up to a pixel and dim it at random (off)",
+    )
     parser.add_argument("--train-size", type=int, default=100_000, help="training questions")
     parser.add_argument("--test-size", type=int, default=3000, help="held-out questions")
 
@@ -340,7 +345,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         pool, scenes = data
         idx = batch_indices(args.seed, step, args.train_size, args.batch_size)  # (B,)
         s = jax.tree.map(lambda a: a[idx], scenes)
-        images = vd.render(pool, s.ids, s.colours, s.count, s.shift)  # (B, 8, 36, 3)
+        augment = key if args.augment else None
+        images = vd.render(pool, s.ids, s.colours, s.count, s.shift, augment)  # (B, 8, 36, 3)
         log_probs = nnx.merge(graphdef, state)(images, s.text)  # (B, L, V)
         target = s.text[:, 1:]  # (B, L)
         mask = (jnp.arange(L)[None, :] >= s.question_len[:, None] - 1) & (target != PAD)
@@ -351,7 +357,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     data = (jnp.asarray(train_x), jax.tree.map(jnp.asarray, train))
     state, training = fit(loss, state, data, args, label=f"vqa ({args.image})")
     nnx.update(model, state)
-    evaluation: dict[str, Any] = {"image": args.image, "test_digit_images": len(test_y)}
+    evaluation: dict[str, Any] = {"image": args.image, "augment": args.augment}
+    evaluation["test_digit_images"] = len(test_y)
     evaluation.update(evaluate(model, test_x, test))
     figure = Path(args.out) / "vqa_samples.png"
     first = jax.tree.map(lambda a: jnp.asarray(a[:8]), test)

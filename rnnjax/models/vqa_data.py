@@ -170,12 +170,29 @@ def make_scenes(seed: int, n: int, labels: np.ndarray, kinds=KINDS) -> Scenes:
     return Scenes(i32(ids), i32(colours), i32(count), i32(shift), text, question_len, kind)
 
 
-def render(images: Array, ids: Array, colours: Array, count: Array, shift: Array) -> Array:
+def jitter(key: Array, tiles: Array, dimmest: float = 0.7) -> Array:
+    """Training-time augmentation of digit tiles (B, K, 8, 8): each tile moved by −1, 0 or +1
+    pixel along each axis (zeros move in) and its intensity scaled by u ~ U(dimmest, 1), so
+    the encoder sees a new variant of each training digit at every step."""
+    B, K = tiles.shape[:2]
+    move_key, scale_key = jax.random.split(key)
+    corner = jax.random.randint(move_key, (B, K, 2), 0, 3)  # (B, K, 2) top-left in the padding
+    padded = jnp.pad(tiles, ((0, 0), (0, 0), (1, 1), (1, 1)))  # (B, K, 10, 10)
+    crop = lambda t, c: jax.lax.dynamic_slice(t, (c[0], c[1]), (HEIGHT, SLOT))  # noqa: E731
+    moved = jax.vmap(jax.vmap(crop))(padded, corner)  # (B, K, 8, 8)
+    scale = jax.random.uniform(scale_key, (B, K, 1, 1), minval=dimmest, maxval=1.0)
+    return moved * scale  # (B, K, 8, 8)
+
+
+def render(
+    images: Array, ids: Array, colours: Array, count: Array, shift: Array, key: Array | None = None
+) -> Array:
     """The pixels of a batch of scenes (traceable; jit-compatible).
 
     Args:
         images: float32 (M, 8, 8) digit pool in [0, 1].
         ids, colours: int (B, 4); count, shift: int (B,) (as in `Scenes`).
+        key: if given, every digit tile is augmented first (`jitter`; training only).
 
     Returns:
         float32 (B, 8, 36, 3) RGB canvases: digit k of a scene occupies columns
@@ -183,7 +200,10 @@ def render(images: Array, ids: Array, colours: Array, count: Array, shift: Array
     """
     B = ids.shape[0]
     used = jnp.arange(MAX_DIGITS)[None, :] < count[:, None]  # (B, 4)
-    tiles = images[ids] * used[:, :, None, None]  # (B, 4, 8, 8)
+    tiles = images[ids]  # (B, 4, 8, 8)
+    if key is not None:
+        tiles = jitter(key, tiles)  # (B, 4, 8, 8)
+    tiles = tiles * used[:, :, None, None]  # (B, 4, 8, 8)
     rgb = tiles[..., None] * jnp.asarray(RGB)[colours][:, :, None, None, :]  # (B, 4, 8, 8, 3)
     row = jnp.moveaxis(rgb, 1, 2).reshape(B, HEIGHT, MAX_DIGITS * SLOT, 3)  # (B, 8, 32, 3)
     row = jnp.pad(row, ((0, 0), (0, 0), (0, WIDTH - MAX_DIGITS * SLOT), (0, 0)))  # (B, 8, 36, 3)
@@ -214,6 +234,7 @@ __all__ = [
     "Scenes",
     "answer_words",
     "ask",
+    "jitter",
     "load_pools",
     "make_scenes",
     "question_words",

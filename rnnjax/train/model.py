@@ -16,20 +16,11 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from rnnjax.cells import Cell, gru, lstm, min_gru, min_lstm, multiplicative_rnn, simple_rnn
+from rnnjax.cells import CELLS, Cell
 from rnnjax.cells.base import Array, check_positive, expand
 from rnnjax.data.tasks import Task, TaskBatch
 from rnnjax.initializers import for_cell, readout_init
 from rnnjax.layers import EmbeddingParams, ReadoutParams, Stack, embedding, readout, stacked
-
-CELLS: dict[str, Callable[..., Cell]] = {
-    "simple_rnn": simple_rnn,
-    "lstm": lstm,
-    "gru": gru,
-    "multiplicative_rnn": lambda H, **kw: multiplicative_rnn(H, factors=H, **kw),
-    "min_gru": min_gru,
-    "min_lstm": min_lstm,
-}
 
 
 def build_cells(
