@@ -217,6 +217,17 @@ def test_vqa_app_writes_its_result_and_figure(tmp_path):
     assert result["target"] == {"metric": "exact_answer", "threshold": 0.9, "met": False}
 
 
+def test_augment_changes_what_training_sees(tmp_path):
+    """Same seed and batches: only the jittered digits can make the trained weights differ."""
+    flags = dict(steps=3, hidden=8, embed=4, batch_size=8, train_size=50, test_size=10)
+    plain = run_tiny("vqa", tmp_path / "plain", image="state", **flags)[1]
+    again = run_tiny("vqa", tmp_path / "again", image="state", **flags)[1]
+    jittered = run_tiny("vqa", tmp_path / "jitter", image="state", augment=[], **flags)[1]
+    sha = lambda r: r["training"]["params_sha256"]  # noqa: E731
+    assert sha(plain) == sha(again) != sha(jittered)
+    assert jittered["evaluation"]["augment"] and not plain["evaluation"]["augment"]
+
+
 @pytest.mark.slow
 def test_the_image_at_the_first_step_is_learned_and_used(tmp_path):
     """A few hundred seeded steps on colour questions: without the picture no model can beat

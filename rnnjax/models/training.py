@@ -175,6 +175,7 @@ def fit(
     args: argparse.Namespace,
     *,
     label: str,
+    random: bool = False,
 ) -> tuple[Any, dict[str, Any]]:
     """Trains ``params`` for ``args.steps`` steps of Adam with a cosine-decayed step size,
     through `rnnjax.train.loop.run_loop`, in the run directory ``args.out``. The schedule
@@ -186,11 +187,15 @@ def fit(
     after every step: when it fires the step is checkpointed and `RunInterruptedError` raised.
 
     Args:
-        loss: ``(params, data, step, key) -> (loss, metrics)``.
+        loss: ``(params, data, step, key) -> (loss, metrics)``; ``key`` is None unless
+            ``random``.
         params: initial parameters (any pytree, e.g. an ``nnx.State``).
         data: arrays the loss draws its batches from (passed to the jitted step).
         args: the parsed flags (`add_common_arguments`; ``out``, ``quiet``, ``resume``).
         label: the progress label.
+        random: give the loss a PRNG key at every step (augmentation, dropout), drawn from
+            ``(args.seed, step)`` like the batch, so a resumed run ends where an uninterrupted
+            one does.
 
     Returns:
         ``(params, summary)``: the trained params and the training summary (steps done,
@@ -213,7 +218,7 @@ def fit(
 
     objective = Objective(objective_loss, lambda params: ())
     train_step = make_train_step(
-        objective, optimizer, seed=args.seed, max_bad_steps=args.max_bad_steps
+        objective, optimizer, seed=args.seed, max_bad_steps=args.max_bad_steps, dropout=random
     )
     mesh, rep = _mesh(args.batch_size)
     state = parallel.place(init_state(params, optimizer, ()), rep)

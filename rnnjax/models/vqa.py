@@ -355,7 +355,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return value, {"answer_accuracy": jnp.mean(right), **accuracy_by_kind(right, s.kind)}
 
     data = (jnp.asarray(train_x), jax.tree.map(jnp.asarray, train))
-    state, training = fit(loss, state, data, args, label=f"vqa ({args.image})")
+    label = f"vqa ({args.image})"
+    state, training = fit(loss, state, data, args, label=label, random=args.augment)
     nnx.update(model, state)
     evaluation: dict[str, Any] = {"image": args.image, "augment": args.augment}
     evaluation["test_digit_images"] = len(test_y)
