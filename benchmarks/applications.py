@@ -10,10 +10,12 @@ its entry), a table ``applications.md`` and the figures ``applications_<name>.pn
     .venv/bin/python benchmarks/applications.py              # all of them, one after another
     .venv/bin/python benchmarks/applications.py caption qa   # some
     .venv/bin/python benchmarks/applications.py vqa vqa-every vqa-state vqa-question-only
+    .venv/bin/python benchmarks/applications.py vqa-state-augment vqa-every-augment
 
-Some entries are variants of one application (``TASKS``): the four visual question answering
-runs differ only in where the image enters the LSTM, the tree runs in the cell, the operators
-and the share of 3-child nodes; each family also gets a comparison table.
+Some entries are variants of one application (``TASKS``): the visual question answering runs
+differ only in where the image enters the LSTM and whether the training digits are augmented,
+the tree runs in the cell, the operators and the share of 3-child nodes; each family also gets
+a comparison table.
 
 Run directories (checkpoints, metrics.jsonl) go to ``runs/applications/<name>`` (git-ignored).
 Handwriting (recognition and synthesis, two applications that depend on each other) has its
