@@ -217,6 +217,7 @@ def test_vqa_app_writes_its_result_and_figure(tmp_path):
     assert result["target"] == {"metric": "exact_answer", "threshold": 0.9, "met": False}
 
 
+@pytest.mark.slow
 def test_augment_changes_what_training_sees(tmp_path):
     """Same seed and batches: only the jittered digits can make the trained weights differ."""
     flags = dict(steps=3, hidden=8, embed=4, batch_size=8, train_size=50, test_size=10)
