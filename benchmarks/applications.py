@@ -109,20 +109,12 @@ def run_one(name: str) -> dict:
     return result
 
 
-HEADLINE = {  # application -> (figure label, key in the evaluation)
+HEADLINE = {  # application -> (figure label, key in the evaluation); variants share theirs
     "translate": ("exact match, held-out numbers (greedy)", "exact_match_greedy"),
     "caption": ("exact caption, held-out compositions", "exact_caption"),
     "qa": ("exact answer, held-out stories", "exact_answer"),
     "tree": ("accuracy on deeper held-out trees", "accuracy_deeper"),
     "vqa": ("exact answer, held-out images", "exact_answer"),
-    "vqa-every": ("exact answer, held-out images", "exact_answer"),
-    "vqa-state": ("exact answer, held-out images", "exact_answer"),
-    "vqa-question-only": ("exact answer, held-out images", "exact_answer"),
-    "vqa-state-augment": ("exact answer, held-out images", "exact_answer"),
-    "vqa-every-augment": ("exact answer, held-out images", "exact_answer"),
-    "tree-n-ary": ("accuracy on deeper held-out trees", "accuracy_deeper"),
-    "tree-child-sum-ordered": ("accuracy on deeper held-out trees", "accuracy_deeper"),
-    "tree-child-sum-three": ("accuracy on deeper held-out trees", "accuracy_deeper"),
 }
 
 
@@ -182,7 +174,7 @@ def table(results: dict) -> str:
     ]
     notes, figures = [], []
     for name, r in results.items():
-        label, key = HEADLINE[name]
+        label, key = HEADLINE[TASKS.get(name, name)]
         value = r["evaluation"][key]
         shown = f"{100 * value:.1f} %"
         target = r["target"]
