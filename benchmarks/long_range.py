@@ -417,8 +417,8 @@ def run_hochreiter(args, command: str) -> None:
     without a better validation MSE; a run stops when the validation accuracy reaches
     `HS_STOP_AT`, and 2,560 fresh test sequences are scored once at the end."""
     path = RESULTS / "long_range_hochreiter.json"
-    data = load(path) if not args.quick else dict(commands=[], runs=[])
-    data["commands"] = list(dict.fromkeys([*data["commands"], command]))
+    with locked(path):
+        data = load(path) if not args.quick else dict(commands=[], runs=[])
     done = {(r["T"], r["seed"]) for r in data["runs"]}
     for T, budget in HS_RUNS:
         if T not in args.lengths:
@@ -487,8 +487,12 @@ def run_hochreiter(args, command: str) -> None:
             )
             print(f"T={T} seed {seed}: {wrong} of {HS_TEST} test sequences wrong", flush=True)
             if not args.quick:
-                data["runs"].append(record)
-                save(path, data, hochreiter_markdown(data))
+                with locked(path):  # seeds may run in separate processes: merge, never clobber
+                    data = load(path)
+                    data["commands"] = list(dict.fromkeys([*data["commands"], command]))
+                    if (T, seed) not in {(r["T"], r["seed"]) for r in data["runs"]}:
+                        data["runs"].append(record)
+                    save(path, data, hochreiter_markdown(data))
 
 
 def _score(scorer, params, key, n) -> tuple[int, float]:
@@ -515,13 +519,14 @@ def hochreiter_markdown(data: dict) -> str:
         f"budget; then {HS_TEST:,} fresh test sequences are scored once. Correct: |error| < 0.04.",
         "",
         "| T | seed | stopped at (updates / sequences) | lr at the end | test: wrong of 2560 "
-        "| test accuracy |",
-        "|---|---|---|---|---|---|",
+        "| test accuracy | wall minutes |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in sorted(data["runs"], key=lambda r: (r["T"], r["seed"])):
         lines.append(
             f"| {r['T']} | {r['seed']} | {r['stopped_at']:,} / {r['sequences']:,} | "
-            f"{r['curve'][-1]['lr']:.2g} | {r['test_wrong']} | {r['test_accuracy']:.2%} |"
+            f"{r['curve'][-1]['lr']:.2g} | {r['test_wrong']} | {r['test_accuracy']:.2%} | "
+            f"{r['seconds'] / 60:.0f} |"
         )
     lines += [
         "",
