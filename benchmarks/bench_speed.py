@@ -191,7 +191,8 @@ def run(shapes, kinds, libs_filter, repeats, warmup, warmup_s, memory_t, gemm_n)
         mem_shape = (B, memory_t, D, H)
         print(f"{kind} memory at {mem_shape}")
         report.setdefault("memory", {})[kind] = dict(
-            dims=mem_shape, temp_bytes=temp_memory(libs, kind, mem_shape)
+            dims=mem_shape,
+            temp_bytes=temp_memory([*libs, *comp.memory_extras(libs)], kind, mem_shape),
         )
     machine["load_average_end"] = os.getloadavg()
     return report
@@ -217,28 +218,9 @@ def _ms(seconds: float | None) -> str:
     return "—" if seconds is None else f"{seconds * 1e3:.2f}"
 
 
-def markdown(report: dict) -> str:
-    m = report["machine"]
+def speed_tables(report: dict) -> list[str]:
+    """The ratio table and every library's times (the report's timed cases)."""
     lines = [
-        "# CPU speed: rnnjax vs peers",
-        "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['os']}; load average "
-        f"{m['load_average_start'][0]:.1f} at start, {m['load_average_end'][0]:.1f} at end "
-        "(a shared machine: compare ratios within this run, not absolute times).",
-        "Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + ".",
-        f"GEMM rate measured in this run: {report['gemm_gflops']:.1f} GFLOP/s "
-        f"({report['settings']['gemm_n']}³ float32). Medians of {report['settings']['repeats']} "
-        f"interleaved runs after ≥ {report['settings']['warmup']} warm-up runs "
-        f"(≥ {report['settings']['warmup_s']} s).",
-    ]
-    for r in report.get("reruns", []):
-        rm = r["machine"]
-        lines.append(
-            f"Shapes {', '.join(r['shapes'])} come from a second run (load average "
-            f"{rm['load_average_start'][0]:.1f} at start, {rm['load_average_end'][0]:.1f} at end; "
-            f"GEMM {r['gemm_gflops']:.1f} GFLOP/s); their floors use that run's GEMM rate."
-        )
-    lines += [
         "",
         "## Best rnnjax backend / fastest competitor (targets: training step)",
         "",
@@ -269,10 +251,40 @@ def markdown(report: dict) -> str:
             cells = []
             for c in cases:
                 t = c["median_s"].get(lib)
-                comp = c["compile_s"].get(lib)
-                cells.append(_ms(t) + ("" if comp is None else f" ({comp:.1f})"))
+                compile_time = c["compile_s"].get(lib)
+                cells.append(_ms(t) + ("" if compile_time is None else f" ({compile_time:.1f})"))
             lines.append(f"| {lib} | " + " | ".join(cells) + " |")
         lines.append("| *floor* | " + " | ".join(_ms(c["floor_s"]) for c in cases) + " |")
+        lines.append("")
+    return lines
+
+
+def markdown(report: dict) -> str:
+    m = report["machine"]
+    lines = [
+        "# CPU speed: rnnjax vs peers",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['os']}; load average "
+        f"{m['load_average_start'][0]:.1f} at start, {m['load_average_end'][0]:.1f} at end "
+        "(a shared machine: compare ratios within this run, not absolute times).",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + ".",
+        f"GEMM rate measured in this run: {report['gemm_gflops']:.1f} GFLOP/s "
+        f"({report['settings']['gemm_n']}³ float32). Medians of {report['settings']['repeats']} "
+        f"interleaved runs after ≥ {report['settings']['warmup']} warm-up runs "
+        f"(≥ {report['settings']['warmup_s']} s).",
+    ]
+    for r in report.get("reruns", []):
+        rm = r["machine"]
+        lines.append(
+            f"Shapes {', '.join(r['shapes'])} come from a second run (load average "
+            f"{rm['load_average_start'][0]:.1f} at start, {rm['load_average_end'][0]:.1f} at end; "
+            f"GEMM {r['gemm_gflops']:.1f} GFLOP/s); their floors use that run's GEMM rate."
+        )
+    if report["cases"]:
+        lines += speed_tables(report)
+    else:
+        lines[0] = "# CPU memory: rnnjax vs peers (the training step's temporary memory only)"
+    if not report["cases"]:
         lines.append("")
     lines += ["## Peak temporary memory of the training step (memory_analysis)", ""]
     for kind, mem in report.get("memory", {}).items():
@@ -281,13 +293,14 @@ def markdown(report: dict) -> str:
         lines.append("")
         lines += ["| library | MiB | / flax |", "|---|---|---|"]
         flax = temp.get("flax.linen:OptimizedLSTMCell") or temp.get("flax.linen:GRUCell")
-        if flax and "rnnjax:fused" in temp:
-            rel = temp["rnnjax:fused"] / flax
-            verdict = "met" if rel <= MEMORY_TARGET else "not met"
-            lines.insert(
-                -2, f"rnnjax:fused / flax = **{rel:.2f}** (target ≤ {MEMORY_TARGET}: {verdict})."
-            )
-            lines.insert(-2, "")
+        for lib in ("rnnjax:fused", *comp.RNNJAX_MEMORY_EXTRA):
+            if flax and lib in temp:
+                rel = temp[lib] / flax
+                verdict = "met" if rel <= MEMORY_TARGET else "not met"
+                lines.insert(
+                    -2, f"{lib} / flax = **{rel:.2f}** (target ≤ {MEMORY_TARGET}: {verdict})."
+                )
+                lines.insert(-2, "")
         for lib, b in sorted(temp.items(), key=lambda kv: kv[1]):
             rel = "—" if not flax else f"{b / flax:.2f}"
             lines.append(f"| {lib} | {b / 2**20:.1f} | {rel} |")
@@ -333,6 +346,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--cells", default=None, help="comma-separated: lstm,gru")
     parser.add_argument("--shapes", default=None, help="comma-separated shape names")
     parser.add_argument("--libs", default=None, help="comma-separated lib strings to keep")
+    parser.add_argument(
+        "--memory-only", action="store_true", help="no timing: the memory table alone"
+    )
     parser.add_argument("--from-json", metavar="JSON", help="rewrite the .md and .png only")
     parser.add_argument(
         "--merge",
@@ -352,6 +368,8 @@ def main(argv=None) -> dict:
     shapes = QUICK_SHAPES if args.quick else SHAPES
     if args.shapes:
         shapes = {k: shapes[k] for k in args.shapes.split(",")}
+    if args.memory_only:
+        shapes = {}
     libs = args.libs.split(",") if args.libs else (QUICK_LIBS if args.quick else None)
     cells = args.cells.split(",") if args.cells else (QUICK_CELLS if args.quick else CELL_KINDS)
     report = run(
@@ -366,11 +384,12 @@ def main(argv=None) -> dict:
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"{args.prefix}_speed"
+    stem = out / (f"memory_{args.prefix}" if args.memory_only else f"{args.prefix}_speed")
     stem.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
     stem.with_suffix(".md").write_text(markdown(report))
-    plot(report, stem.with_suffix(".png"))
-    print(f"wrote {stem}.json, .md, .png")
+    if report["cases"]:
+        plot(report, stem.with_suffix(".png"))
+    print(f"wrote {stem}.json, .md" + (", .png" if report["cases"] else ""))
     return report
 
 

@@ -61,6 +61,9 @@ PEERS = {
 }
 # rnnjax variants benchmarked besides the plain backends.
 RNNJAX_EXTRA = ("rnnjax:fused:unroll=4",)
+# ... and measured in the memory table only: the time loop in chunks of 100 steps (the input
+# projection and its gradient held one chunk at a time), and with each chunk recomputed.
+RNNJAX_MEMORY_EXTRA = ("rnnjax:fused:chunk=100", "rnnjax:fused:chunk=100:remat=1")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -88,6 +91,11 @@ def rnnjax_backends(cell_kind: str, platform: str) -> list[str]:
         if backend.supports(cell, problem):  # a pure predicate: nothing is traced
             names.append(name)
     return names
+
+
+def memory_extras(libs: list[str]) -> list[str]:
+    """The memory-only rnnjax variants whose backend is among ``libs``."""
+    return [v for v in RNNJAX_MEMORY_EXTRA if ":".join(v.split(":")[:2]) in libs]
 
 
 def competitors(cell_kind: str, platform: str | None = None) -> list[str]:
@@ -156,13 +164,17 @@ def _build_rnnjax(lib: str, cell_kind: str, shape, train: bool):
     backend = parts[1]
     options = dict(p.split("=") for p in parts[2:])
     unroll = int(options.get("unroll", 1))
+    chunk = int(options["chunk"]) if "chunk" in options else None
+    remat = bool(int(options.get("remat", 0)))
     _, _, D, H = shape
     cell = _rnnjax_cell(cell_kind, H)
     params = cell.init(jax.random.key(0), D)
     xs, target = _data(shape)
 
     def apply(params, xs):
-        return rj.unroll(cell, params, xs, backend=backend, unroll=unroll)[1]
+        return rj.unroll(
+            cell, params, xs, backend=backend, unroll=unroll, chunk=chunk, remat=remat
+        )[1]
 
     return _jax_workloads(apply, params, xs, target, train)
 

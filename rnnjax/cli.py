@@ -93,7 +93,8 @@ FIELD_FLAGS: dict[str, tuple[Any, str]] = {
     "weight_drop": (float, "DropConnect on the recurrent matrix (default 0)"),
     "backend": (
         str,
-        f"unroll backend: {', '.join(BACKENDS)} (default scan; pallas needs a GPU or TPU)",
+        f"unroll backend: {', '.join(BACKENDS)} (default auto: the fastest that runs the "
+        "cell here; scan is the reference)",
     ),
     "optimizer": (str, f"{', '.join(OPTIMIZERS)} (default adam)"),
     "lr": (float, "learning rate (default 1e-3 for tasks, 2e-3 for text)"),

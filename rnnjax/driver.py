@@ -15,7 +15,8 @@ import numpy as np
 from rnnjax.cells import checks
 from rnnjax.cells.base import Array, Cell, carry_dtype
 from rnnjax.kernels import get_backend
-from rnnjax.kernels.base import problem_of
+from rnnjax.kernels.base import forward_mode_of, problem_of
+from rnnjax.kernels.registry import resolve
 from rnnjax.resets import check_resets, reset_block, resettable
 
 
@@ -31,7 +32,8 @@ def unroll(
     time_major: bool = False,
     unroll: int = 1,
     remat: bool = False,
-    backend: str = "scan",
+    chunk: int | None = None,
+    backend: str = "auto",
 ) -> tuple[Any, Array]:
     r"""Runs ``cell`` over a sequence: c_t = h(x_t, c_{t-1}; θ) for t = 1..T.
 
@@ -41,11 +43,15 @@ def unroll(
     Backends (how the loop runs; never what it computes — every one equals ``"scan"``,
     outputs and gradients):
 
-    - ``"scan"`` (default): `lax.scan` over ``cell.recur``, any cell; the readable
-      reference, and the one backend that also supports forward-mode autodiff (``jax.jvp``,
-      ``jax.jacfwd``; the others are ``custom_vjp`` functions, reverse mode only);
-    - ``"auto"``: the fastest backend whose support predicate accepts the cell, the shape,
-      the dtype and the device (`rnnjax.kernels.auto`);
+    - ``"auto"`` (default): the fastest backend whose support predicate accepts the cell,
+      the shape, the dtype, the device and the autodiff mode (`rnnjax.kernels.auto`); it
+      changes the speed, never the result beyond float rounding;
+    - ``"scan"``: `lax.scan` over ``cell.recur``, any cell; the readable reference, and the
+      one backend that also supports forward-mode autodiff (``jax.jvp``, ``jax.jacfwd``,
+      ``jax.hessian``): the others are ``custom_vjp`` functions, reverse mode only, and
+      refuse forward mode with that reason, so ``"auto"`` picks ``"scan"`` there — except
+      under a ``jax.jit`` placed between the transformation and this call, which hides the
+      tangents (`rnnjax.kernels.base.forward_mode_of`): pass ``backend="scan"`` then;
     - ``"fused"``: one custom_vjp over the loop, derived from the cell's structured form;
     - ``"fused_cpu"``: the plain LSTM / GRU loop as one C++ call (CPU, small batch);
     - ``"associative"``: parallel prefix scan for cells linear in the carry;
@@ -86,7 +92,14 @@ def unroll(
         unroll: loop steps per iteration (trades compile time for per-step overhead).
         remat: store only the carries for the backward pass and recompute each step
             (memory O(T·carry) instead of O(T·activations)); backends that already store
-            only compact residuals refuse it, and ``"auto"`` then picks ``"scan"``.
+            only compact residuals refuse it, and ``"auto"`` then picks ``"scan"``. With
+            ``chunk``, every backend accepts it: the carry is stored at chunk boundaries and
+            each chunk's forward pass is recomputed in the backward pass (one extra forward).
+        chunk: run the sequence in chunks of this many steps (the last one may be shorter):
+            the input projection x_t U, the loop and their gradients run chunk by chunk
+            (one `lax.scan` over chunks), so the projected inputs and their gradient, (T, B,
+            G) arrays otherwise, are held one chunk at a time. Same results; less memory
+            for long sequences (`run_in_chunks`).
         backend: one of the names above.
 
     Returns:
@@ -125,23 +138,109 @@ def unroll(
         xs_tm = jnp.where(valid[..., None], xs_tm, jnp.zeros_like(xs_tm))
     if reverse:
         xs_tm = reverse_within_lengths(xs_tm, lengths)
-    px = cell.project(params, xs_tm)  # (T, *batch, G)
+    flags = None
     if resets is not None:  # the flag rides in px as one more gate block (rnnjax.resets)
         flags = check_resets(resets, batch_shape, T, time_major)  # (T, *batch)
         if reverse:
             flags = reverse_within_lengths(flags[..., None], lengths)[..., 0]
+    project = projection(cell, params)
+    if resets is not None:
         cell = resettable(cell)
-        px = jnp.concatenate([px, reset_block(flags, cell.hidden_size, px.dtype)], axis=-1)
-    problem = problem_of(cell, params, px, carry, remat)
+    # The backend is chosen here, from the arrays the caller passed (inside a chunked loop
+    # they are the loop's own tracers, which would hide e.g. forward-mode autodiff).
+    forward_mode = forward_mode_of((params, xs_tm, carry))
+    steps = T if chunk is None else check_chunk(chunk, T)
+    x_steps = jax.ShapeDtypeStruct((steps, *xs_tm.shape[1:]), xs_tm.dtype)
+    f_steps = (
+        None if flags is None else jax.ShapeDtypeStruct((steps, *flags.shape[1:]), flags.dtype)
+    )
+    px_shape = jax.eval_shape(project, x_steps, f_steps)  # (steps, *batch, G)
+    backend_remat = remat and chunk is None  # with chunks, remat checkpoints whole chunks
+    problem = problem_of(cell, params, px_shape, carry, backend_remat, forward_mode)
+    run, unroll = resolve(run, cell, problem, unroll)
     support = run.supports(cell, problem)
     if not support:
         raise ValueError(support.reason)
-    final_carry, ys = run.run(cell, params, px, carry, lengths, unroll=unroll, remat=remat)
+    if chunk is None:
+        px = project(xs_tm, flags)  # (T, *batch, G)
+        final_carry, ys = run.run(cell, params, px, carry, lengths, unroll=unroll, remat=remat)
+    else:
+        final_carry, ys = run_in_chunks(
+            run, cell, params, project, xs_tm, flags, carry, lengths, steps, unroll, remat
+        )
     if reverse:
         ys = reverse_within_lengths(ys, lengths)  # (T, *batch, H), back in input order
     if not (time_major or xs.ndim == 2):
         ys = jnp.swapaxes(ys, 0, 1)  # (B, T, H)
     return final_carry, ys
+
+
+def projection(cell: Cell, params: Any):
+    """``(xs (T, *batch, D), flags (T, *batch) or None) -> px (T, *batch, G)``: the cell's
+    input projection, plus the reset flags, when given, as one more gate block
+    (`rnnjax.resets`)."""
+    H = cell.hidden_size
+
+    def project(xs_tm: Array, flags: Array | None) -> Array:
+        px = cell.project(params, xs_tm)  # (T, *batch, G)
+        if flags is not None:
+            px = jnp.concatenate([px, reset_block(flags, H, px.dtype)], axis=-1)
+        return px
+
+    return project
+
+
+def check_chunk(chunk: Any, T: int) -> int:
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"chunk must be a positive int (steps per chunk), got {chunk=}")
+    return min(chunk, T)
+
+
+def run_in_chunks(run, cell, params, project, xs_tm, flags, carry, lengths, chunk, unroll, remat):
+    r"""The loop over T steps as a `lax.scan` over chunks of ``chunk`` steps.
+
+    Each chunk projects its own inputs and runs the backend on them, so px = x U + b and,
+    under differentiation, d px exist for one chunk at a time: the weight gradients
+    ``dU = Σ_chunks x_cᵀ d px_c`` (and the backend's ``dW``) are summed chunk by chunk by the
+    scan's transpose. With ``remat`` each chunk is a `jax.checkpoint`: the backward pass
+    recomputes the chunk's forward from the carry that entered it. The T mod chunk steps
+    left over run as one more, shorter call. Lengths are shifted into each chunk's frame:
+    a chunk starting at step s sees ``clip(lengths − s, 0, chunk)``.
+
+    Args:
+        run: the backend. cell, params, carry: as `unroll`.
+        project: `projection`'s function.
+        xs_tm: (T, *batch, D), already masked and reversed. flags: (T, *batch) or None.
+        lengths: None or int (*batch,). chunk: steps per chunk, 1 <= chunk <= T.
+
+    Returns:
+        ``(final_carry, ys (T, *batch, H))``.
+    """
+    T = xs_tm.shape[0]
+    n, rest = divmod(T, chunk)
+
+    def piece(carry, inputs, steps):
+        x, f, start = inputs  # (steps, *batch, D), (steps, *batch) or None, ()
+        lens = None if lengths is None else jnp.clip(lengths - start, 0, steps)  # (*batch,)
+        return run.run(cell, params, project(x, f), carry, lens, unroll=unroll, remat=False)
+
+    if remat:
+        piece = jax.checkpoint(piece, static_argnums=(2,))
+
+    def body(carry, inputs):
+        return piece(carry, inputs, chunk)
+
+    def chunks(a: Array | None) -> Array | None:  # (n·chunk, ...) -> (n, chunk, ...)
+        return None if a is None else a[: n * chunk].reshape((n, chunk, *a.shape[1:]))
+
+    starts = jnp.arange(n) * chunk  # (n,)
+    carry, ys = jax.lax.scan(body, carry, (chunks(xs_tm), chunks(flags), starts))
+    ys = ys.reshape((n * chunk, *ys.shape[2:]))  # (n·chunk, *batch, H)
+    if rest:
+        tail = (xs_tm[n * chunk :], None if flags is None else flags[n * chunk :], n * chunk)
+        carry, ys_tail = piece(carry, tail, rest)
+        ys = jnp.concatenate([ys, ys_tail], axis=0)  # (T, *batch, H)
+    return carry, ys
 
 
 def reverse_within_lengths(xs: Array, lengths: Array | None) -> Array:

@@ -9,7 +9,7 @@ the functional API is available and the results are identical to it::
 
     class Tagger(nnx.Module):
         def __init__(self, rngs):
-            self.rnn = RNN(rj.lstm(64), input_size=16, rngs=rngs, backend="scan")
+            self.rnn = RNN(rj.lstm(64), input_size=16, rngs=rngs)
             self.out = nnx.Linear(64, 5, rngs=rngs)
 
         def __call__(self, xs, lengths=None):
@@ -87,7 +87,7 @@ class LinenRNN(nn.Module):
     """
 
     cell: Cell
-    backend: str = "scan"
+    backend: str = "auto"
 
     @nn.compact
     def __call__(self, xs: Array, carry: Any = None, **options) -> tuple[Any, Array]:

@@ -24,7 +24,9 @@ def test_bench_speed_quick(tmp_path):
         assert all(t > 0 for t in case["median_s"].values())
         assert case["floor_s"] > 0
         assert case["ratio"] > 0  # best rnnjax / fastest peer
-    assert data["memory"]["lstm"]["temp_bytes"]["rnnjax:fused"] > 0
+    memory = data["memory"]["lstm"]["temp_bytes"]
+    assert memory["rnnjax:fused"] > 0
+    assert memory["rnnjax:fused:chunk=100"] > 0 and memory["rnnjax:fused:chunk=100:remat=1"] > 0
     table = (tmp_path / "smoke_speed.md").read_text()
     assert "best rnnjax" in table and "rnnjax:fused" in table
     assert (tmp_path / "smoke_speed.png").stat().st_size > 1000

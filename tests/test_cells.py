@@ -2,6 +2,8 @@
 the lecture's worked example. The equations themselves are checked against oracles written
 from the papers in test_oracles.py."""
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -48,7 +50,9 @@ def test_jit_does_not_retrace(name, rng):
 @pytest.mark.parametrize("name", CELL_FACTORIES)
 def test_gradients_match_finite_differences(name, rng):
     """Forward- and reverse-mode derivatives of unroll against finite differences, in float64
-    (``jax.enable_x64`` as a context manager: the global flag is never changed)."""
+    (``jax.enable_x64`` as a context manager: the global flag is never changed). Forward mode
+    on ``backend="scan"`` (the fast backends are custom_vjp functions, reverse mode only),
+    reverse mode on the default ``"auto"`` too."""
     k_c, k_x, k_h = jax.random.split(rng, 3)
     cell, params = make(name, k_c, H=3, D=2)
     carry = random_like(k_h, cell.initial_carry(params, (2,)))
@@ -56,12 +60,14 @@ def test_gradients_match_finite_differences(name, rng):
     with jax.enable_x64(True):
         params, xs, carry = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), (params, xs, carry))
 
-        def loss(p, x, c):
-            final, ys = rj.unroll(cell, p, x, c)
+        def loss(p, x, c, backend="auto"):
+            final, ys = rj.unroll(cell, p, x, c, backend=backend)
             return jnp.sum(ys**2) + sum(jnp.sum(leaf) for leaf in jax.tree.leaves(final))
 
         assert loss(params, xs, carry).dtype == jnp.float64
-        check_grads(loss, (params, xs, carry), order=1, modes=("fwd", "rev"))
+        scan_loss = functools.partial(loss, backend="scan")
+        check_grads(scan_loss, (params, xs, carry), order=1, modes=("fwd", "rev"))
+        check_grads(loss, (params, xs, carry), order=1, modes=("rev",))
     assert not jax.config.jax_enable_x64
 
 

@@ -1,6 +1,7 @@
 """The cell contract around the backends: dtypes, mismatched objects, NaN padding, vmap, and
 the support predicates that ``auto`` reads."""
 
+import functools
 import shutil
 
 import chex
@@ -216,3 +217,43 @@ def test_fused_cpu_specialisation_equals_the_generic_fused_loop(rng):
         chex.assert_trees_all_close(
             grad(params, xs, "fused_cpu"), grad(params, xs, "fused"), rtol=1e-5, atol=1e-6
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# forward-mode autodiff: "auto" runs it on "scan"; the custom_vjp backends refuse it by name
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("options", [{}, dict(chunk=2), dict(lengths=jnp.array([T, 2, 0]))])
+def test_auto_runs_forward_mode_autodiff_on_scan(options, rng):
+    cell = rj.lstm(H)
+    params = random_like(rng, cell.init(rng, D))
+    xs = jax.random.normal(jax.random.fold_in(rng, 1), (B, T, D))
+
+    def outputs(x, backend="auto"):
+        return rj.unroll(cell, params, x, backend=backend, **options)[1]
+
+    want = jax.jacrev(functools.partial(outputs, backend="scan"))(xs)
+    chex.assert_trees_all_close(jax.jacfwd(outputs)(xs), want, rtol=1e-5, atol=1e-6)
+    hessian = jax.hessian(lambda x: jnp.sum(jnp.sin(outputs(x))))(xs)
+    assert hessian.shape == (B, T, D, B, T, D) and bool(jnp.all(jnp.isfinite(hessian)))
+    # reverse mode keeps the fast backend: the same program as naming the table's choice
+    name, unroll = choose_backend(cell, B, options.get("chunk", T))
+    assert name != "scan"
+
+    def program(**how):
+        def loss(x):
+            return jnp.sum(rj.unroll(cell, params, x, **options, **how)[1])
+
+        return str(jax.make_jaxpr(jax.grad(loss))(xs))
+
+    assert program() == program(backend=name, unroll=unroll)
+
+
+@pytest.mark.parametrize("backend", ["fused", "fused_cpu", "associative"])
+def test_custom_vjp_backends_refuse_forward_mode_with_the_reason(backend, rng):
+    cell = rj.diagonal_linear_rnn(H) if backend == "associative" else rj.lstm(H)
+    params = cell.init(rng, D)
+    xs = jnp.ones((B, T, D))
+    with pytest.raises(ValueError, match=f"backend='{backend}' is a custom_vjp.*backend='scan'"):
+        jax.jvp(lambda x: rj.unroll(cell, params, x, backend=backend)[1], (xs,), (xs,))

@@ -25,6 +25,7 @@ from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
+from jax.interpreters import ad
 
 from rnnjax.cells.base import Array, Carry, Cell, Params
 
@@ -38,6 +39,9 @@ class Problem(NamedTuple):
         dtype: the carry dtype (`rnnjax.cells.base.carry_dtype`).
         platform: "cpu", "gpu" or "tpu".
         remat: whether the caller asked for rematerialisation.
+        forward_mode: whether the inputs carry forward-mode tangents (``jax.jvp``,
+            ``jax.jacfwd``, ``jax.linearize`` applied to the call, seen through `vmap`; see
+            `forward_mode_of`): the ``custom_vjp`` backends refuse it, ``"scan"`` runs it.
     """
 
     steps: int
@@ -45,6 +49,7 @@ class Problem(NamedTuple):
     dtype: Any
     platform: str
     remat: bool = False
+    forward_mode: bool = False
 
 
 class Support(NamedTuple):
@@ -117,15 +122,63 @@ def structured(cell: Cell, backend: str, *, recurrent: bool = True) -> Support:
     return YES
 
 
-def problem_of(cell: Cell, params: Params, px: Array, carry: Carry, remat: bool) -> Problem:
-    """The `Problem` of a backend call (static shapes and dtypes only)."""
-    del cell, params
+def problem_of(
+    cell: Cell,
+    params: Params,
+    px: Array,
+    carry: Carry,
+    remat: bool,
+    forward_mode: bool | None = None,
+) -> Problem:
+    """The `Problem` of a backend call (shapes, dtypes and the kind of autodiff tracing it).
+
+    ``forward_mode`` None: read from params, px and carry (`forward_mode_of`); a caller that
+    passes a shape for px (`jax.ShapeDtypeStruct`) says it from the arrays it has.
+    """
+    del cell
     leaves = jax.tree.leaves(carry)
     dtype = leaves[0].dtype if leaves else px.dtype
     batch = 1
     for d in px.shape[1:-1]:
         batch *= int(d)
-    return Problem(int(px.shape[0]), batch, jnp.dtype(dtype), jax.devices()[0].platform, remat)
+    if forward_mode is None:
+        forward_mode = forward_mode_of((params, px, carry))
+    platform = jax.devices()[0].platform
+    return Problem(int(px.shape[0]), batch, jnp.dtype(dtype), platform, remat, forward_mode)
+
+
+def forward_mode_of(tree: Any) -> bool:
+    """Whether any leaf of ``tree`` is being traced by forward-mode autodiff.
+
+    Looks through the tracers wrapped around each leaf (`vmap`'s, reverse mode's) for a
+    JVP tracer: ``jax.jvp``, ``jax.jacfwd`` or ``jax.hessian`` applied to the call. A
+    ``jax.jit`` between the transformation and the call hides it (the function is traced
+    first, differentiated after): that case gets JAX's own error from a ``custom_vjp``
+    backend, and ``backend="scan"`` is the way there.
+    """
+    jvp_tracer = getattr(ad, "JVPTracer", None)
+    if jvp_tracer is None:  # pragma: no cover - a JAX without it: JAX's own error applies
+        return False
+    for leaf in jax.tree.leaves(tree):
+        while isinstance(leaf, jax.core.Tracer):
+            if isinstance(leaf, jvp_tracer):
+                return True
+            leaf = getattr(leaf, "primal", getattr(leaf, "val", None))
+    return False
+
+
+def reverse_mode_only(backend: Backend) -> Backend:
+    """``backend`` with its predicate refusing forward-mode autodiff (a ``custom_vjp`` loop)."""
+
+    def supports(cell: Cell, problem: Problem) -> Support:
+        if problem.forward_mode:
+            return no(
+                f"backend={backend.name!r} is a custom_vjp function (reverse-mode autodiff "
+                "only); jax.jvp, jax.jacfwd and jax.linearize need backend='scan' (or 'auto')"
+            )
+        return backend.supports(cell, problem)
+
+    return backend._replace(supports=supports)
 
 
 def mask_step(valid: Array, new_carry: Any, old_carry: Any, y: Array) -> tuple[Any, Array]:

@@ -23,7 +23,8 @@ the library's cells and for a cell defined in a test file.
 
 Lengths freeze the carry and zero the output at t >= length. ``remat=True`` is refused (the
 fused loop already stores only the gate pre-activations and carries; ``backend="scan"`` with
-``remat=True`` stores carries only). Memory per step: N·(G + S·H) numbers for tied gates
+``remat=True`` stores carries only; with ``unroll(..., chunk=k, remat=True)`` the driver
+checkpoints whole chunks around this backend). Memory per step: N·(G + S·H) numbers for tied gates
 (an LSTM saves z (N, 4H) and c_{t-1} (N, H)), plus N·H per untied block (the GRU's candidate).
 
 References:
@@ -244,7 +245,8 @@ def supports(cell: Cell, problem: Problem) -> Support:
     if problem.remat:
         return no(
             "backend='fused' already stores only the gate pre-activations and the carries; "
-            "remat=True (carries only) is backend='scan'"
+            "remat=True (carries only) is backend='scan', or pass chunk= to unroll (the carry "
+            "kept at chunk boundaries, each chunk recomputed)"
         )
     return YES
 

@@ -116,7 +116,10 @@ def supports(cell: Cell, problem: Problem) -> Support:
     if problem.dtype != jnp.float32:
         return no(f"backend='fused_cpu' is float32 only, got carry dtype {problem.dtype}")
     if problem.remat:
-        return no("backend='fused_cpu' keeps gates and cell states; remat=True is 'scan'")
+        return no(
+            "backend='fused_cpu' keeps gates and cell states; remat=True is 'scan' (or "
+            "unroll(..., chunk=k, remat=True))"
+        )
     if not library_path().exists():
         return no(
             "backend='fused_cpu' is not built: run rnnjax.kernels.fused_cpu.build() (or "

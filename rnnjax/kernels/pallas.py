@@ -311,7 +311,10 @@ def make_pallas_backend(
         if not ok:
             return ok
         if problem.remat:
-            return no(f"backend={name!r} always stores its residuals; remat=True is 'scan'")
+            return no(
+                f"backend={name!r} always stores its residuals; remat=True is 'scan' (or "
+                "unroll(..., chunk=k, remat=True))"
+            )
         if problem.dtype != jnp.float32:
             return no(f"backend={name!r} keeps float32 carries, got {problem.dtype}")
         if not use_interpret(problem.platform) and problem.platform != "gpu":

@@ -15,15 +15,20 @@ import jax.numpy as jnp
 from rnnjax.cells.base import Cell
 from rnnjax.kernels import auto
 from rnnjax.kernels.associative import ASSOCIATIVE
-from rnnjax.kernels.base import YES, Backend, Problem, Support, problem_of
+from rnnjax.kernels.base import YES, Backend, Problem, Support, problem_of, reverse_mode_only
 from rnnjax.kernels.fused import FUSED
 from rnnjax.kernels.fused_cpu import FUSED_CPU
 from rnnjax.kernels.pallas import PALLAS
 from rnnjax.kernels.pallas_verified import PALLAS_VERIFIED
 from rnnjax.kernels.scan import SCAN
 
+# Every backend but "scan" is a custom_vjp loop: reverse-mode autodiff only.
 BACKENDS: dict[str, Backend] = {
-    b.name: b for b in (SCAN, FUSED, FUSED_CPU, ASSOCIATIVE, PALLAS, PALLAS_VERIFIED)
+    SCAN.name: SCAN,
+    **{
+        b.name: reverse_mode_only(b)
+        for b in (FUSED, FUSED_CPU, ASSOCIATIVE, PALLAS, PALLAS_VERIFIED)
+    },
 }
 
 
@@ -53,10 +58,8 @@ def choose_backend(
 
 def _auto_run(cell, params, px, carry, lengths, *, unroll=1, remat=False):  # RunFn
     problem = problem_of(cell, params, px, carry, remat)
-    name, table_unroll = auto.choose(cell, problem, BACKENDS)
-    return BACKENDS[name].run(
-        cell, params, px, carry, lengths, unroll=max(unroll, table_unroll), remat=remat
-    )
+    run, unroll = resolve(BACKENDS["auto"], cell, problem, unroll)
+    return run.run(cell, params, px, carry, lengths, unroll=unroll, remat=remat)
 
 
 def _auto_supports(cell: Cell, problem: Problem) -> Support:
@@ -67,6 +70,15 @@ def _auto_supports(cell: Cell, problem: Problem) -> Support:
 BACKENDS["auto"] = Backend(
     "auto", _auto_run, _auto_supports, "the fastest backend whose predicate accepts the cell"
 )
+
+
+def resolve(backend: Backend, cell: Cell, problem: Problem, unroll: int) -> tuple[Backend, int]:
+    """The backend that runs: ``"auto"`` becomes its choice for this problem (with the table's
+    ``unroll`` where larger), any other stays as it is."""
+    if backend.name != "auto":
+        return backend, unroll
+    name, table_unroll = auto.choose(cell, problem, BACKENDS)
+    return BACKENDS[name], max(unroll, table_unroll)
 
 
 def get_backend(name: str) -> Backend:

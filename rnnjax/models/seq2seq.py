@@ -157,7 +157,7 @@ def seq2seq(
     hidden: int = 256,
     layers: int = 1,
     reverse_source: bool = True,
-    backend: str = "scan",
+    backend: str = "auto",
 ) -> Seq2Seq:
     """Builds the LSTM encoder–decoder.
 

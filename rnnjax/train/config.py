@@ -71,7 +71,7 @@ class RunConfig:
     recurrent_dropout: float = 0.0
     zoneout: float = 0.0
     weight_drop: float = 0.0
-    backend: str = "scan"
+    backend: str = "auto"
     optimizer: str = "adam"
     lr: Any = None  # float; None: the default of the run's kind
     momentum: Any = None  # float, sgd / rmsprop only (default 0)

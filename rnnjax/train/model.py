@@ -99,7 +99,7 @@ def _build(
     emb=None,
     log_softmax: bool = True,
     dropout: float = 0.0,
-    backend: str = "scan",
+    backend: str = "auto",
     readout_init: Any = None,
 ) -> Model:
     stack = stacked(cells, dropout=dropout)
@@ -144,7 +144,7 @@ def char_model(
     cells: list[Cell],
     embed_dim: int = 32,
     dropout: float = 0.0,
-    backend: str = "scan",
+    backend: str = "auto",
 ) -> Model:
     """Embedding (V, E) → stacked cells → softmax readout over the V characters."""
     check_positive("embed_dim", embed_dim)
@@ -153,7 +153,7 @@ def char_model(
 
 
 def task_model(
-    task: Task, cells: list[Cell], backend: str = "scan", init: str | None = None
+    task: Task, cells: list[Cell], backend: str = "auto", init: str | None = None
 ) -> Model:
     """Task features (D) → stacked cells → linear output (regression) or softmax (classes).
 
