@@ -50,8 +50,9 @@ def unroll(
       one backend that also supports forward-mode autodiff (``jax.jvp``, ``jax.jacfwd``,
       ``jax.hessian``): the others are ``custom_vjp`` functions, reverse mode only, and
       refuse forward mode with that reason, so ``"auto"`` picks ``"scan"`` there — except
-      under a ``jax.jit`` placed between the transformation and this call, which hides the
-      tangents (`rnnjax.kernels.base.forward_mode_of`): pass ``backend="scan"`` then;
+      under ``jax.linearize`` or a ``jax.jit`` placed between the transformation and this
+      call, which hide the tangents (`rnnjax.kernels.base.forward_mode_of`): pass
+      ``backend="scan"`` then;
     - ``"fused"``: one custom_vjp over the loop, derived from the cell's structured form;
     - ``"fused_cpu"``: the plain LSTM / GRU loop as one C++ call (CPU, small batch);
     - ``"associative"``: parallel prefix scan for cells linear in the carry;

@@ -40,7 +40,7 @@ class Problem(NamedTuple):
         platform: "cpu", "gpu" or "tpu".
         remat: whether the caller asked for rematerialisation.
         forward_mode: whether the inputs carry forward-mode tangents (``jax.jvp``,
-            ``jax.jacfwd``, ``jax.linearize`` applied to the call, seen through `vmap`; see
+            ``jax.jacfwd``, ``jax.hessian`` applied to the call, seen through `vmap`; see
             `forward_mode_of`): the ``custom_vjp`` backends refuse it, ``"scan"`` runs it.
     """
 
@@ -174,7 +174,7 @@ def reverse_mode_only(backend: Backend) -> Backend:
         if problem.forward_mode:
             return no(
                 f"backend={backend.name!r} is a custom_vjp function (reverse-mode autodiff "
-                "only); jax.jvp, jax.jacfwd and jax.linearize need backend='scan' (or 'auto')"
+                "only); jax.jvp, jax.jacfwd and jax.hessian need backend='scan' (or 'auto')"
             )
         return backend.supports(cell, problem)
 
