@@ -83,7 +83,9 @@ BLOCKS = (
     ((200,), ("SGD", "SGD-C", "SGD-CR", "LSTM SGD-C", "GRU SGD-C", "LSTM Adam", "GRU Adam")),
 )
 
-HS = dict(cell="lstm", hidden=64, forget_bias=5.0, optimizer="adam", lr=1e-3, clip=1.0)
+HS = dict(cell="lstm", hidden=64, optimizer="adam", lr=1e-3, clip=1.0)
+# the LSTM's gate biases: forget bias 5, or the chrono initialisation for lags up to T
+HS_INITS = {"forget-bias": "forget-gate bias 5", "chrono": "chrono initialisation, T_max = T"}
 HS_BATCH, HS_SEEDS, HS_VALID, HS_TEST, HS_CHUNK = 32, (0, 1, 2), 2560, 2560, 512
 HS_RUNS = ((100, 30_000), (500, 20_000))  # (T, budget of updates)
 HS_CHECK_EVERY, HS_STOP_AT = 500, 0.995  # validation accuracy that ends a run
@@ -423,12 +425,15 @@ def run_hochreiter(args, command: str) -> None:
     path = RESULTS / "long_range_hochreiter.json"
     with locked(path):
         data = load(path) if not args.quick else dict(commands=[], runs=[])
-    done = {(r["T"], r["seed"]) for r in data["runs"]}
+    done = {_hs_key(r) for r in data["runs"]}
     for T, budget in HS_RUNS:
         if T not in args.lengths:
             continue
         budget = min(budget, args.budget or budget)
-        config = RunConfig(task="adding", definition="hochreiter", T=T, backend="fused", **HS)
+        biases = dict(forget_bias=5.0) if args.init == "forget-bias" else dict(init=f"chrono={T}")
+        config = RunConfig(
+            task="adding", definition="hochreiter", T=T, backend="fused", **HS, **biases
+        )
         model, task = build_model(config.resolved())
         assert task is not None
         opt = optax.chain(
@@ -438,7 +443,7 @@ def run_hochreiter(args, command: str) -> None:
         step = make_train_step(task_objective(model, task, HS_BATCH), opt, max_bad_steps=10**9)
         chunk, scorer = make_chunk(step, HS_CHECK_EVERY), make_scorer(model, task, HS_CHUNK)
         for seed in args.seeds:
-            if seed not in HS_SEEDS or (T, seed) in done:
+            if seed not in HS_SEEDS or (T, seed, args.init) in done:
                 continue
             seed_key = jax.random.key(seed)
             state = init_state(model.init(seed_key), opt, ())
@@ -479,6 +484,7 @@ def run_hochreiter(args, command: str) -> None:
             record = dict(
                 T=T,
                 seed=seed,
+                init=args.init,
                 budget=budget,
                 stopped_at=curve[-1]["step"],
                 valid_stop_reached=reached,
@@ -494,9 +500,13 @@ def run_hochreiter(args, command: str) -> None:
                 with locked(path):  # seeds may run in separate processes: merge, never clobber
                     data = load(path)
                     data["commands"] = list(dict.fromkeys([*data["commands"], command]))
-                    if (T, seed) not in {(r["T"], r["seed"]) for r in data["runs"]}:
+                    if _hs_key(record) not in {_hs_key(r) for r in data["runs"]}:
                         data["runs"].append(record)
                     save(path, data, hochreiter_markdown(data))
+
+
+def _hs_key(r: dict) -> tuple:
+    return (r["T"], r["seed"], r.get("init", "forget-bias"))  # older runs: forget bias 5
 
 
 def _score(scorer, params, key, n) -> tuple[int, float]:
@@ -516,20 +526,23 @@ def hochreiter_markdown(data: dict) -> str:
         "",
         "Commands: " + ", ".join(f"`{c}`" for c in dict.fromkeys(data["commands"])),
         "",
-        f"LSTM ({HS['hidden']} units, forget-gate bias {HS['forget_bias']}, Adam lr "
+        f"LSTM ({HS['hidden']} units, gate biases as the init column says: "
+        + "; ".join(f"{k}: {v}" for k, v in HS_INITS.items())
+        + f" (Tallec & Ollivier 2018: b_f ~ log U(1, T_max - 1), b_i = -b_f); Adam lr "
         f"{HS['lr']} halved after {HS_PATIENCE} checks without a 1 % better validation MSE "
         f"once the validation accuracy has reached {HS_PLATEAU:.0%}, "
         f"batch {HS_BATCH}, clip {HS['clip']}); validation ({HS_VALID:,} fresh sequences) every "
         f"{HS_CHECK_EVERY} updates; a run stops at {HS_STOP_AT:.1%} validation accuracy or its "
         f"budget; then {HS_TEST:,} fresh test sequences are scored once. Correct: |error| < 0.04.",
         "",
-        "| T | seed | stopped at (updates / sequences) | lr at the end | test: wrong of 2560 "
-        "| test accuracy | wall minutes |",
-        "|---|---|---|---|---|---|---|",
+        "| T | init | seed | stopped at (updates / sequences) | lr at the end "
+        "| test: wrong of 2560 | test accuracy | wall minutes |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for r in sorted(data["runs"], key=lambda r: (r["T"], r["seed"])):
+    for r in sorted(data["runs"], key=lambda r: (r["T"], _hs_key(r)[2], r["seed"])):
         lines.append(
-            f"| {r['T']} | {r['seed']} | {r['stopped_at']:,} / {r['sequences']:,} | "
+            f"| {r['T']} | {_hs_key(r)[2]} | {r['seed']} | "
+            f"{r['stopped_at']:,} / {r['sequences']:,} | "
             f"{r['curve'][-1]['lr']:.2g} | {r['test_wrong']} | {r['test_accuracy']:.2%} | "
             f"{r['seconds'] / 60:.0f} |"
         )
@@ -650,6 +663,12 @@ def main(argv=None) -> int:
         "--shard", default="0/1", help="k/n: run every n-th run of the plan, from the k-th"
     )
     parser.add_argument("--vmap", action="store_true", help="profile: also time 5 vmapped seeds")
+    parser.add_argument(
+        "--init",
+        default="forget-bias",
+        choices=list(HS_INITS),
+        help="hochreiter: the LSTM's gate biases (default forget-bias: forget-gate bias 5)",
+    )
     args = parser.parse_args(argv)
     try:
         k, n = (int(v) for v in args.shard.split("/"))

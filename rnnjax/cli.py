@@ -33,7 +33,7 @@ from typing import Any
 
 from rnnjax.cells import CELLS
 from rnnjax.data.tasks import TASKS
-from rnnjax.initializers import SCHEMES, SQUARE_RECURRENCE
+from rnnjax.initializers import CHRONO, SCHEMES, SQUARE_RECURRENCE
 from rnnjax.kernels import BACKENDS
 from rnnjax.models.registry import APPLICATIONS, application_parser
 from rnnjax.train.config import RunConfig
@@ -81,8 +81,9 @@ FIELD_FLAGS: dict[str, tuple[Any, str]] = {
     "layers": (int, "stacked layers (default 1)"),
     "init": (
         str,
-        f"initialisation: {', '.join(SCHEMES)} (simple_rnn schemes), or rho=R: recurrent "
-        f"matrix of spectral radius R ({', '.join(SQUARE_RECURRENCE)}) (default: the cell's)",
+        f"initialisation: {', '.join(SCHEMES)} (simple_rnn schemes), rho=R: recurrent "
+        f"matrix of spectral radius R ({', '.join(SQUARE_RECURRENCE)}), or chrono=T: gate "
+        f"biases for lags up to T steps ({', '.join(CHRONO)}) (default: the cell's)",
     ),
     "forget_bias": (float, "lstm: initial forget-gate bias (default 1)"),
     "embed": (int, "text: character embedding size (default 32)"),

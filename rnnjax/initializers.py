@@ -131,12 +131,13 @@ def readout_init(name: str | None):
     N(0, 0.1) for "basic_tanh"; other schemes (and None) keep the library's LeCun-normal.
 
     Args:
-        name: a scheme name of `SCHEMES`, None, "default" or "rho=R" (the last three: LeCun).
+        name: a scheme name of `SCHEMES`, None, "default", "rho=R" or "chrono=T" (the last
+            four: LeCun).
     """
     if (
         name is not None
         and name != "default"
-        and not name.startswith("rho=")
+        and not name.startswith(("rho=", "chrono="))
         and name not in _SCHEMES
     ):
         raise ValueError(f"unknown init scheme {name=}; choose one of {SCHEMES}")
@@ -160,6 +161,7 @@ def scheme(name: str) -> dict[str, Any]:
 
 
 SQUARE_RECURRENCE = ("simple_rnn", "lstm", "gru")  # cells with a square W per gate block
+CHRONO = ("lstm",)  # cells with a chrono_init argument (as the train command names them)
 
 
 def for_cell(cell: str, init: str | None) -> dict[str, Any]:
@@ -168,8 +170,10 @@ def for_cell(cell: str, init: str | None) -> dict[str, Any]:
     Args:
         cell: the cell family ("simple_rnn", "lstm", ...).
         init: None or "default" (the factory's own defaults); a scheme of `SCHEMES`
-            (Simple RNN only: a scheme sets the activation too); or ``"rho=R"``: every
-            recurrent block rescaled to spectral radius R (cells of `SQUARE_RECURRENCE`).
+            (Simple RNN only: a scheme sets the activation too); ``"rho=R"``: every
+            recurrent block rescaled to spectral radius R (cells of `SQUARE_RECURRENCE`); or
+            ``"chrono=T"``: the LSTM's chrono initialisation for dependencies up to T steps
+            (``chrono_init=T``, Tallec & Ollivier 2018; cells of `CHRONO`).
 
     Returns:
         Keyword arguments for the factory (empty for the defaults).
@@ -192,9 +196,18 @@ def for_cell(cell: str, init: str | None) -> dict[str, Any]:
                 f"(it applies to {', '.join(SQUARE_RECURRENCE)})"
             )
         return {"recurrent_init": spectral_radius(rho)}
+    if init.startswith("chrono="):
+        if not init[7:].isdigit() or int(init[7:]) <= 2:
+            raise ValueError(f"init {init!r}: T must be an integer > 2, e.g. chrono=500")
+        if cell not in CHRONO:
+            raise ValueError(
+                f"init {init!r} draws an LSTM's gate biases; it does not apply to {cell} "
+                f"(it applies to {', '.join(CHRONO)})"
+            )
+        return {"chrono_init": int(init[7:])}
     if init not in _SCHEMES:
         raise ValueError(
-            f"unknown init {init!r}; choose default, one of {', '.join(SCHEMES)} or rho=R"
+            f"unknown init {init!r}; choose default, one of {', '.join(SCHEMES)}, rho=R or chrono=T"
         )
     if cell != "simple_rnn":
         raise ValueError(

@@ -129,6 +129,7 @@ def test_run_grads_writes_the_report_and_refuses_to_overwrite(tmp_path, capsys):
         (["--batch", "-1"], "--batch must be >= 1"),
         (["--init", "rho=abc"], "rho must be a number"),
         (["--init", "glorot"], "unknown init"),
+        (["--init", "chrono=1"], "T must be an integer > 2"),
         (["--cell", "multiplicative_rnn", "--init", "rho=1.5"], "square recurrent matrix"),
         (["--lyapunov", "-2"], "--lyapunov must be >= 0"),
     ],
@@ -139,18 +140,21 @@ def test_grads_flags_are_validated(argv, message, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "init", ["default", "sigmoid", "basic_tanh", "smart_tanh", "irnn", "rho=1.5"]
+    "init", ["default", "sigmoid", "basic_tanh", "smart_tanh", "irnn", "rho=1.5", "chrono=100"]
 )
 def test_grads_and_train_accept_the_same_inits(init, tmp_path):
     """One rule for --init in both commands: schemes for the Simple RNN, rho=R for every cell
-    with a square recurrent matrix; what one refuses, the other refuses with the same words."""
+    with a square recurrent matrix, chrono=T for the LSTM; what one refuses, the other refuses
+    with the same words."""
     from rnnjax.train import build_cells
 
     for cell in ("simple_rnn", "lstm", "gru", "multiplicative_rnn"):
         args = _args("--cell", cell, "--init", init, "--hidden", "16", "--T", "3",
                      "--out", str(tmp_path))  # fmt: skip
-        refused = (init not in ("default", "rho=1.5") and cell != "simple_rnn") or (
-            init == "rho=1.5" and cell == "multiplicative_rnn"
+        refused = (
+            (init not in ("default", "rho=1.5", "chrono=100") and cell != "simple_rnn")
+            or (init == "rho=1.5" and cell == "multiplicative_rnn")
+            or (init == "chrono=100" and cell != "lstm")
         )
         if refused:
             with pytest.raises(ValueError) as by_grads:

@@ -7,6 +7,7 @@ import functools
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from conftest import CELL_FACTORIES, random_like
 from jax.test_util import check_grads
@@ -150,8 +151,45 @@ def test_multiplicative_rnn_transition_depends_on_input(rng):
         (lambda: rj.lstm(-3), "hidden_size"),
         (lambda: rj.gru(4, dtype=jnp.int32), "dtype"),
         (lambda: rj.multiplicative_rnn(4, factors=0), "factors"),
+        (lambda: rj.lstm(4, chrono_init=2), "chrono_init must be an integer > 2"),
+        (lambda: rj.lstm(4, chrono_init=100.0), "chrono_init=100.0"),
+        (lambda: rj.lstm(4, forget_bias=3.0, chrono_init=100), "forget_bias=3.0 cannot"),
     ],
 )
 def test_bad_hyper_parameters_are_named(make_cell, message):
     with pytest.raises(ValueError, match=message):
         make_cell()
+
+
+@pytest.mark.parametrize(
+    "factory, forget, has_input_gate",
+    [
+        (lambda H, **kw: rj.lstm(H, **kw), 1, True),
+        (lambda H, **kw: rj.lstm(H, peephole=True, **kw), 1, True),
+        (lambda H, **kw: rj.lstm(H, coupled=True, **kw), 0, False),
+        (lambda H, **kw: rj.lstmp(H, 16, **kw), 1, True),
+    ],
+)
+def test_chrono_init_spreads_forgetting_times_over_the_lags(factory, forget, has_input_gate):
+    """Tallec & Ollivier (2018): b_f = log u with u ~ U(1, T_max - 1), and b_i = -b_f. At
+    x = 0, h = 0 a unit keeps its cell state with f = sigma(b_f), i.e. the characteristic time
+    1 / (1 - f) = 1 + u: uniform over [2, T_max]. The other parameters are the default draw."""
+    H, T_max, key = 256, 500, jax.random.key(3)
+    params = factory(H, chrono_init=T_max).init(key, 5)
+    default = factory(H).init(key, 5)
+    b = np.asarray(params.b, np.float64)  # (K·H,)
+    b_f = b[forget * H : (forget + 1) * H]  # (H,)
+    times = np.sort(1.0 / (1.0 - 1.0 / (1.0 + np.exp(-b_f))))  # (H,)
+    assert times[0] >= 2.0 - 1e-3 and times[-1] <= T_max + 0.5, (times[0], times[-1])
+    quantiles = (np.arange(1, H + 1) - 0.5) / H  # uniform on [2, T_max]: a KS distance
+    assert np.max(np.abs((times - 2.0) / (T_max - 2.0) - quantiles)) < 1.95 / np.sqrt(H)
+    if has_input_gate:
+        np.testing.assert_array_equal(b[:H], -b_f)
+    rest = np.ones(b.shape, bool)
+    rest[forget * H : (forget + 1) * H] = False
+    rest[: H if has_input_gate else 0] = False
+    np.testing.assert_array_equal(b[rest], np.asarray(default.b)[rest])
+    np.testing.assert_array_equal(params.W, default.W)  # the weights' draws are unchanged
+    np.testing.assert_array_equal(params.U, default.U)
+    other = factory(H, chrono_init=T_max).init(jax.random.key(4), 5)
+    assert not np.array_equal(other.b, params.b)

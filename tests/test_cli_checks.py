@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from rnnjax.cli import TRAIN_FLAGS, main
@@ -94,6 +96,16 @@ def test_inits_accepted_by_grads_are_accepted_by_train(capsys, tmp_path):
         assert build_cells(config.cell, 8, init=config.init)[0].name == cell
     config = RunConfig(task="adding", optimizer="sgd", momentum=0.9).resolved()
     assert config.momentum == 0.9
+
+
+def test_chrono_init_reaches_the_trained_model():
+    from rnnjax.train import RunConfig
+    from rnnjax.train.loop import build_model
+
+    model, _ = build_model(RunConfig(task="adding", T=50, hidden=8, init="chrono=50").resolved())
+    b = model.init(jax.random.key(0)).rnn[0].b  # (4H,), gates (i, f, g, o)
+    np.testing.assert_array_equal(b[:8], -b[8:16])
+    assert bool(jnp.all((b[8:16] >= 0.0) & (b[8:16] <= np.log(49.0))))
 
 
 def test_out_under_a_file_or_unwritable_is_one_line(capsys, tmp_path):

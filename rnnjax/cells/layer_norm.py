@@ -45,6 +45,7 @@ from rnnjax.cells.base import (
     split_blocks,
     zeros_carry,
 )
+from rnnjax.cells.lstm import lstm_bias
 
 
 class LayerNormLSTMParams(NamedTuple):
@@ -196,7 +197,7 @@ def layer_norm_lstm(
     def init(key, input_size: int) -> LayerNormLSTMParams:
         D = check_positive("input_size", input_size)
         k_u, k_w, k_b = jax.random.split(key, 3)
-        b = initialise(bias_init, k_b, (K * H,), pdt).at[H : 2 * H].add(config.forget_bias)
+        b = lstm_bias(bias_init, k_b, H, K, pdt, 1, config.forget_bias)  # (4H,)
         return LayerNormLSTMParams(
             U=gate_blocks(input_init, k_u, D, H, K, pdt),  # (D, 4H)
             W=gate_blocks(recurrent_init, k_w, H, H, K, pdt),  # (H, 4H)

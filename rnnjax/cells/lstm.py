@@ -63,6 +63,7 @@ class LSTMConfig:
     peephole: bool = False
     coupled: bool = False
     forget_bias: float = 1.0
+    chrono_init: int | None = None
     dtype: Any = None
     param_dtype: Any = jnp.float32
 
@@ -70,6 +71,57 @@ class LSTMConfig:
     def gates(self) -> int:
         """K: 4 gate blocks, 3 when coupled."""
         return 3 if self.coupled else 4
+
+
+def check_chrono_init(chrono_init: int | None, forget_bias: float) -> int | None:
+    """Validates `lstm`'s ``chrono_init`` (None, or an integer T_max > 2 given without a
+    ``forget_bias`` of its own); returns it."""
+    if chrono_init is None:
+        return None
+    if isinstance(chrono_init, bool) or not isinstance(chrono_init, int) or chrono_init <= 2:
+        raise ValueError(
+            f"chrono_init must be an integer > 2 (the longest dependency, in steps), "
+            f"got chrono_init={chrono_init!r}"
+        )
+    if forget_bias != 1.0:
+        raise ValueError(
+            f"chrono_init={chrono_init} draws the forget-gate bias itself; "
+            f"forget_bias={forget_bias} cannot be given with it"
+        )
+    return chrono_init
+
+
+def lstm_bias(
+    bias_init,
+    key,
+    H: int,
+    K: int,
+    dtype,
+    forget_slot: int,
+    forget_bias: float,
+    chrono_init: int | None = None,
+) -> Array:
+    r"""The initial gate bias b, (K·H,): ``bias_init``'s draw with ``forget_bias`` added to the
+    forget block — or, with ``chrono_init`` = T_max, the chrono initialisation of Tallec &
+    Ollivier (2018):
+
+    .. math::
+        b^{(f)} \sim \log \mathcal U(1, T_{max} - 1), \qquad b^{(i)} = -b^{(f)}
+
+    (the input block only where there is one: the gate order is (i, f, g, o), or (f, g, o)
+    coupled, ``forget_slot`` 0). With x = 0 and h = 0 a unit then forgets at the rate
+    1 − σ(b⁽ᶠ⁾) = 1 / (1 + u), u ~ U(1, T_max − 1): characteristic times 1 + u spread over
+    [2, T_max], so that some units keep a value for as long as the task needs.
+    """
+    k_init, k_chrono = jax.random.split(key) if chrono_init is not None else (key, None)
+    b = initialise(bias_init, k_init, (K * H,), dtype)  # (K·H,)
+    forget = slice(forget_slot * H, (forget_slot + 1) * H)
+    if chrono_init is None:
+        return b.at[forget].add(forget_bias)
+    u = jax.random.uniform(k_chrono, (H,), jnp.float32, 1.0, chrono_init - 1.0)  # (H,)
+    b_f = jnp.log(u).astype(dtype)  # (H,)
+    b = b.at[forget].set(b_f)
+    return b if forget_slot == 0 else b.at[0:H].set(-b_f)
 
 
 def lstm_pointwise(config: LSTMConfig):
@@ -116,6 +168,7 @@ def lstm(
     coupled: bool = False,
     forget_bias: float = 1.0,
     *,
+    chrono_init: int | None = None,
     input_init=initializers.default_input_init,
     recurrent_init=initializers.default_recurrent_init,
     bias_init=initializers.default_bias_init,
@@ -144,6 +197,10 @@ def lstm(
         forget_bias: initial value of b⁽ᶠ⁾ (1.0 keeps the cell-state path open at the start,
             Gers et al. 2000, Jozefowicz et al. 2015; PyTorch and Flax start at 0). It is an
             initial value only: the computation never adds a hidden constant.
+        chrono_init: T_max, the longest dependency the task holds, in steps: draw
+            b⁽ᶠ⁾ ~ log U(1, T_max − 1) and set b⁽ⁱ⁾ = −b⁽ᶠ⁾ (Tallec & Ollivier 2018; see
+            `lstm_bias`) instead of ``forget_bias`` — for lags of hundreds of steps, where a
+            single forget bias either forgets (σ(5)^500 ≈ 3.5 %) or never learns to.
         input_init, recurrent_init, bias_init: initialisers of U, W (per gate block) and b.
         peephole_init: initialiser of the peephole vectors (default zeros).
         dtype: optional compute dtype of the matmuls (e.g. ``jnp.bfloat16``).
@@ -163,12 +220,14 @@ def lstm(
         Gers, Schmidhuber & Cummins, "Learning to forget", 2000.
         Gers & Schmidhuber, "Recurrent nets that time and count", 2000 (peepholes).
         Greff et al., "LSTM: A search space odyssey", 2017 (coupled gates).
+        Tallec & Ollivier, "Can recurrent neural networks warp time?", ICLR 2018 (chrono).
     """
     config = LSTMConfig(
         hidden_size=check_positive("hidden_size", hidden_size),
         peephole=bool(peephole),
         coupled=bool(coupled),
         forget_bias=float(forget_bias),
+        chrono_init=check_chrono_init(chrono_init, float(forget_bias)),
         dtype=check_compute_dtype(dtype),
         param_dtype=check_param_dtype(param_dtype),
     )
@@ -178,8 +237,7 @@ def lstm(
     def init(key, input_size: int) -> LSTMParams:
         D = check_positive("input_size", input_size)
         k_u, k_w, k_b, k_p = jax.random.split(key, 4)
-        b = initialise(bias_init, k_b, (K * H,), pdt)  # (G,)
-        b = b.at[forget_slot * H : (forget_slot + 1) * H].add(forget_bias)
+        b = lstm_bias(bias_init, k_b, H, K, pdt, forget_slot, forget_bias, chrono_init)  # (G,)
         peep: list[Array | None] = [None, None, None]
         if peephole:
             k_pi, k_pf, k_po = jax.random.split(k_p, 3)

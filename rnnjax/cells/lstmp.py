@@ -38,7 +38,7 @@ from rnnjax.cells.base import (
     split_blocks,
     zeros_carry,
 )
-from rnnjax.cells.lstm import LSTMConfig, lstm_pointwise
+from rnnjax.cells.lstm import LSTMConfig, check_chrono_init, lstm_bias, lstm_pointwise
 
 
 class LSTMPParams(NamedTuple):
@@ -64,6 +64,7 @@ class LSTMPConfig:
     hidden_size: int
     proj_size: int
     forget_bias: float = 1.0
+    chrono_init: int | None = None
     dtype: Any = None
     param_dtype: Any = jnp.float32
 
@@ -73,6 +74,7 @@ def lstmp(
     proj_size: int,
     forget_bias: float = 1.0,
     *,
+    chrono_init: int | None = None,
     input_init=initializers.default_input_init,
     recurrent_init=initializers.default_recurrent_init,
     projection_init=initializers.default_input_init,
@@ -92,6 +94,8 @@ def lstmp(
         proj_size: P, the size of h_t and of the output; PyTorch requires P < H, and so does
             this cell.
         forget_bias: initial value of the forget block of b.
+        chrono_init: T_max: the chrono initialisation of b⁽ᶠ⁾ and b⁽ⁱ⁾ instead of
+            ``forget_bias`` (as in `lstm`; see `rnnjax.cells.lstm.lstm_bias`).
         input_init, recurrent_init, projection_init, bias_init: initialisers of U, W (per gate
             block), W_hr and b.
         dtype: optional compute dtype of the matmuls.
@@ -113,6 +117,7 @@ def lstmp(
         hidden_size=H,
         proj_size=P,
         forget_bias=float(forget_bias),
+        chrono_init=check_chrono_init(chrono_init, float(forget_bias)),
         dtype=check_compute_dtype(dtype),
         param_dtype=check_param_dtype(param_dtype),
     )
@@ -122,7 +127,7 @@ def lstmp(
     def init(key, input_size: int) -> LSTMPParams:
         D = check_positive("input_size", input_size)
         k_u, k_w, k_b, k_r = jax.random.split(key, 4)
-        b = initialise(bias_init, k_b, (4 * H,), pdt).at[H : 2 * H].add(config.forget_bias)
+        b = lstm_bias(bias_init, k_b, H, 4, pdt, 1, config.forget_bias, config.chrono_init)
         return LSTMPParams(
             U=gate_blocks(input_init, k_u, D, H, 4, pdt),  # (D, 4H)
             W=gate_blocks(recurrent_init, k_w, P, H, 4, pdt),  # (P, 4H)
