@@ -5,6 +5,7 @@ the same CPU budget.
     python benchmarks/char_lm.py                 # MINUTES of CPU time per model
     python benchmarks/char_lm.py --minutes 1     # a shorter budget
     python benchmarks/char_lm.py --quick         # smoke run (not recorded)
+    python benchmarks/char_lm.py --versus-pytorch --minutes 5    # whole loop against PyTorch
 
 The budget is CPU time of this process (``time.process_time``), so other jobs on a shared
 machine do not shrink it. The models have the same hidden size, embedding, window, batch and
@@ -15,12 +16,21 @@ The table gives their sizes, the steps each reached, validation BPC on the last 
 of the corpus (never trained on), and a sample.
 
 Writes benchmarks/results/char_lm.json and char_lm.md, with the command that made them.
+
+``--versus-pytorch`` instead trains one recipe (`VERSUS`: a 2-layer LSTM of 256 units,
+embedding 64, batch 32, window 100, Adam 2e-3, clipping at 5) with ``rnnjax.train.train``
+(backend auto) and with a plain PyTorch loop (`char_lm_pytorch.py`: same data order,
+truncation, optimiser, clipping and validation) for the same *wall* time each, one after the
+other on the same machine, and writes char_lm_vs_pytorch.{json,md}: steps in the budget,
+training steps per second (evaluations excluded on both sides), validation bits per character,
+and the load average before and after. Run it on an idle machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import sys
@@ -55,6 +65,23 @@ SETTINGS = dict(
     clip=1.0,
     steps=10**7,
     eval_every=1000,
+    checkpoint_every=10**7,
+    log_every=50,
+)
+# the whole-loop comparison with PyTorch: one recipe, trained by both for the same wall time
+VERSUS = dict(
+    corpus="default",
+    cell="lstm",
+    hidden=256,
+    layers=2,
+    embed=64,
+    window=100,
+    batch_size=32,
+    optimizer="adam",
+    lr=2e-3,
+    clip=5.0,
+    steps=10**7,
+    eval_every=500,
     checkpoint_every=10**7,
     log_every=50,
 )
@@ -127,15 +154,103 @@ def markdown(rows: list[dict], command: str, minutes: float, n_chars: int) -> st
     return "\n".join(lines) + "\n"
 
 
+def versus_pytorch(seconds: float, text: str, out: Path) -> list[dict]:
+    """rnnjax's `train` and the PyTorch loop on `VERSUS`, ``seconds`` of wall time each."""
+    from char_lm_pytorch import train_pytorch
+
+    config = RunConfig(**VERSUS)
+    rows = []
+    load = os.getloadavg()[0]
+    summary = train(config, str(out / "rnnjax"), text=text, time_limit=seconds)
+    curve = [r for r in read_metrics(out / "rnnjax" / "metrics.jsonl") if r.get("split") == "val"]
+    rows.append(
+        dict(
+            library="rnnjax",
+            backend=config.backend,
+            n_params=summary["n_params"],
+            steps=summary["step"],
+            steps_per_s=summary["steps_per_s"],
+            wall_s=summary["wall_s"],
+            val_bpc=summary["eval"]["bpc"],
+            val_curve=[(r["step"], r["bpc"]) for r in curve],
+            load_before=load,
+            load_after=os.getloadavg()[0],
+        )
+    )
+    data = setup(config, text=text).text
+    assert data is not None
+    load = os.getloadavg()[0]
+    result = train_pytorch(data.train, data.val, data.vocab.size, VERSUS, seconds)
+    rows.append(dict(library="pytorch", **result, load_before=load, load_after=os.getloadavg()[0]))
+    return rows
+
+
+def versus_markdown(rows: list[dict], command: str, minutes: float) -> str:
+    import torch
+
+    jx, pt = rows
+    lines = [
+        "# The whole training loop: rnnjax train against a plain PyTorch loop",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Recipe: {json.dumps({k: v for k, v in VERSUS.items() if k != 'steps'})}; the "
+        f"embedded corpus (Python's help text), last 10 % held out. {minutes:g} wall minutes "
+        f"each, one after the other. Machine: {platform.machine()}, {os.cpu_count()} CPUs; "
+        f"jax {jax.__version__}, torch {torch.__version__} ({pt['threads']} threads). Steps "
+        "per second count training time only (evaluations excluded on both sides); "
+        "validation bits per character at the end of the budget, measured the same way. "
+        "PyTorch's LSTM has two bias vectors per layer (b_ih, b_hh), hence 2 · 4H · L more "
+        "parameters; each library keeps its own initialisation.",
+        "",
+        "| library | parameters | steps in the budget | training steps/s | validation bpc "
+        "| wall s | load average before → after |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        name = r["library"] + (f" (backend {r['backend']})" if "backend" in r else "")
+        lines.append(
+            f"| {name} | {r['n_params']:,} | {r['steps']:,} | {r['steps_per_s']:.2f} | "
+            f"{r['val_bpc']:.3f} | {r['wall_s']:.0f} | {r['load_before']:.1f} → "
+            f"{r['load_after']:.1f} |"
+        )
+    speed = jx["steps_per_s"] / pt["steps_per_s"]
+    lines += [
+        "",
+        f"rnnjax / PyTorch training steps per second: **{speed:.2f}** "
+        f"(goal ≥ 1.2); steps in the same budget: {jx['steps'] / pt['steps']:.2f}.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=MINUTES, help="CPU minutes per model")
     parser.add_argument("--quick", action="store_true", help="smoke run (not recorded)")
+    parser.add_argument(
+        "--versus-pytorch",
+        action="store_true",
+        help="the whole loop against PyTorch on one recipe (--minutes of wall time each)",
+    )
     args = parser.parse_args(argv)
     command = "python benchmarks/char_lm.py " + " ".join(sys.argv[1:] if argv is None else argv)
     seconds = 5.0 if args.quick else 60 * args.minutes
     text = default_corpus()
     out = Path(tempfile.mkdtemp(prefix="char_lm_"))
+    if args.versus_pytorch:
+        try:
+            rows = versus_pytorch(seconds, text, out)
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
+        report = versus_markdown(rows, command, seconds / 60)
+        print(report)
+        if not args.quick:
+            RESULTS.mkdir(exist_ok=True)
+            (RESULTS / "char_lm_vs_pytorch.json").write_text(
+                json.dumps(dict(command=command, recipe=VERSUS, rows=rows), indent=1) + "\n"
+            )
+            (RESULTS / "char_lm_vs_pytorch.md").write_text(report)
+        return 0
     try:
         rows = []
         for name in MODELS:

@@ -243,3 +243,45 @@ def test_from_torch_rejects_what_it_cannot_convert():
         from_torch(rj.gru(H, reset_after=False), state)
     with pytest.raises(ValueError, match="multiplicative_rnn"):
         from_flax(rj.multiplicative_rnn(H, 3), {})
+
+
+@needs_torch
+def test_pytorch_char_lm_scores_validation_as_rnnjax_train():
+    """The PyTorch side of ``benchmarks/char_lm.py --versus-pytorch`` measures validation the way
+    ``rnnjax train`` does: with rnnjax holding the PyTorch model's weights, the two evaluations
+    of the same validation streams give the same bits per character."""
+    import sys
+    from pathlib import Path
+
+    from rnnjax.data import default_corpus, prepare_text
+    from rnnjax.layers import EmbeddingParams, ReadoutParams
+    from rnnjax.train import RunConfig
+    from rnnjax.train.evaluate import text_evaluator
+    from rnnjax.train.loop import build_model
+    from rnnjax.train.model import ModelParams
+
+    bench = str(Path(__file__).resolve().parent.parent / "benchmarks")
+    sys.path.insert(0, bench)
+    try:
+        import char_lm_pytorch
+    finally:
+        sys.path.remove(bench)
+    recipe = dict(embed=8, hidden=16, layers=2, window=10)
+    data = prepare_text(default_corpus()[:6000], batch_size=4, window=10)
+    torch.manual_seed(0)
+    torch_model = char_lm_pytorch.make_model(data.vocab.size, recipe)
+    config = RunConfig(corpus="default", hidden=16, layers=2, embed=8, window=10, batch_size=4)
+    model, _ = build_model(config.resolved(), data.vocab.size)
+    weights = {k: v.detach().numpy() for k, v in torch_model.state_dict().items()}
+    params = ModelParams(
+        embed=EmbeddingParams(weights["embed.weight"]),  # (V, E)
+        rnn=tuple(
+            from_torch(cell, {k[4:]: v for k, v in weights.items() if k.startswith("rnn.")}, i)
+            for i, cell in enumerate(model.stack.cells)
+        ),
+        out=ReadoutParams(weights["out.weight"].T, weights["out.bias"]),  # (H, V), (V,)
+    )
+    expected = text_evaluator(model, data.val, 10)(params)["bpc"]
+    got = char_lm_pytorch.validation_bpc(torch_model, data.val, 10)
+    assert 3.0 < expected < 8.0  # an untrained model: about log2(V) bits
+    np.testing.assert_allclose(got, expected, rtol=1e-5)

@@ -1,0 +1,126 @@
+"""The character-level LSTM recipe of `char_lm.py --versus-pytorch`, written in plain PyTorch.
+
+The same model (embedding E → L stacked LSTM layers of H units → linear readout V), the same
+data (the streams `rnnjax.data.prepare_text` cuts: window k of the B rows at step k mod n,
+the carry handed from one window to the next and reset to zero with every epoch), the same
+optimiser (Adam, global-norm clipping) and the same validation (the validation streams window
+by window with the carry, the mean of the windows' mean NLL, in bits per character) as
+`rnnjax train --corpus`. Each library keeps its own initialisation (PyTorch: U(±1/√H) and
+forget bias 0; rnnjax: LeCun-normal U, orthogonal W, forget bias 1).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import numpy as np
+
+
+def make_model(vocab_size: int, recipe: dict[str, Any]):
+    """The PyTorch model: ``(tokens (B, W) int64, carry) -> (log-probs (B, W, V), carry)``."""
+    import torch
+    from torch import nn
+
+    class CharLSTM(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(vocab_size, recipe["embed"])
+            self.rnn = nn.LSTM(
+                recipe["embed"], recipe["hidden"], recipe["layers"], batch_first=True
+            )
+            self.out = nn.Linear(recipe["hidden"], vocab_size)
+
+        def forward(self, tokens, carry):
+            ys, carry = self.rnn(self.embed(tokens), carry)  # (B, W, H)
+            return torch.log_softmax(self.out(ys), dim=-1), carry  # (B, W, V)
+
+    return CharLSTM()
+
+
+def _nll(log_probs, targets):
+    from torch import nn
+
+    return nn.functional.nll_loss(log_probs.reshape(-1, log_probs.shape[-1]), targets.reshape(-1))
+
+
+def validation_bpc(model, val_streams: np.ndarray, window: int) -> float:
+    """The validation streams window by window with the carry: the mean of the windows' mean
+    NLL, in bits per character (as `rnnjax.train.evaluate.text_evaluator`)."""
+    import torch
+
+    val = torch.from_numpy(np.asarray(val_streams, np.int64))  # (B_val, N_val)
+    carry, losses = None, []
+    with torch.inference_mode():
+        for k in range((val.shape[1] - 1) // window):
+            chunk = val[:, k * window : k * window + window + 1]  # (B_val, W + 1)
+            log_probs, carry = model(chunk[:, :-1], carry)
+            losses.append(float(_nll(log_probs, chunk[:, 1:])))
+    return float(np.mean(losses)) / math.log(2.0)
+
+
+def train_pytorch(
+    train_streams: np.ndarray,
+    val_streams: np.ndarray,
+    vocab_size: int,
+    recipe: dict[str, Any],
+    seconds: float,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Trains for ``seconds`` of wall time (checked every ``log_every`` steps, as `rnnjax
+    train` does) and evaluates every ``eval_every`` steps and at the end.
+
+    Args:
+        train_streams: int32 (B, N) training streams.
+        val_streams: int32 (B_val, N_val) validation streams.
+        vocab_size: V.
+        recipe: ``embed``, ``hidden``, ``layers``, ``window``, ``lr``, ``clip``,
+            ``log_every``, ``eval_every``.
+        seconds: the wall-time budget of the loop (evaluations included, as in rnnjax's).
+        seed: torch's seed.
+
+    Returns:
+        ``steps``, ``steps_per_s`` (training time only), ``wall_s``, ``val_bpc`` (at the end),
+        ``val_curve`` ((step, bpc) pairs), ``n_params``, ``threads``.
+    """
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+    W = recipe["window"]
+    model = make_model(vocab_size, recipe)
+    optimizer = torch.optim.Adam(model.parameters(), lr=recipe["lr"])
+    data = torch.from_numpy(np.asarray(train_streams, np.int64))  # (B, N)
+    n = (data.shape[1] - 1) // W
+    step, carry, curve, train_time = 0, None, [], 0.0
+    t0 = t_log = time.perf_counter()
+    while True:
+        k = step % n
+        if k == 0:
+            carry = None  # a new epoch starts from zeros
+        chunk = data[:, k * W : k * W + W + 1]  # (B, W + 1)
+        log_probs, carry = model(chunk[:, :-1], carry)
+        carry = tuple(c.detach() for c in carry)  # gradients stop at the window's start
+        loss = _nll(log_probs, chunk[:, 1:])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), recipe["clip"])
+        optimizer.step()
+        step += 1
+        out_of_time = step % recipe["log_every"] == 0 and time.perf_counter() - t0 > seconds
+        if step % recipe["eval_every"] == 0 or out_of_time:
+            train_time += time.perf_counter() - t_log
+            curve.append((step, validation_bpc(model, val_streams, W)))
+            t_log = time.perf_counter()  # evaluation is not training time
+        if out_of_time:
+            break
+    return dict(
+        steps=step,
+        steps_per_s=step / train_time,
+        wall_s=time.perf_counter() - t0,
+        val_bpc=curve[-1][1],
+        val_curve=curve,
+        n_params=sum(p.numel() for p in model.parameters()),
+        threads=torch.get_num_threads(),
+    )
