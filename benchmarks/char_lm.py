@@ -69,22 +69,7 @@ SETTINGS = dict(
     log_every=50,
 )
 # the whole-loop comparison with PyTorch: one recipe, trained by both for the same wall time
-VERSUS = dict(
-    corpus="default",
-    cell="lstm",
-    hidden=256,
-    layers=2,
-    embed=64,
-    window=100,
-    batch_size=32,
-    optimizer="adam",
-    lr=2e-3,
-    clip=5.0,
-    steps=10**7,
-    eval_every=500,
-    checkpoint_every=10**7,
-    log_every=50,
-)
+VERSUS = dict(SETTINGS, cell="lstm", layers=2, embed=64, clip=5.0, eval_every=500)
 PROMPT = "def "
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -87,7 +87,7 @@ HS = dict(cell="lstm", hidden=64, optimizer="adam", lr=1e-3, clip=1.0)
 # the LSTM's gate biases: forget bias 5, or the chrono initialisation for lags up to T
 HS_INITS = {"forget-bias": "forget-gate bias 5", "chrono": "chrono initialisation, T_max = T"}
 HS_BATCH, HS_SEEDS, HS_VALID, HS_TEST, HS_CHUNK = 32, (0, 1, 2), 2560, 2560, 512
-HS_RUNS = ((100, 30_000), (500, 20_000))  # (T, budget of updates)
+HS_RUNS = ((100, 30_000), (500, 20_000), (1000, 20_000))  # (T, budget of updates)
 HS_CHECK_EVERY, HS_STOP_AT = 500, 0.995  # validation accuracy that ends a run
 HS_PATIENCE, HS_FACTOR, HS_MIN_LR = 2, 0.5, 1e-5  # halve lr after 2 checks without progress
 # ... but only once the run has left the initial plateau (the trivial answer scores ~15 %):
