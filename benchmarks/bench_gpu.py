@@ -50,7 +50,7 @@ WARMUP = 3
 REPEATS = 10  # at least; more while under MIN_SECONDS
 MIN_SECONDS = 0.3
 MAX_REPEATS = 50
-SHAPES = comp.SHAPES  # (B, T, D, H): S, L, latency
+SHAPES = {k: v for k, v in comp.SHAPES.items() if k != "sweep"}  # S, L, latency
 CELLS = ("lstm", "gru")
 # Extra pallas geometries timed besides the default plan: name -> make_pallas_backend options.
 PALLAS_VARIANTS: dict[str, dict] = {}

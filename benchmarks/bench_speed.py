@@ -31,7 +31,7 @@ import competitors as comp
 
 # ---- settings -------------------------------------------------------------------------------
 SHAPES = dict(comp.SHAPES)  # name -> (B, T, D, H)
-CELL_KINDS = ("lstm", "gru")
+CELL_KINDS = comp.CELL_KINDS
 REPEATS = 10  # timed runs per workload (median reported)
 WARMUP = 2  # untimed runs after compilation
 MEMORY_T = 1000  # T of the memory measurement (B, D, H of shape S)

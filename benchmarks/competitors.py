@@ -42,9 +42,10 @@ SHAPES: dict[str, tuple[int, int, int, int]] = {
     "S": (32, 100, 128, 256),
     "L": (128, 50, 256, 512),
     "latency": (1, 1000, 64, 128),
+    "sweep": (20, 100, 2, 50),  # the long-range sweep's Simple RNN (Pascanu et al.'s settings)
 }
-CELL_KINDS = ("lstm", "gru")
-GATES = {"lstm": 4, "gru": 3}
+CELL_KINDS = ("lstm", "gru", "simple_rnn")
+GATES = {"lstm": 4, "gru": 3, "simple_rnn": 1}
 
 PEERS = {
     "lstm": (
@@ -58,6 +59,7 @@ PEERS = {
         "torch:threads=1",
     ),
     "gru": ("flax.linen:GRUCell", "flax.nnx", "haiku", "equinox", "torch", "torch:threads=1"),
+    "simple_rnn": ("flax.linen:SimpleCell", "torch", "torch:threads=1"),
 }
 # rnnjax variants benchmarked besides the plain backends.
 RNNJAX_EXTRA = ("rnnjax:fused:unroll=4",)
@@ -156,7 +158,7 @@ def _jax_workloads(apply: Callable, params: Any, xs, target, train: bool):
 
 
 def _rnnjax_cell(cell_kind: str, H: int):
-    return {"lstm": rj.lstm, "gru": rj.gru}[cell_kind](H)
+    return {"lstm": rj.lstm, "gru": rj.gru, "simple_rnn": rj.simple_rnn}[cell_kind](H)
 
 
 def _build_rnnjax(lib: str, cell_kind: str, shape, train: bool):
@@ -184,7 +186,8 @@ def _build_flax_linen(lib: str, cell_kind: str, shape, train: bool):
 
     H = shape[3]
     cell_cls = getattr(nn, lib.split(":")[1])
-    if (cell_kind == "gru") != (cell_cls is nn.GRUCell):
+    kinds = {nn.GRUCell: "gru", nn.SimpleCell: "simple_rnn"}
+    if kinds.get(cell_cls, "lstm") != cell_kind:
         raise ValueError(f"{lib=} does not implement {cell_kind=}")
     model = nn.RNN(cell_cls(H))
     xs, target = _data(shape)
@@ -275,8 +278,8 @@ def _build_torch(lib: str, cell_kind: str, shape, train: bool):
     # for a scheduler slice, so PyTorch gets its better configuration of the two.
     threads = int(lib.split("threads=")[1]) if "threads=" in lib else torch.get_num_threads()
     torch.manual_seed(0)
-    module_cls = torch.nn.LSTM if cell_kind == "lstm" else torch.nn.GRU
-    model = module_cls(D, H, batch_first=True)
+    module_cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "simple_rnn": torch.nn.RNN}
+    model = module_cls[cell_kind](D, H, batch_first=True)  # nn.RNN: tanh, as rj.simple_rnn
     xs, target = (torch.from_numpy(np.array(a)) for a in _data(shape))
     params = list(model.parameters())
 
