@@ -1,12 +1,13 @@
 """CPU speed benchmark: rnnjax backends against flax, haiku, equinox and PyTorch.
 
 Run with ``make bench`` (or ``python benchmarks/bench_speed.py``; ``--quick`` for a smoke run).
-For each cell (LSTM, GRU) and shape (B, T, D, H) it times one training step (forward + BPTT of
-the mean-squared loss on all outputs) and inference alone, every library in the same process,
-interleaved round-robin so that load on a shared machine hits all of them alike, and reports
-medians of REPEATS runs after WARMUP. It also records the compile time of each JAX step, the
-peak temporary memory of the training step at T = MEMORY_T (``memory_analysis()``), and the
-floor: the step's matmul FLOPs divided by the GEMM rate measured in the same run.
+For each cell (LSTM, GRU, Simple RNN) and shape (B, T, D, H) it times one training step
+(forward + BPTT of the mean-squared loss on all outputs) and inference alone, every library in
+the same process, interleaved round-robin so that load on a shared machine hits all of them
+alike, and reports medians of REPEATS runs after WARMUP. It also records the compile time of
+each JAX step, the peak temporary memory of the training step at T = MEMORY_T
+(``memory_analysis()``), and the floor: the step's matmul FLOPs divided by the GEMM rate
+measured in the same run.
 
 Writes ``benchmarks/results/<prefix>_speed.{json,md,png}`` (prefix "cpu" by default).
 """
@@ -292,7 +293,7 @@ def markdown(report: dict) -> str:
         lines.append(f"{kind}, (B, T, D, H) = {tuple(mem['dims'])}:")
         lines.append("")
         lines += ["| library | MiB | / flax |", "|---|---|---|"]
-        flax = temp.get("flax.linen:OptimizedLSTMCell") or temp.get("flax.linen:GRUCell")
+        flax = next((temp[k] for k in comp.FLAX_MEMORY_ANCHORS if k in temp), None)
         for lib in ("rnnjax:fused", *comp.RNNJAX_MEMORY_EXTRA):
             if flax and lib in temp:
                 rel = temp[lib] / flax

@@ -3,10 +3,12 @@
 The same model (embedding E → L stacked LSTM layers of H units → linear readout V), the same
 data (the streams `rnnjax.data.prepare_text` cuts: window k of the B rows at step k mod n,
 the carry handed from one window to the next and reset to zero with every epoch), the same
-optimiser (Adam, global-norm clipping) and the same validation (the validation streams window
+optimiser (Adam — PyTorch's multi-tensor ``foreach`` form —, global-norm clipping) and the
+same validation (the validation streams window
 by window with the carry, the mean of the windows' mean NLL, in bits per character) as
-`rnnjax train --corpus`. Each library keeps its own initialisation (PyTorch: U(±1/√H) and
-forget bias 0; rnnjax: LeCun-normal U, orthogonal W, forget bias 1).
+`rnnjax train --corpus`. Each library keeps its own initialisation (PyTorch: every weight and
+both biases U(±1/√H), so the forget bias starts near 0; rnnjax: LeCun-normal U, orthogonal W,
+forget bias 1).
 """
 
 from __future__ import annotations
@@ -90,7 +92,7 @@ def train_pytorch(
     torch.manual_seed(seed)
     W = recipe["window"]
     model = make_model(vocab_size, recipe)
-    optimizer = torch.optim.Adam(model.parameters(), lr=recipe["lr"])
+    optimizer = torch.optim.Adam(model.parameters(), lr=recipe["lr"], foreach=True)
     data = torch.from_numpy(np.asarray(train_streams, np.int64))  # (B, N)
     n = (data.shape[1] - 1) // W
     step, carry, curve, train_time = 0, None, [], 0.0

@@ -15,12 +15,14 @@ Libraries (``lib`` strings; ``competitors(cell_kind, platform)`` lists those ava
 
 - ``"rnnjax:<backend>"`` or ``"rnnjax:<backend>:unroll=<k>"`` — `rnnjax.unroll` with any
   registered backend (input projection hoisted out of the loop).
-- ``"flax.linen:OptimizedLSTMCell"``, ``"flax.linen:LSTMCell"``, ``"flax.linen:GRUCell"``
-  with ``nn.RNN``; ``"flax.nnx"`` (``nnx.RNN`` over ``OptimizedLSTMCell`` / ``GRUCell``).
+- ``"flax.linen:OptimizedLSTMCell"``, ``"flax.linen:LSTMCell"``, ``"flax.linen:GRUCell"``,
+  ``"flax.linen:SimpleCell"`` with ``nn.RNN``; ``"flax.nnx"`` (``nnx.RNN`` over
+  ``OptimizedLSTMCell`` / ``GRUCell``).
 - ``"haiku"``: ``hk.LSTM`` / ``hk.GRU`` with ``hk.dynamic_unroll``.
 - ``"equinox"``: ``eqx.nn.LSTMCell`` / ``GRUCell``, vmapped over the batch inside ``lax.scan``.
 - ``"jax.experimental.rnn"``: the cuDNN LSTM (GPU only, LSTM only).
-- ``"torch"``: ``torch.nn.LSTM`` / ``torch.nn.GRU`` (oneDNN on CPU), when torch is installed.
+- ``"torch"``: ``torch.nn.LSTM`` / ``torch.nn.GRU`` / ``torch.nn.RNN`` (oneDNN on CPU), when
+  torch is installed.
 """
 
 from __future__ import annotations
@@ -63,6 +65,12 @@ PEERS = {
 }
 # rnnjax variants benchmarked besides the plain backends.
 RNNJAX_EXTRA = ("rnnjax:fused:unroll=4",)
+# the flax cell whose training-step memory the memory table divides by, per cell kind
+FLAX_MEMORY_ANCHORS = (
+    "flax.linen:OptimizedLSTMCell",
+    "flax.linen:GRUCell",
+    "flax.linen:SimpleCell",
+)
 # ... and measured in the memory table only: the time loop in chunks of 100 steps (the input
 # projection and its gradient held one chunk at a time), and with each chunk recomputed.
 RNNJAX_MEMORY_EXTRA = ("rnnjax:fused:chunk=100", "rnnjax:fused:chunk=100:remat=1")
@@ -195,7 +203,14 @@ def _build_flax_linen(lib: str, cell_kind: str, shape, train: bool):
     return _jax_workloads(model.apply, params, xs, target, train)
 
 
+def _gated_only(lib: str, cell_kind: str) -> None:
+    """The builders below know the LSTM and the GRU only."""
+    if cell_kind not in ("lstm", "gru"):
+        raise ValueError(f"{lib=} is benchmarked for lstm and gru, not {cell_kind=}")
+
+
 def _build_flax_nnx(lib: str, cell_kind: str, shape, train: bool):
+    _gated_only(lib, cell_kind)
     from flax import nnx
 
     _, _, D, H = shape
@@ -213,6 +228,7 @@ def _build_flax_nnx(lib: str, cell_kind: str, shape, train: bool):
 
 
 def _build_haiku(lib: str, cell_kind: str, shape, train: bool):
+    _gated_only(lib, cell_kind)
     import haiku as hk
 
     H = shape[3]
@@ -230,6 +246,7 @@ def _build_haiku(lib: str, cell_kind: str, shape, train: bool):
 
 
 def _build_equinox(lib: str, cell_kind: str, shape, train: bool):
+    _gated_only(lib, cell_kind)
     import equinox as eqx
 
     _, _, D, H = shape

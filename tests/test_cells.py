@@ -154,6 +154,7 @@ def test_multiplicative_rnn_transition_depends_on_input(rng):
         (lambda: rj.lstm(4, chrono_init=2), "chrono_init must be an integer > 2"),
         (lambda: rj.lstm(4, chrono_init=100.0), "chrono_init=100.0"),
         (lambda: rj.lstm(4, forget_bias=3.0, chrono_init=100), "forget_bias=3.0 cannot"),
+        (lambda: rj.lstm(4, forget_bias=1.0, chrono_init=100), "forget_bias=1.0 cannot"),
     ],
 )
 def test_bad_hyper_parameters_are_named(make_cell, message):
@@ -173,7 +174,8 @@ def test_bad_hyper_parameters_are_named(make_cell, message):
 def test_chrono_init_spreads_forgetting_times_over_the_lags(factory, forget, has_input_gate):
     """Tallec & Ollivier (2018): b_f = log u with u ~ U(1, T_max - 1), and b_i = -b_f. At
     x = 0, h = 0 a unit keeps its cell state with f = sigma(b_f), i.e. the characteristic time
-    1 / (1 - f) = 1 + u: uniform over [2, T_max]. The other parameters are the default draw."""
+    1 / (1 - f) = 1 + u: uniform over [2, T_max]. The g and o blocks keep bias_init's values
+    (zeros), U and W the default draw."""
     H, T_max, key = 256, 500, jax.random.key(3)
     params = factory(H, chrono_init=T_max).init(key, 5)
     default = factory(H).init(key, 5)
@@ -193,3 +195,7 @@ def test_chrono_init_spreads_forgetting_times_over_the_lags(factory, forget, has
     np.testing.assert_array_equal(params.U, default.U)
     other = factory(H, chrono_init=T_max).init(jax.random.key(4), 5)
     assert not np.array_equal(other.b, params.b)
+    half = factory(H, chrono_init=np.int64(T_max), param_dtype=jnp.bfloat16).init(key, 5).b
+    assert half.dtype == jnp.bfloat16
+    if has_input_gate:
+        np.testing.assert_array_equal(half[:H], -half[forget * H : (forget + 1) * H])

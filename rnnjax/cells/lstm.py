@@ -11,6 +11,7 @@ backend of `rnnjax.unroll` and the analysis tools derive from it through the cel
 from __future__ import annotations
 
 import dataclasses
+import operator
 from typing import Any, NamedTuple
 
 import jax
@@ -42,7 +43,8 @@ class LSTMParams(NamedTuple):
     Attributes:
         U: input weights [U⁽ⁱ⁾ U⁽ᶠ⁾ U⁽ᵍ⁾ U⁽ᵒ⁾], (D, 4H) — (D, 3H) when coupled.
         W: recurrent weights [W⁽ⁱ⁾ W⁽ᶠ⁾ W⁽ᵍ⁾ W⁽ᵒ⁾] applied to m_{t-1}, (H, 4H) — (H, 3H) coupled.
-        b: gate biases, (4H,) — (3H,) coupled; the forget block starts at ``forget_bias``.
+        b: gate biases, (4H,) — (3H,) coupled; the forget block starts at ``forget_bias``
+            (or, with ``chrono_init``, at the chrono draw, and the input block at its negative).
         p_i, p_f, p_o: diagonal peephole weights (H,) each, or None without peepholes
             (p_i is None for the coupled cell, which has no input gate).
     """
@@ -73,22 +75,26 @@ class LSTMConfig:
         return 3 if self.coupled else 4
 
 
-def check_chrono_init(chrono_init: int | None, forget_bias: float) -> int | None:
+def check_chrono_init(chrono_init: int | None, forget_bias: float | None) -> int | None:
     """Validates `lstm`'s ``chrono_init`` (None, or an integer T_max > 2 given without a
-    ``forget_bias`` of its own); returns it."""
+    ``forget_bias``: None means not given); returns it as an int."""
     if chrono_init is None:
         return None
-    if isinstance(chrono_init, bool) or not isinstance(chrono_init, int) or chrono_init <= 2:
+    try:
+        value = operator.index(chrono_init)  # ints and numpy ints, not floats or bools
+    except TypeError:
+        value = None
+    if value is None or isinstance(chrono_init, bool) or value <= 2:
         raise ValueError(
             f"chrono_init must be an integer > 2 (the longest dependency, in steps), "
             f"got chrono_init={chrono_init!r}"
         )
-    if forget_bias != 1.0:
+    if forget_bias is not None:
         raise ValueError(
             f"chrono_init={chrono_init} draws the forget-gate bias itself; "
             f"forget_bias={forget_bias} cannot be given with it"
         )
-    return chrono_init
+    return value
 
 
 def lstm_bias(
@@ -166,7 +172,7 @@ def lstm(
     hidden_size: int,
     peephole: bool = False,
     coupled: bool = False,
-    forget_bias: float = 1.0,
+    forget_bias: float | None = None,
     *,
     chrono_init: int | None = None,
     input_init=initializers.default_input_init,
@@ -194,9 +200,9 @@ def lstm(
         hidden_size: H.
         peephole: add diagonal peephole connections.
         coupled: couple the input and forget gates (i_t = 1 − f_t).
-        forget_bias: initial value of b⁽ᶠ⁾ (1.0 keeps the cell-state path open at the start,
-            Gers et al. 2000, Jozefowicz et al. 2015; PyTorch and Flax start at 0). It is an
-            initial value only: the computation never adds a hidden constant.
+        forget_bias: initial value of b⁽ᶠ⁾ (default 1.0, which keeps the cell-state path open
+            at the start, Gers et al. 2000, Jozefowicz et al. 2015; PyTorch and Flax start at
+            0). It is an initial value only: the computation never adds a hidden constant.
         chrono_init: T_max, the longest dependency the task holds, in steps: draw
             b⁽ᶠ⁾ ~ log U(1, T_max − 1) and set b⁽ⁱ⁾ = −b⁽ᶠ⁾ (Tallec & Ollivier 2018; see
             `lstm_bias`) instead of ``forget_bias`` — for lags of hundreds of steps, where a
@@ -226,8 +232,8 @@ def lstm(
         hidden_size=check_positive("hidden_size", hidden_size),
         peephole=bool(peephole),
         coupled=bool(coupled),
-        forget_bias=float(forget_bias),
-        chrono_init=check_chrono_init(chrono_init, float(forget_bias)),
+        forget_bias=1.0 if forget_bias is None else float(forget_bias),
+        chrono_init=check_chrono_init(chrono_init, forget_bias),
         dtype=check_compute_dtype(dtype),
         param_dtype=check_param_dtype(param_dtype),
     )
@@ -237,7 +243,9 @@ def lstm(
     def init(key, input_size: int) -> LSTMParams:
         D = check_positive("input_size", input_size)
         k_u, k_w, k_b, k_p = jax.random.split(key, 4)
-        b = lstm_bias(bias_init, k_b, H, K, pdt, forget_slot, forget_bias, chrono_init)  # (G,)
+        b = lstm_bias(
+            bias_init, k_b, H, K, pdt, forget_slot, config.forget_bias, config.chrono_init
+        )  # (G,)
         peep: list[Array | None] = [None, None, None]
         if peephole:
             k_pi, k_pf, k_po = jax.random.split(k_p, 3)

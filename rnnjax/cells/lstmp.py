@@ -72,7 +72,7 @@ class LSTMPConfig:
 def lstmp(
     hidden_size: int,
     proj_size: int,
-    forget_bias: float = 1.0,
+    forget_bias: float | None = None,
     *,
     chrono_init: int | None = None,
     input_init=initializers.default_input_init,
@@ -93,7 +93,7 @@ def lstmp(
         hidden_size: H, the number of memory cells (the size of c_t).
         proj_size: P, the size of h_t and of the output; PyTorch requires P < H, and so does
             this cell.
-        forget_bias: initial value of the forget block of b.
+        forget_bias: initial value of the forget block of b (default 1.0).
         chrono_init: T_max: the chrono initialisation of b⁽ᶠ⁾ and b⁽ⁱ⁾ instead of
             ``forget_bias`` (as in `lstm`; see `rnnjax.cells.lstm.lstm_bias`).
         input_init, recurrent_init, projection_init, bias_init: initialisers of U, W (per gate
@@ -116,8 +116,8 @@ def lstmp(
     config = LSTMPConfig(
         hidden_size=H,
         proj_size=P,
-        forget_bias=float(forget_bias),
-        chrono_init=check_chrono_init(chrono_init, float(forget_bias)),
+        forget_bias=1.0 if forget_bias is None else float(forget_bias),
+        chrono_init=check_chrono_init(chrono_init, forget_bias),
         dtype=check_compute_dtype(dtype),
         param_dtype=check_param_dtype(param_dtype),
     )

@@ -472,8 +472,10 @@ def run_loop(
             buffer.append(metrics)
             step += 1
             at_log = step % settings.log_every == 0
-            if clock is not None and limit is not None and at_log and clock() - c0 > limit:
-                total, out_of_budget = step, True  # the time budget is spent: stop here
+            if clock is not None and limit is not None and at_log:
+                jax.block_until_ready(state)  # the steps dispatched so far count, not just queued
+                if clock() - c0 > limit:
+                    total, out_of_budget = step, True  # the time budget is spent: stop here
             if stop is not None and stop():
                 total, interrupted = step, True  # finish this step, checkpoint, leave
             at_end = step == total and not interrupted

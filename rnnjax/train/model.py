@@ -41,7 +41,7 @@ def build_cells(
             a recurrent matrix of spectral radius R (simple_rnn, lstm, gru), or "chrono=T"
             for an LSTM's chrono initialisation (lags up to T steps).
         forget_bias: initial forget-gate bias of an LSTM (default 1). σ(b)^k is the share of
-            the cell state kept over k steps at the start: b = 1 keeps 0.73^k (4e-14 at
+            the cell state kept over k steps at the start: b = 1 keeps 0.73^k (2.5e-14 at
             k = 100), b = 5 keeps 0.993^k (0.51): long lags need the larger value (or, for
             hundreds of steps, init "chrono=T").
     """
