@@ -201,7 +201,9 @@ def versus_markdown(rows: list[dict], command: str, minutes: float) -> str:
         "evaluation, inside it); "
         "validation bits per character at the end of the budget, measured the same way. "
         "PyTorch's LSTM has two bias vectors per layer (b_ih, b_hh), hence 4H · L more "
-        "parameters; each library keeps its own initialisation.",
+        "parameters, and Adam moves their sum twice as far per update as rnnjax's one b; "
+        "each library keeps its own initialisation. With b_hh frozen and the same weights the "
+        "two loops give the same loss at every update (tests/test_parity.py).",
         "",
         "| library | parameters | steps in the budget | training steps/s | validation bpc "
         "| wall s | load average before → after |",

@@ -62,6 +62,38 @@ def validation_bpc(model, val_streams: np.ndarray, window: int) -> float:
     return float(np.mean(losses)) / math.log(2.0)
 
 
+def make_trainer(model, train_streams: np.ndarray, recipe: dict[str, Any]):
+    """``step() -> loss``: one truncated-BPTT update per call — window k = (calls so far) mod n
+    of the (B, N) streams, the carry from the previous window (reset to zeros with every
+    epoch, gradients stopped at the window's start), mean NLL, global-norm clipping at
+    ``recipe["clip"]``, Adam at ``recipe["lr"]``."""
+    import torch
+    from torch import nn
+
+    W = recipe["window"]
+    optimizer = torch.optim.Adam(model.parameters(), lr=recipe["lr"], foreach=True)
+    data = torch.from_numpy(np.asarray(train_streams, np.int64))  # (B, N)
+    n = (data.shape[1] - 1) // W
+    state: dict[str, Any] = {"step": 0, "carry": None}
+
+    def step():
+        k = state["step"] % n
+        if k == 0:
+            state["carry"] = None  # a new epoch starts from zeros
+        chunk = data[:, k * W : k * W + W + 1]  # (B, W + 1)
+        log_probs, carry = model(chunk[:, :-1], state["carry"])
+        state["carry"] = tuple(c.detach() for c in carry)  # gradients stop at the window
+        loss = _nll(log_probs, chunk[:, 1:])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), recipe["clip"])
+        optimizer.step()
+        state["step"] += 1
+        return loss.detach()
+
+    return step
+
+
 def train_pytorch(
     train_streams: np.ndarray,
     val_streams: np.ndarray,
@@ -87,33 +119,19 @@ def train_pytorch(
         ``val_curve`` ((step, bpc) pairs), ``n_params``, ``threads``.
     """
     import torch
-    from torch import nn
 
     torch.manual_seed(seed)
-    W = recipe["window"]
     model = make_model(vocab_size, recipe)
-    optimizer = torch.optim.Adam(model.parameters(), lr=recipe["lr"], foreach=True)
-    data = torch.from_numpy(np.asarray(train_streams, np.int64))  # (B, N)
-    n = (data.shape[1] - 1) // W
-    step, carry, curve, train_time = 0, None, [], 0.0
+    train_step = make_trainer(model, train_streams, recipe)
+    step, curve, train_time = 0, [], 0.0
     t0 = t_log = time.perf_counter()
     while True:
-        k = step % n
-        if k == 0:
-            carry = None  # a new epoch starts from zeros
-        chunk = data[:, k * W : k * W + W + 1]  # (B, W + 1)
-        log_probs, carry = model(chunk[:, :-1], carry)
-        carry = tuple(c.detach() for c in carry)  # gradients stop at the window's start
-        loss = _nll(log_probs, chunk[:, 1:])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), recipe["clip"])
-        optimizer.step()
+        train_step()
         step += 1
         out_of_time = step % recipe["log_every"] == 0 and time.perf_counter() - t0 > seconds
         if step % recipe["eval_every"] == 0 or out_of_time:
             train_time += time.perf_counter() - t_log
-            curve.append((step, validation_bpc(model, val_streams, W)))
+            curve.append((step, validation_bpc(model, val_streams, recipe["window"])))
             t_log = time.perf_counter()  # evaluation is not training time
         if out_of_time:
             break
