@@ -170,6 +170,59 @@ def versus_pytorch(seconds: float, text: str, out: Path) -> list[dict]:
     return rows
 
 
+def loop_overhead(rounds: int = 3, steps: int = 100) -> str:
+    """What `train` adds to the jitted step on the `VERSUS` recipe: steps per second of the bare
+    step (``steps`` calls, then one wait) and of ``train`` (its own count, evaluations off),
+    alternated ``rounds`` times in one process; medians."""
+    import statistics
+
+    import jax.numpy as jnp
+
+    from rnnjax.train import init_state, make_train_step
+
+    text = default_corpus()
+    config = RunConfig(**{**VERSUS, "steps": steps, "eval_every": 10**7}).resolved()
+    s = setup(config, text=text)
+    params = s.model.init(jax.random.key(config.seed))
+    state = init_state(params, s.optimizer, s.objective.initial_carry(params))
+    step, data = jax.jit(make_train_step(s.objective, s.optimizer)), jnp.asarray(s.data)
+    jax.block_until_ready(step(state, data))  # compiled
+    rates: dict[str, list[float]] = {"bare step": [], "rnnjax.train.train": []}
+    load = os.getloadavg()[0]
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            state, _ = step(state, data)
+        jax.block_until_ready(state)
+        rates["bare step"].append(steps / (time.perf_counter() - t0))
+        with tempfile.TemporaryDirectory() as out:
+            summary = train(config, str(Path(out) / "run"), text=text, progress=None)
+        rates["rnnjax.train.train"].append(summary["steps_per_s"])
+    medians = {k: statistics.median(v) for k, v in rates.items()}
+    ratio = medians["rnnjax.train.train"] / medians["bare step"]
+    return "\n".join(
+        [
+            "# What the training loop adds to the step",
+            "",
+            "Command: `python benchmarks/char_lm.py --loop-overhead`",
+            "",
+            f"The `--versus-pytorch` recipe, {steps} steps per measurement, {rounds} rounds "
+            f"alternated in one process, medians; load average {load:.1f} → "
+            f"{os.getloadavg()[0]:.1f}; jax {jax.__version__}.",
+            "",
+            "| | steps/s (median) | every round |",
+            "|---|---|---|",
+            *(
+                f"| {k} | {medians[k]:.2f} | {', '.join(f'{r:.2f}' for r in v)} |"
+                for k, v in rates.items()
+            ),
+            "",
+            f"train / bare step: **{ratio:.2f}**.",
+            "",
+        ]
+    )
+
+
 def chosen_backend(config: RunConfig) -> str:
     """The backend that ``backend="auto"`` runs for the recipe's LSTM layers here."""
     import jax.numpy as jnp
@@ -235,6 +288,11 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="smoke run (not recorded)")
     parser.add_argument(
+        "--loop-overhead",
+        action="store_true",
+        help="steps/s of the bare jitted step against rnnjax.train.train on the same recipe",
+    )
+    parser.add_argument(
         "--versus-pytorch",
         action="store_true",
         help="the whole loop against PyTorch on one recipe (--minutes of wall time each)",
@@ -242,6 +300,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     command = "python benchmarks/char_lm.py " + " ".join(sys.argv[1:] if argv is None else argv)
     seconds = 5.0 if args.quick else 60 * args.minutes
+    if args.loop_overhead:
+        report = loop_overhead()
+        print(report)
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / "char_lm_loop_overhead.md").write_text(report)
+        return 0
     text = default_corpus()
     out = Path(tempfile.mkdtemp(prefix="char_lm_"))
     if args.versus_pytorch:

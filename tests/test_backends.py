@@ -182,6 +182,8 @@ def test_auto_choice_is_a_backend_that_runs_the_cell(name, batch, platform):
         assert backend == "scan"  # no structured form: scan is the only backend that runs it
     elif platform == "cpu" and batch > 4:
         assert backend == "fused"
+    if platform == "cpu" and batch == 1 and backend == "fused":  # the small-batch unroll:
+        assert unroll == (1 if cell.structure.gates == 1 else 4)  # gated cells only
 
 
 def test_fused_rejects_cells_without_structure_and_runs_any_activation(rng):

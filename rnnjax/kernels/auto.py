@@ -34,17 +34,22 @@ class Rule(NamedTuple):
         backend: a registered backend name.
         unroll: loop steps per iteration for that backend.
         max_batch: apply only when the flattened batch is at most this (None: any).
+        min_gates: apply only to cells whose structured form has at least this many gate
+            blocks K (cells without one have K = 1 here).
     """
 
     backend: str
     unroll: int = 1
     max_batch: int | None = None
+    min_gates: int = 1
 
 
 # platform -> ordered rules. CPU rows: benchmarks/results/cpu_speed.{json,md} (2-core x86,
 # training step and inference of LSTM / GRU at B = 1, 32, 128): at B = 1 the one-call C++
 # loop ("fused_cpu") beats the XLA loop, whose time there is per-iteration overhead (and
-# unroll=4 trims that overhead for the cells fused_cpu does not run); at B >= 32 the XLA
+# unroll=4 trims that overhead for the gated cells fused_cpu does not run — not for the Simple
+# RNN, whose one-block step it slows by 27 % at B = 1, benchmarks/results/cpu_simple_rnn_speed.md
+# — so the rule asks for K >= 2 gate blocks); at B >= 32 the XLA
 # loop with its multi-threaded matmuls ("fused") wins. The linear cells of rnnjax.cells.linear
 # go to the associative scan (O(log T) depth, no sequential loop).
 # GPU rows: the persistent Pallas kernel where W fits on chip (the GPU-verified per-family
@@ -53,7 +58,7 @@ TABLE: dict[str, tuple[Rule, ...]] = {
     "cpu": (
         Rule("associative"),
         Rule("fused_cpu", max_batch=4),
-        Rule("fused", unroll=4, max_batch=4),
+        Rule("fused", unroll=4, max_batch=4, min_gates=2),
         Rule("fused"),
         Rule("scan"),
     ),
@@ -82,6 +87,8 @@ def choose(cell: Cell, problem: Problem, backends: Mapping[str, Backend]) -> tup
     """
     for rule in TABLE.get(problem.platform, TABLE["cpu"]):
         if rule.max_batch is not None and problem.batch > rule.max_batch:
+            continue
+        if rule.min_gates > 1 and (cell.structure is None or cell.structure.gates < rule.min_gates):
             continue
         backend = backends.get(rule.backend)
         if backend is not None and backend.supports(cell, problem):
