@@ -119,11 +119,12 @@ def lstm_bias(
     1 − σ(b⁽ᶠ⁾) = 1 / (1 + u), u ~ U(1, T_max − 1): characteristic times 1 + u spread over
     [2, T_max], so that some units keep a value for as long as the task needs.
     """
-    k_init, k_chrono = jax.random.split(key) if chrono_init is not None else (key, None)
-    b = initialise(bias_init, k_init, (K * H,), dtype)  # (K·H,)
     forget = slice(forget_slot * H, (forget_slot + 1) * H)
     if chrono_init is None:
+        b = initialise(bias_init, key, (K * H,), dtype)  # (K·H,)
         return b.at[forget].add(forget_bias)
+    k_init, k_chrono = jax.random.split(key)
+    b = initialise(bias_init, k_init, (K * H,), dtype)  # (K·H,)
     u = jax.random.uniform(k_chrono, (H,), jnp.float32, 1.0, chrono_init - 1.0)  # (H,)
     b_f = jnp.log(u).astype(dtype)  # (H,)
     b = b.at[forget].set(b_f)
