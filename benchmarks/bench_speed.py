@@ -293,7 +293,8 @@ def markdown(report: dict) -> str:
         lines.append(f"{kind}, (B, T, D, H) = {tuple(mem['dims'])}:")
         lines.append("")
         lines += ["| library | MiB | / flax |", "|---|---|---|"]
-        flax = next((temp[k] for k in comp.FLAX_MEMORY_ANCHORS if k in temp), None)
+        anchor = next(p for p in comp.PEERS[kind] if p.startswith("flax.linen"))  # the first
+        flax = temp.get(anchor)
         for lib in ("rnnjax:fused", *comp.RNNJAX_MEMORY_EXTRA):
             if flax and lib in temp:
                 rel = temp[lib] / flax

@@ -65,12 +65,6 @@ PEERS = {
 }
 # rnnjax variants benchmarked besides the plain backends.
 RNNJAX_EXTRA = ("rnnjax:fused:unroll=4",)
-# the flax cell whose training-step memory the memory table divides by, per cell kind
-FLAX_MEMORY_ANCHORS = (
-    "flax.linen:OptimizedLSTMCell",
-    "flax.linen:GRUCell",
-    "flax.linen:SimpleCell",
-)
 # ... and measured in the memory table only: the time loop in chunks of 100 steps (the input
 # projection and its gradient held one chunk at a time), and with each chunk recomputed.
 RNNJAX_MEMORY_EXTRA = ("rnnjax:fused:chunk=100", "rnnjax:fused:chunk=100:remat=1")
