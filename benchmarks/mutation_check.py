@@ -328,8 +328,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     _m(
         "fused_cpu.lstm_bwd_forget_sign",
         "rnnjax/kernels/fused_cpu.cc",
-        "dz[H + j] = dcj * cp[j] * f * (1.0f - f);",
-        "dz[H + j] = -dcj * cp[j] * f * (1.0f - f);",
+        "dzs[H + j] = dcj * cp[j] * f * (1.0f - f);",
+        "dzs[H + j] = -dcj * cp[j] * f * (1.0f - f);",
         "C++ LSTM backward: d z_f negated",
         f"{BACKENDS}::test_fused_cpu_equals_scan[lstm]",
     ),

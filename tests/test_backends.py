@@ -2,6 +2,7 @@
 gradients with respect to params, inputs and initial carry, with lengths, reverse and
 bidirectional layers; and the fused backward has the structure it promises."""
 
+import os
 import shutil
 
 import jax
@@ -11,7 +12,7 @@ import pytest
 from conftest import CELL_FACTORIES, random_like
 
 import rnnjax as rj
-from rnnjax.kernels import BACKENDS, choose_backend
+from rnnjax.kernels import BACKENDS, choose_backend, fused_cpu
 from rnnjax.kernels.auto import TABLE
 
 B, T, D, H = 3, 7, 4, 5
@@ -143,6 +144,38 @@ def test_fused_cpu_equals_scan(name, rng):
 
 
 @needs_gxx
+@pytest.mark.parametrize("name", ["lstm", "gru"])
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize(("batch", "hidden"), [(3, 40), (13, 33)])
+def test_fused_cpu_team_equals_scan(name, threads, batch, hidden, rng, monkeypatch):
+    """The C++ loop split over a team of threads (each owning a range of hidden units, whole
+    registers where H allows, a ragged last range where not): outputs, carry and every gradient
+    equal scan's, with lengths (one sequence empty) and reversed; the LSTM's inference takes
+    the C++ forward too."""
+    monkeypatch.setenv("RNNJAX_CPU_THREADS", str(threads))
+    assert fused_cpu.team_size(batch, hidden) == threads
+    cell = CELL_FACTORIES[name](hidden)
+    k_p, k_r = jax.random.split(rng)
+    params = random_like(k_r, cell.init(k_p, D))
+    xs, carry, ct, opts = random_problem(cell, params, rng, batch=(batch,), lengths=True)
+    backends = ("scan", "fused_cpu")
+    want, got = value_and_vjp(cell, backends, params, xs, carry, ct, **opts, reverse=True)
+    assert_close(got, want, 1e-5)
+    run = jax.jit(lambda b: rj.unroll(cell, params, xs, carry, backend=b, **opts), static_argnums=0)
+    assert_close(run("fused_cpu"), run("scan"), 1e-5)
+
+
+def test_fused_cpu_team_size(monkeypatch):
+    """One thread below MIN_WORK_FOR_A_TEAM multiply-adds per step, every CPU above it;
+    $RNNJAX_CPU_THREADS overrides."""
+    monkeypatch.delenv("RNNJAX_CPU_THREADS", raising=False)
+    assert fused_cpu.team_size(1, 128) == 1
+    assert fused_cpu.team_size(32, 256) == len(os.sched_getaffinity(0))
+    monkeypatch.setenv("RNNJAX_CPU_THREADS", "3")
+    assert fused_cpu.team_size(1, 128) == 3
+
+
+@needs_gxx
 def test_fused_cpu_without_lengths(rng):
     check_backend("lstm", "fused_cpu", rng)
 
@@ -180,6 +213,8 @@ def test_auto_choice_is_a_backend_that_runs_the_cell(name, batch, platform):
         assert backend == "associative"
     elif name in ("multiplicative_rnn", "gru_cho"):
         assert backend == "scan"  # no structured form: scan is the only backend that runs it
+    elif platform == "cpu" and name in ("lstm", "gru") and fused_cpu.library_path().exists():
+        assert backend == "fused_cpu"  # the plain LSTM / GRU: the C++ loop at every batch
     elif platform == "cpu" and batch > 4:
         assert backend == "fused"
     if platform == "cpu" and batch == 1 and backend == "fused":  # the small-batch unroll:

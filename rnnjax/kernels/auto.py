@@ -45,19 +45,19 @@ class Rule(NamedTuple):
 
 
 # platform -> ordered rules. CPU rows: benchmarks/results/cpu_speed.{json,md} (2-core x86,
-# training step and inference of LSTM / GRU at B = 1, 32, 128): at B = 1 the one-call C++
-# loop ("fused_cpu") beats the XLA loop, whose time there is per-iteration overhead (and
-# unroll=4 trims that overhead for the gated cells fused_cpu does not run — not for the Simple
-# RNN, whose one-block step it slows by 27 % at B = 1, benchmarks/results/cpu_simple_rnn_speed.md
-# — so the rule asks for K >= 2 gate blocks); at B >= 32 the XLA
-# loop with its multi-threaded matmuls ("fused") wins. The linear cells of rnnjax.cells.linear
-# go to the associative scan (O(log T) depth, no sequential loop).
+# training step and inference of LSTM / GRU at B = 1, 32, 128): the one-call C++ loop
+# ("fused_cpu", threaded at large batch) beats the XLA loop at every measured batch for the
+# plain LSTM and GRU it runs. For the other gated cells at B <= 4, unroll=4 trims the XLA loop's
+# per-iteration overhead — not for the Simple RNN, whose one-block step it slows by 27 % at
+# B = 1 (benchmarks/results/cpu_simple_rnn_speed.md), so the rule asks for K >= 2 gate blocks.
+# The linear cells of rnnjax.cells.linear go to the associative scan (O(log T) depth, no
+# sequential loop).
 # GPU rows: the persistent Pallas kernel where W fits on chip (the GPU-verified per-family
 # form first, see rnnjax.kernels.pallas_verified), else the fused XLA loop.
 TABLE: dict[str, tuple[Rule, ...]] = {
     "cpu": (
         Rule("associative"),
-        Rule("fused_cpu", max_batch=4),
+        Rule("fused_cpu"),
         Rule("fused", unroll=4, max_batch=4, min_gates=2),
         Rule("fused"),
         Rule("scan"),

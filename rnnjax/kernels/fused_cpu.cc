@@ -1,24 +1,33 @@
 // The whole LSTM / GRU time loop in one XLA:CPU custom call (backend "fused_cpu").
 //
-// At small batch the time of an XLA loop is per-iteration overhead: every step launches a
-// handful of thunks (the matmul, two element-wise fusions, the output updates, the loop
-// counter), each costing about a microsecond. Here one call runs all T steps: per step a
-// (N, H) x (H, 4H) matmul accumulated in registers over contiguous rows of W (vectorised by
-// the compiler), and the gate maths with a vectorisable rational tanh (the approximation
-// XLA:CPU and Eigen use for float32). Single-threaded: meant for small batches.
+// An XLA loop pays per-iteration overhead: every step launches a handful of thunks (the
+// matmul, element-wise fusions, the output updates, the loop counter), and its element-wise
+// fusions inside the loop run several times slower per element than the same maths over a
+// whole array. Here one call runs all T steps, on a team of threads that splits the hidden
+// units: thread p owns units [u0, u1) of every gate block, so it computes its columns of
+// z_t = h_{t-1} W with a register-blocked matmul over its own packed copy of W's columns, then
+// the gate maths of its units (a vectorisable rational tanh: the approximation XLA:CPU and
+// Eigen use for float32), and writes its slice of h_t; one barrier per step publishes h_t to
+// the others. The backward loop splits the same way: each thread computes the gate gradients
+// of its units, one barrier, then its columns of dh_{t-1} = dz_t Wᵀ.
 //
 // Forward  (px, W, h0, c0, lengths) -> (ys, gates, c_prev, hT, cT)
-// Backward (Wt, gates, c_prev, dys, dhT, dcT, lengths) -> (dpx, dh0, dc0)
+// Backward (W, gates, c_prev, dys, dhT, dcT, lengths) -> (dpx, dh0, dc0)
 // with the conventions of rnnjax/cells/lstm.py (lstm_pointwise): gates (i, f, g, o) activated, c_prev
 // the incoming cell state, steps t >= lengths[n] freeze the carry and output zeros. dW is one
-// matmul in JAX after the backward call (Σ_t h_{t-1}ᵀ dpx_t).
+// matmul in JAX after the backward call (Σ_t h_{t-1}ᵀ dpx_t). The attribute `threads` is the
+// team's size (rnnjax/kernels/fused_cpu.py chooses it).
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <thread>
 #include <vector>
 
-#include <xmmintrin.h>
+#include <new>
+
+#include <immintrin.h>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -36,6 +45,24 @@ class FlushDenormals {
  private:
   unsigned int saved_;
 };
+
+// Cache-line-aligned storage: the team's threads write neighbouring column ranges of shared
+// buffers, and ranges that start on a line boundary never share a line (no false sharing).
+template <class T>
+struct CacheAligned {
+  using value_type = T;
+  static constexpr std::align_val_t kAlign{64};
+  CacheAligned() = default;
+  template <class U>
+  CacheAligned(const CacheAligned<U>&) {}
+  T* allocate(std::size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), kAlign)); }
+  void deallocate(T* p, std::size_t) { ::operator delete(p, kAlign); }
+  template <class U>
+  bool operator==(const CacheAligned<U>&) const { return true; }
+  template <class U>
+  bool operator!=(const CacheAligned<U>&) const { return false; }
+};
+using Floats = std::vector<float, CacheAligned<float>>;
 
 // tanh as a 13/6-degree rational function on [-7.9, 7.9] (Eigen's ptanh_float).
 inline float fast_tanh(float x) {
@@ -59,147 +86,360 @@ inline float fast_tanh(float x) {
 
 inline float fast_sigmoid(float x) { return 0.5f * fast_tanh(0.5f * x) + 0.5f; }
 
-// out[j] = base[j] + Σ_k v[k] · M[k·ld + j] for j < cols (base may be null: zeros). Columns go
-// in blocks of 64 accumulated in registers, so M is streamed once and out written once. The
-// vectors are as wide as the CPU's registers (-march=native): a GCC vector wider than the
+// ---- the per-step matmul: C (M, NR·panels) = A (M, K) · B packed in panels of NR columns ----
+// The vectors are as wide as the CPU's registers (-march=native): a GCC vector wider than the
 // hardware's is lowered through memory, ~5x slower (measured on an AVX2-only CPU).
 #if defined(__AVX512F__)
-constexpr int64_t kLanes = 16;  // one AVX-512 register
+constexpr int64_t kLanes = 16;  // one AVX-512 register; 32 of them
+constexpr int kRows = 8;        // 8 rows x 3 registers of accumulators
+constexpr int kVecs = 3;
 #elif defined(__AVX__)
-constexpr int64_t kLanes = 8;  // one AVX / AVX2 register
+constexpr int64_t kLanes = 8;  // one AVX / AVX2 register; 16 of them
+constexpr int kRows = 6;       // 6 rows x 2 registers
+constexpr int kVecs = 2;
 #else
 constexpr int64_t kLanes = 4;  // one SSE or NEON register
+constexpr int kRows = 6;
+constexpr int kVecs = 2;
 #endif
+constexpr int64_t NR = kVecs * kLanes;  // a panel's width
 typedef float vreg __attribute__((vector_size(4 * kLanes)));
 
-inline void vec_mat(const float* __restrict__ v, int64_t K, const float* __restrict__ M,
-                    int64_t ld, int64_t cols, const float* __restrict__ base,
-                    float* __restrict__ out) {
-  constexpr int64_t C = 64, R = C / kLanes;
-  int64_t j0 = 0;
-  for (; j0 + C <= cols; j0 += C) {
-    vreg acc[R];
-    for (int64_t r = 0; r < R; ++r) {
-      acc[r] = vreg{};
-      if (base) std::memcpy(&acc[r], base + j0 + kLanes * r, sizeof(vreg));
+// A row stride for the matmul's left operand: one register past the width, so that rows a
+// power-of-two apart in bytes do not all fall in the same L1 cache set (the left operand's
+// kRows rows are read together).
+int64_t padded(int64_t width) { return width + kLanes; }
+
+// C[r, 0:NR] = Σ_k A[r, k] · panel[k, 0:NR] for r < MR: MR x kVecs accumulators in registers,
+// the panel (K, NR) contiguous, A's entries broadcast.
+template <int MR>
+inline void micro_kernel(const float* __restrict__ A, int64_t lda, int64_t K,
+                         const float* __restrict__ panel, float* __restrict__ C, int64_t ldc) {
+  vreg acc[MR][kVecs];
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r) {
+#pragma GCC unroll 4
+    for (int v = 0; v < kVecs; ++v) acc[r][v] = vreg{};
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    vreg b[kVecs];
+#pragma GCC unroll 4
+    for (int v = 0; v < kVecs; ++v) std::memcpy(&b[v], panel + k * NR + v * kLanes, sizeof(vreg));
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) {
+      const float a = A[r * lda + k];
+#pragma GCC unroll 4
+      for (int v = 0; v < kVecs; ++v) acc[r][v] += a * b[v];
     }
-    for (int64_t k = 0; k < K; ++k) {
-      const float* m = M + k * ld + j0;
-      for (int64_t r = 0; r < R; ++r) {
-        vreg row;
-        std::memcpy(&row, m + kLanes * r, sizeof(vreg));
-        acc[r] += v[k] * row;
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r) {
+#pragma GCC unroll 4
+    for (int v = 0; v < kVecs; ++v) std::memcpy(C + r * ldc + v * kLanes, &acc[r][v], sizeof(vreg));
+  }
+}
+
+template <int MR>
+void rows_tail(const float* A, int64_t lda, int64_t K, const float* panel, float* C,
+               int64_t ldc, int rows) {
+  if constexpr (MR > 0) {
+    if (rows == MR) return micro_kernel<MR>(A, lda, K, panel, C, ldc);
+    rows_tail<MR - 1>(A, lda, K, panel, C, ldc, rows);
+  }
+}
+
+// A weight matrix's columns, packed for the team's thread that owns some of them: `cols`
+// lists the source columns (-1: a zero column padding the last panel); panel b holds
+// B[k, cols[b·NR + c]] at [b][k][c].
+struct Packed {
+  int64_t K = 0, panels = 0;
+  Floats data;
+
+  // B is (K, ld) row-major; transposed: B[k, j] is read as src[j·ld + k] (B = srcᵀ).
+  Packed(const float* src, int64_t K_, int64_t ld, const std::vector<int64_t>& cols,
+         bool transposed)
+      : K(K_), panels((static_cast<int64_t>(cols.size()) + NR - 1) / NR) {
+    data.assign(panels * K * NR, 0.0f);
+    for (int64_t c = 0; c < static_cast<int64_t>(cols.size()); ++c) {
+      if (cols[c] < 0) continue;
+      float* dst = data.data() + (c / NR) * K * NR + c % NR;
+      for (int64_t k = 0; k < K; ++k) {
+        dst[k * NR] = transposed ? src[cols[c] * ld + k] : src[k * ld + cols[c]];
       }
     }
-    for (int64_t r = 0; r < R; ++r) std::memcpy(out + j0 + kLanes * r, &acc[r], sizeof(vreg));
   }
-  for (; j0 < cols; ++j0) {
-    float acc = base ? base[j0] : 0.0f;
-    for (int64_t k = 0; k < K; ++k) acc += v[k] * M[k * ld + j0];
-    out[j0] = acc;
+
+  int64_t width() const { return panels * NR; }
+
+  // C (M, width()) = A (M, K) · B[:, cols]; each panel stays in cache across A's rows.
+  void times(const float* A, int64_t lda, int64_t M, float* C) const {
+    const int64_t ldc = width();
+    for (int64_t b = 0; b < panels; ++b) {
+      const float* panel = data.data() + b * K * NR;
+      int64_t r = 0;
+      for (; r + kRows <= M; r += kRows) {
+        micro_kernel<kRows>(A + r * lda, lda, K, panel, C + r * ldc + b * NR, ldc);
+      }
+      if (r < M) {
+        rows_tail<kRows - 1>(A + r * lda, lda, K, panel, C + r * ldc + b * NR, ldc,
+                             static_cast<int>(M - r));
+      }
+    }
   }
+};
+
+// ---- the team: threads that split the hidden units, one barrier per step ----------------
+// All threads of the team wait here until each has arrived. Waiters spin for a few
+// microseconds (a step's work is balanced, so the others are usually close), then sleep on
+// the generation counter (a futex): on a machine with more runnable threads than cores — XLA
+// running another op at the same time, two loops side by side — a sleeping waiter hands its
+// core to the thread it waits for instead of competing with it.
+class Barrier {
+ public:
+  explicit Barrier(int count) : count_(count) {}
+
+  void wait() {
+    const int gen = generation_.load(std::memory_order_acquire);
+    if (arrived_.fetch_add(1, std::memory_order_acq_rel) + 1 == count_) {
+      arrived_.store(0, std::memory_order_relaxed);
+      generation_.fetch_add(1, std::memory_order_acq_rel);
+      generation_.notify_all();
+      return;
+    }
+    for (int spins = 0; spins < kSpins; ++spins) {
+      if (generation_.load(std::memory_order_acquire) != gen) return;
+      _mm_pause();
+    }
+    while (generation_.load(std::memory_order_acquire) == gen) generation_.wait(gen);
+  }
+
+ private:
+  static constexpr int kSpins = 2000;  // ~ 10 µs of pause instructions
+  const int count_;
+  std::atomic<int> arrived_{0};
+  std::atomic<int> generation_{0};
+};
+
+// The units [u0, u1) of thread p among P, in whole registers where H allows.
+struct Units {
+  int64_t u0, u1;
+  Units(int64_t H, int p, int P) {
+    const int64_t blocks = (H + kLanes - 1) / kLanes;
+    u0 = std::min(H, blocks * p / P * kLanes);
+    u1 = std::min(H, blocks * (p + 1) / P * kLanes);
+  }
+  int64_t size() const { return u1 - u0; }
+};
+
+// The source columns of `gates` gate blocks of width H restricted to the units [u0, u1):
+// z's columns q·H + u for each gate q, gate-major (the packed matmul's output is
+// (N, gates·|units|) padded to whole panels).
+std::vector<int64_t> gate_columns(int64_t H, int gates, const Units& units) {
+  std::vector<int64_t> cols;
+  for (int q = 0; q < gates; ++q) {
+    for (int64_t u = units.u0; u < units.u1; ++u) cols.push_back(q * H + u);
+  }
+  return cols;
+}
+
+std::vector<int64_t> unit_columns(const Units& units) {
+  std::vector<int64_t> cols;
+  for (int64_t u = units.u0; u < units.u1; ++u) cols.push_back(u);
+  return cols;
+}
+
+// Zeroes this thread's units [0, units) of each of `blocks` gate blocks (H apart) of a row.
+inline void zero_units(float* row, int blocks, int64_t H, int64_t units) {
+  for (int q = 0; q < blocks; ++q) std::fill(row + q * H, row + q * H + units, 0.0f);
+}
+
+// Runs body(p, barrier) on P threads (the calling thread is p = 0); every thread flushes
+// denormals.
+template <class Body>
+void run_team(int P, Body body) {
+  P = std::max(1, P);
+  Barrier barrier(P);
+  std::vector<std::thread> team;
+  for (int p = 1; p < P; ++p) {
+    team.emplace_back([&body, &barrier, p] {
+      FlushDenormals flush;
+      body(p, barrier);
+    });
+  }
+  {
+    FlushDenormals flush;
+    body(0, barrier);
+  }
+  for (auto& thread : team) thread.join();
+}
+
+int team_size(int64_t threads, int64_t H) {
+  const int64_t blocks = (H + kLanes - 1) / kLanes;  // at least one register of units each
+  return static_cast<int>(std::max<int64_t>(1, std::min(threads, blocks)));
+}
+
+// The forward time loop shared by the cells: per step this thread's columns of
+// z = h_{t-1} W (its units of each of the `gates` blocks, gate-major, rows z_ld apart), then
+// step(t, n, z_n, h_{t-1}[n, u0:], h_t[n, u0:], u0, units) for each row n — the cell's gate
+// maths, which also handles steps past the row's length — then one barrier. h0 (N, H) in,
+// hT (N, H) out.
+template <class Step>
+void forward_loop(int64_t T, int64_t N, int64_t H, int gates, const float* W, const float* h0,
+                  float* hT, int64_t threads, Step step) {
+  const int P = team_size(threads, H);
+  const int64_t ldh = padded(H);
+  Floats hbuf(2 * N * ldh);  // h_{t-1} and h_t, alternating, rows ldh apart
+  for (int64_t n = 0; n < N; ++n) std::copy(h0 + n * H, h0 + (n + 1) * H, &hbuf[n * ldh]);
+  run_team(P, [&](int p, Barrier& barrier) {
+    const Units units(H, p, P);
+    const Packed Wp(W, H, gates * H, gate_columns(H, gates, units), false);  // (H, gates·Hp)
+    Floats z(N * Wp.width());
+    for (int64_t t = 0; t < T; ++t) {
+      const float* hcur = hbuf.data() + (t % 2) * N * ldh;
+      float* hnext = hbuf.data() + ((t + 1) % 2) * N * ldh;
+      Wp.times(hcur, ldh, N, z.data());  // z = h_{t-1} W, this thread's columns
+      for (int64_t n = 0; n < N; ++n) {
+        step(t, n, z.data() + n * Wp.width(), hcur + n * ldh + units.u0,
+             hnext + n * ldh + units.u0, units.u0, units.size());
+      }
+      barrier.wait();  // h_t complete for every unit
+    }
+  });
+  const float* h = hbuf.data() + (T % 2) * N * ldh;
+  for (int64_t n = 0; n < N; ++n) std::copy(h + n * ldh, h + n * ldh + H, hT + n * H);
+}
+
+// The backward time loop shared by the cells, from t = T - 1 down: for each row whose step t is
+// within its length, step(t, n, dpx_n, d_n, u0, units) writes this thread's units of
+// d px_t into dpx_n (a row of the (T, N, gates·H) output), of d(h W)_t into d_n (a row of the
+// block the matmul reads) and the direct part of dh_{t-1} into dh (N, H) (zero where there is
+// none); past the length both are zero and dh passes unchanged (the carry was frozen). One
+// barrier; then dh_{t-1} += d(h W)_t Wᵀ for this thread's units.
+template <class Step>
+void backward_loop(int64_t T, int64_t N, int64_t H, int gates, const float* W,
+                   const int32_t* len, float* dpx, float* dh, int64_t threads, Step step) {
+  const int P = team_size(threads, H);
+  const int64_t G = gates * H, ldd = padded(G);
+  Floats d_buf(2 * N * ldd);  // d(h W)_t, alternating, rows ldd apart
+  run_team(P, [&](int p, Barrier& barrier) {
+    const Units units(H, p, P);
+    const Packed Wt(W, G, G, unit_columns(units), true);  // (G, Hp) of Wᵀ
+    Floats dprev(N * Wt.width());
+    for (int64_t t = T - 1; t >= 0; --t) {
+      float* d = d_buf.data() + (t % 2) * N * ldd;
+      for (int64_t n = 0; n < N; ++n) {
+        float* dpx_n = dpx + (t * N + n) * G + units.u0;
+        float* d_n = d + n * ldd + units.u0;
+        if (t >= len[n]) {
+          zero_units(dpx_n, gates, H, units.size());
+          zero_units(d_n, gates, H, units.size());
+        } else {
+          step(t, n, dpx_n, d_n, units.u0, units.size());
+        }
+      }
+      barrier.wait();  // d(h W)_t complete for every unit
+      Wt.times(d, ldd, N, dprev.data());  // d(h W)_t Wᵀ, this thread's units
+      for (int64_t n = 0; n < N; ++n) {
+        if (t >= len[n]) continue;
+        const float* src = dprev.data() + n * Wt.width();
+        float* dhn = dh + n * H + units.u0;
+        for (int64_t j = 0; j < units.size(); ++j) dhn[j] += src[j];
+      }
+    }
+  });
 }
 
 ffi::Error LstmForward(ffi::Buffer<ffi::F32> px, ffi::Buffer<ffi::F32> w,
                        ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0,
                        ffi::Buffer<ffi::S32> lengths, ffi::ResultBuffer<ffi::F32> ys,
                        ffi::ResultBuffer<ffi::F32> gates, ffi::ResultBuffer<ffi::F32> c_prev,
-                       ffi::ResultBuffer<ffi::F32> h_out, ffi::ResultBuffer<ffi::F32> c_out) {
-  FlushDenormals flush;
+                       ffi::ResultBuffer<ffi::F32> h_out, ffi::ResultBuffer<ffi::F32> c_out,
+                       int64_t threads) {
   const auto dims = px.dimensions();
   if (dims.size() != 3 || dims[2] % 4 != 0) {
     return ffi::Error::InvalidArgument("px must be (T, N, 4H)");
   }
   const int64_t T = dims[0], N = dims[1], G = dims[2], H = G / 4;
   const float* P = px.typed_data();
-  const float* W = w.typed_data();
   const int32_t* len = lengths.typed_data();
   float* Y = ys->typed_data();
   float* A = gates->typed_data();
   float* CP = c_prev->typed_data();
-  float* h = h_out->typed_data();
   float* c = c_out->typed_data();
-  std::copy(h0.typed_data(), h0.typed_data() + N * H, h);
   std::copy(c0.typed_data(), c0.typed_data() + N * H, c);
-  std::vector<float> z(N * G);
-  for (int64_t t = 0; t < T; ++t) {
-    for (int64_t n = 0; n < N; ++n) {  // z = px_t + h_{t-1} W
-      vec_mat(h + n * H, H, W, G, G, P + (t * N + n) * G, z.data() + n * G);
+  auto step = [&](int64_t t, int64_t n, const float* __restrict__ zn, const float* hp,
+                  float* __restrict__ hn, int64_t u0, int64_t Hp) {
+    float* __restrict__ a = A + (t * N + n) * G + u0;
+    float* __restrict__ cp = CP + (t * N + n) * H + u0;
+    float* __restrict__ y = Y + (t * N + n) * H + u0;
+    float* __restrict__ cn = c + n * H + u0;
+    std::copy(cn, cn + Hp, cp);
+    if (t >= len[n]) {  // past the length: carry frozen, output zero
+      zero_units(a, 4, H, Hp);
+      zero_units(y, 1, H, Hp);
+      std::copy(hp, hp + Hp, hn);
+      return;
     }
-    for (int64_t n = 0; n < N; ++n) {
-      float* __restrict__ a = A + (t * N + n) * G;
-      float* __restrict__ cp = CP + (t * N + n) * H;
-      float* __restrict__ y = Y + (t * N + n) * H;
-      float* __restrict__ hn = h + n * H;
-      float* __restrict__ cn = c + n * H;
-      std::copy(cn, cn + H, cp);
-      if (t >= len[n]) {  // past the length: carry frozen, output zero
-        std::fill(a, a + G, 0.0f);
-        std::fill(y, y + H, 0.0f);
-        continue;
-      }
-      const float* __restrict__ zn = z.data() + n * G;
-      for (int64_t j = 0; j < 2 * H; ++j) a[j] = fast_sigmoid(zn[j]);  // i, f
-      for (int64_t j = 2 * H; j < 3 * H; ++j) a[j] = fast_tanh(zn[j]);  // g
-      for (int64_t j = 3 * H; j < G; ++j) a[j] = fast_sigmoid(zn[j]);  // o
+    const float* __restrict__ pn = P + (t * N + n) * G + u0;
 #pragma GCC ivdep
-      for (int64_t j = 0; j < H; ++j) {
-        const float cj = a[H + j] * cn[j] + a[j] * a[2 * H + j];
-        cn[j] = cj;
-        hn[j] = a[3 * H + j] * fast_tanh(cj);
-        y[j] = hn[j];
-      }
+    for (int64_t j = 0; j < Hp; ++j) {
+      const float i = fast_sigmoid(pn[j] + zn[j]);
+      const float f = fast_sigmoid(pn[H + j] + zn[Hp + j]);
+      const float g = fast_tanh(pn[2 * H + j] + zn[2 * Hp + j]);
+      const float o = fast_sigmoid(pn[3 * H + j] + zn[3 * Hp + j]);
+      const float cj = f * cn[j] + i * g;
+      a[j] = i;
+      a[H + j] = f;
+      a[2 * H + j] = g;
+      a[3 * H + j] = o;
+      cn[j] = cj;
+      hn[j] = o * fast_tanh(cj);
+      y[j] = hn[j];
     }
-  }
+  };
+  forward_loop(T, N, H, 4, w.typed_data(), h0.typed_data(), h_out->typed_data(), threads, step);
   return ffi::Error::Success();
 }
 
-ffi::Error LstmBackward(ffi::Buffer<ffi::F32> wt, ffi::Buffer<ffi::F32> gates,
+ffi::Error LstmBackward(ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> gates,
                         ffi::Buffer<ffi::F32> c_prev, ffi::Buffer<ffi::F32> dys,
                         ffi::Buffer<ffi::F32> dh_t, ffi::Buffer<ffi::F32> dc_t,
                         ffi::Buffer<ffi::S32> lengths, ffi::ResultBuffer<ffi::F32> dpx,
-                        ffi::ResultBuffer<ffi::F32> dh_out, ffi::ResultBuffer<ffi::F32> dc_out) {
-  FlushDenormals flush;
+                        ffi::ResultBuffer<ffi::F32> dh_out, ffi::ResultBuffer<ffi::F32> dc_out,
+                        int64_t threads) {
   const auto dims = gates.dimensions();
   const int64_t T = dims[0], N = dims[1], G = dims[2], H = G / 4;
-  const float* Wt = wt.typed_data();  // (G, H)
   const float* A = gates.typed_data();
   const float* CP = c_prev.typed_data();
   const float* DY = dys.typed_data();
   const int32_t* len = lengths.typed_data();
-  float* DZ = dpx->typed_data();
   float* dh = dh_out->typed_data();
   float* dc = dc_out->typed_data();
   std::copy(dh_t.typed_data(), dh_t.typed_data() + N * H, dh);
   std::copy(dc_t.typed_data(), dc_t.typed_data() + N * H, dc);
-  for (int64_t t = T - 1; t >= 0; --t) {
-    for (int64_t n = 0; n < N; ++n) {
-      float* __restrict__ dz = DZ + (t * N + n) * G;
-      if (t >= len[n]) {
-        std::fill(dz, dz + G, 0.0f);
-        continue;
-      }
-      const float* __restrict__ a = A + (t * N + n) * G;
-      const float* __restrict__ cp = CP + (t * N + n) * H;
-      const float* __restrict__ dy = DY + (t * N + n) * H;
-      float* __restrict__ dhn = dh + n * H;
-      float* __restrict__ dcn = dc + n * H;
+  auto step = [&](int64_t t, int64_t n, float* __restrict__ dz, float* __restrict__ dzs,
+                  int64_t u0, int64_t Hp) {
+    const float* __restrict__ a = A + (t * N + n) * G + u0;
+    const float* __restrict__ cp = CP + (t * N + n) * H + u0;
+    const float* __restrict__ dy = DY + (t * N + n) * H + u0;
+    float* __restrict__ dhn = dh + n * H + u0;
+    float* __restrict__ dcn = dc + n * H + u0;
 #pragma GCC ivdep
-      for (int64_t j = 0; j < H; ++j) {
-        const float i = a[j], f = a[H + j], g = a[2 * H + j], o = a[3 * H + j];
-        const float cj = f * cp[j] + i * g;
-        const float tc = fast_tanh(cj);
-        const float dhj = dhn[j] + dy[j];
-        const float dcj = dcn[j] + dhj * o * (1.0f - tc * tc);
-        dz[j] = dcj * g * i * (1.0f - i);
-        dz[H + j] = dcj * cp[j] * f * (1.0f - f);
-        dz[2 * H + j] = dcj * i * (1.0f - g * g);
-        dz[3 * H + j] = dhj * tc * o * (1.0f - o);
-        dcn[j] = dcj * f;
-      }
-      vec_mat(dz, G, Wt, H, H, nullptr, dhn);  // dh_{t-1} = dz Wᵀ
+    for (int64_t j = 0; j < Hp; ++j) {
+      const float i = a[j], f = a[H + j], g = a[2 * H + j], o = a[3 * H + j];
+      const float cj = f * cp[j] + i * g;
+      const float tc = fast_tanh(cj);
+      const float dhj = dhn[j] + dy[j];
+      const float dcj = dcn[j] + dhj * o * (1.0f - tc * tc);
+      dz[j] = dzs[j] = dcj * g * i * (1.0f - i);
+      dz[H + j] = dzs[H + j] = dcj * cp[j] * f * (1.0f - f);
+      dz[2 * H + j] = dzs[2 * H + j] = dcj * i * (1.0f - g * g);
+      dz[3 * H + j] = dzs[3 * H + j] = dhj * tc * o * (1.0f - o);
+      dcn[j] = dcj * f;
+      dhn[j] = 0.0f;  // h_{t-1} reaches h_t only through the matmul: dh_{t-1} = dz_t Wᵀ
     }
-  }
+  };
+  backward_loop(T, N, H, 4, w.typed_data(), len, dpx->typed_data(), dh, threads, step);
   return ffi::Error::Success();
 }
 
@@ -207,100 +447,84 @@ ffi::Error LstmBackward(ffi::Buffer<ffi::F32> wt, ffi::Buffer<ffi::F32> gates,
 ffi::Error GruForward(ffi::Buffer<ffi::F32> px, ffi::Buffer<ffi::F32> w,
                       ffi::Buffer<ffi::F32> b_hn, ffi::Buffer<ffi::F32> h0,
                       ffi::Buffer<ffi::S32> lengths, ffi::ResultBuffer<ffi::F32> ys,
-                      ffi::ResultBuffer<ffi::F32> saved, ffi::ResultBuffer<ffi::F32> h_out) {
-  FlushDenormals flush;
+                      ffi::ResultBuffer<ffi::F32> saved, ffi::ResultBuffer<ffi::F32> h_out,
+                      int64_t threads) {
   const auto dims = px.dimensions();
   if (dims.size() != 3 || dims[2] % 3 != 0) {
     return ffi::Error::InvalidArgument("px must be (T, N, 3H)");
   }
   const int64_t T = dims[0], N = dims[1], G = dims[2], H = G / 3;
   const float* P = px.typed_data();
-  const float* W = w.typed_data();
   const float* bn = b_hn.typed_data();
   const int32_t* len = lengths.typed_data();
   float* Y = ys->typed_data();
   float* S = saved->typed_data();
-  float* h = h_out->typed_data();
-  std::copy(h0.typed_data(), h0.typed_data() + N * H, h);
-  std::vector<float> a(G);
-  for (int64_t t = 0; t < T; ++t) {
-    for (int64_t n = 0; n < N; ++n) {
-      float* __restrict__ s = S + (t * N + n) * 4 * H;
-      float* __restrict__ y = Y + (t * N + n) * H;
-      float* __restrict__ hn = h + n * H;
-      if (t >= len[n]) {
-        std::fill(s, s + 4 * H, 0.0f);
-        std::fill(y, y + H, 0.0f);
-        continue;
-      }
-      float* __restrict__ an = a.data();
-      vec_mat(hn, H, W, G, G, nullptr, an);  // a = h_{t-1} W
-      const float* __restrict__ p = P + (t * N + n) * G;
-#pragma GCC ivdep
-      for (int64_t j = 0; j < H; ++j) {
-        const float r = fast_sigmoid(p[j] + an[j]);
-        const float z = fast_sigmoid(p[H + j] + an[H + j]);
-        const float hb = an[2 * H + j] + bn[j];
-        const float nj = fast_tanh(p[2 * H + j] + r * hb);
-        s[j] = r;
-        s[H + j] = z;
-        s[2 * H + j] = nj;
-        s[3 * H + j] = hb;
-        hn[j] = (1.0f - z) * nj + z * hn[j];
-        y[j] = hn[j];
-      }
+  auto step = [&](int64_t t, int64_t n, const float* __restrict__ an,
+                  const float* __restrict__ hp, float* __restrict__ hn, int64_t u0, int64_t Hp) {
+    float* __restrict__ s = S + (t * N + n) * 4 * H + u0;
+    float* __restrict__ y = Y + (t * N + n) * H + u0;
+    if (t >= len[n]) {
+      zero_units(s, 4, H, Hp);
+      zero_units(y, 1, H, Hp);
+      std::copy(hp, hp + Hp, hn);
+      return;
     }
-  }
+    const float* __restrict__ pn = P + (t * N + n) * G + u0;
+    const float* __restrict__ bnp = bn + u0;
+#pragma GCC ivdep
+    for (int64_t j = 0; j < Hp; ++j) {
+      const float r = fast_sigmoid(pn[j] + an[j]);
+      const float z = fast_sigmoid(pn[H + j] + an[Hp + j]);
+      const float hb = an[2 * Hp + j] + bnp[j];
+      const float nj = fast_tanh(pn[2 * H + j] + r * hb);
+      s[j] = r;
+      s[H + j] = z;
+      s[2 * H + j] = nj;
+      s[3 * H + j] = hb;
+      hn[j] = (1.0f - z) * nj + z * hp[j];
+      y[j] = hn[j];
+    }
+  };
+  forward_loop(T, N, H, 3, w.typed_data(), h0.typed_data(), h_out->typed_data(), threads, step);
   return ffi::Error::Success();
 }
 
-ffi::Error GruBackward(ffi::Buffer<ffi::F32> wt, ffi::Buffer<ffi::F32> saved,
+ffi::Error GruBackward(ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> saved,
                        ffi::Buffer<ffi::F32> h_prev, ffi::Buffer<ffi::F32> dys,
                        ffi::Buffer<ffi::F32> dh_t, ffi::Buffer<ffi::S32> lengths,
-                       ffi::ResultBuffer<ffi::F32> dpx, ffi::ResultBuffer<ffi::F32> dh_out) {
-  FlushDenormals flush;
+                       ffi::ResultBuffer<ffi::F32> dpx, ffi::ResultBuffer<ffi::F32> dh_out,
+                       int64_t threads) {
   const auto dims = h_prev.dimensions();
-  const int64_t T = dims[0], N = dims[1], H = dims[2], G = 3 * H;
-  const float* Wt = wt.typed_data();  // (3H, H)
+  const int64_t T = dims[0], N = dims[1], H = dims[2];
   const float* S = saved.typed_data();
   const float* HP = h_prev.typed_data();
   const float* DY = dys.typed_data();
   const int32_t* len = lengths.typed_data();
-  float* DP = dpx->typed_data();
   float* dh = dh_out->typed_data();
   std::copy(dh_t.typed_data(), dh_t.typed_data() + N * H, dh);
-  std::vector<float> da(G), dprev(H);
-  for (int64_t t = T - 1; t >= 0; --t) {
-    for (int64_t n = 0; n < N; ++n) {
-      float* __restrict__ dp = DP + (t * N + n) * G;
-      if (t >= len[n]) {
-        std::fill(dp, dp + G, 0.0f);
-        continue;
-      }
-      const float* __restrict__ s = S + (t * N + n) * 4 * H;
-      const float* __restrict__ hp = HP + (t * N + n) * H;
-      const float* __restrict__ dy = DY + (t * N + n) * H;
-      float* __restrict__ dhn = dh + n * H;
-      float* __restrict__ dan = da.data();
+  auto step = [&](int64_t t, int64_t n, float* __restrict__ dp, float* __restrict__ dan,
+                  int64_t u0, int64_t Hp) {
+    const float* __restrict__ s = S + (t * N + n) * 4 * H + u0;
+    const float* __restrict__ hp = HP + (t * N + n) * H + u0;
+    const float* __restrict__ dy = DY + (t * N + n) * H + u0;
+    float* __restrict__ dhn = dh + n * H + u0;
 #pragma GCC ivdep
-      for (int64_t j = 0; j < H; ++j) {
-        const float r = s[j], z = s[H + j], nj = s[2 * H + j], hb = s[3 * H + j];
-        const float dhj = dhn[j] + dy[j];
-        const float dn = dhj * (1.0f - z) * (1.0f - nj * nj);
-        const float dz = dhj * (hp[j] - nj) * z * (1.0f - z);
-        const float dr = dn * hb * r * (1.0f - r);
-        dp[j] = dr;
-        dp[H + j] = dz;
-        dp[2 * H + j] = dn;
-        dan[j] = dr;
-        dan[H + j] = dz;
-        dan[2 * H + j] = dn * r;
-        dhn[j] = dhj * z;
-      }
-      vec_mat(dan, G, Wt, H, H, dhn, dprev.data());  // dh_{t-1} = dh z + da Wᵀ
-      std::copy(dprev.begin(), dprev.end(), dhn);
+    for (int64_t j = 0; j < Hp; ++j) {
+      const float r = s[j], z = s[H + j], nj = s[2 * H + j], hb = s[3 * H + j];
+      const float dhj = dhn[j] + dy[j];
+      const float dn = dhj * (1.0f - z) * (1.0f - nj * nj);
+      const float dz = dhj * (hp[j] - nj) * z * (1.0f - z);
+      const float dr = dn * hb * r * (1.0f - r);
+      dp[j] = dr;
+      dp[H + j] = dz;
+      dp[2 * H + j] = dn;
+      dan[j] = dr;
+      dan[H + j] = dz;
+      dan[2 * H + j] = dn * r;
+      dhn[j] = dhj * z;  // the direct path of dh_{t-1}; the loop adds da Wᵀ
     }
-  }
+  };
+  backward_loop(T, N, H, 3, w.typed_data(), len, dpx->typed_data(), dh, threads, step);
   return ffi::Error::Success();
 }
 
@@ -317,11 +541,12 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnjaxLstmForward, LstmForward,
                                   .Ret<ffi::Buffer<ffi::F32>>()  // gates (T, N, G)
                                   .Ret<ffi::Buffer<ffi::F32>>()  // c_prev (T, N, H)
                                   .Ret<ffi::Buffer<ffi::F32>>()  // hT (N, H)
-                                  .Ret<ffi::Buffer<ffi::F32>>());  // cT (N, H)
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // cT (N, H)
+                                  .Attr<int64_t>("threads"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnjaxLstmBackward, LstmBackward,
                               ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // Wt (G, H)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // W (H, G)
                                   .Arg<ffi::Buffer<ffi::F32>>()  // gates (T, N, G)
                                   .Arg<ffi::Buffer<ffi::F32>>()  // c_prev (T, N, H)
                                   .Arg<ffi::Buffer<ffi::F32>>()  // dys (T, N, H)
@@ -330,7 +555,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnjaxLstmBackward, LstmBackward,
                                   .Arg<ffi::Buffer<ffi::S32>>()  // lengths (N,)
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dpx (T, N, G)
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dh0 (N, H)
-                                  .Ret<ffi::Buffer<ffi::F32>>());  // dc0 (N, H)
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // dc0 (N, H)
+                                  .Attr<int64_t>("threads"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnjaxGruForward, GruForward,
                               ffi::Ffi::Bind()
@@ -341,15 +567,17 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnjaxGruForward, GruForward,
                                   .Arg<ffi::Buffer<ffi::S32>>()  // lengths (N,)
                                   .Ret<ffi::Buffer<ffi::F32>>()  // ys (T, N, H)
                                   .Ret<ffi::Buffer<ffi::F32>>()  // saved (T, N, 4H)
-                                  .Ret<ffi::Buffer<ffi::F32>>());  // hT (N, H)
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // hT (N, H)
+                                  .Attr<int64_t>("threads"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnjaxGruBackward, GruBackward,
                               ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // Wt (3H, H)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // W (H, 3H)
                                   .Arg<ffi::Buffer<ffi::F32>>()  // saved (T, N, 4H)
                                   .Arg<ffi::Buffer<ffi::F32>>()  // h_prev (T, N, H)
                                   .Arg<ffi::Buffer<ffi::F32>>()  // dys (T, N, H)
                                   .Arg<ffi::Buffer<ffi::F32>>()  // dhT (N, H)
                                   .Arg<ffi::Buffer<ffi::S32>>()  // lengths (N,)
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dpx (T, N, 3H)
-                                  .Ret<ffi::Buffer<ffi::F32>>());  // dh0 (N, H)
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // dh0 (N, H)
+                                  .Attr<int64_t>("threads"));

@@ -1,28 +1,31 @@
 """The ``"fused_cpu"`` backend: the LSTM / GRU time loop as ONE XLA:CPU custom call (`jax.ffi`).
 
-At small batch an XLA loop's time is per-iteration overhead, not arithmetic: each step runs
-several thunks (matmul, element-wise fusions, output updates, loop counter) of about a
-microsecond each, so B = 1 spends most of its time between kernels. This backend runs the
-forward loop and the backward loop each as one C++ call (``fused_cpu.cc``), with the same
-`jax.custom_vjp` structure as ``"fused"`` (`rnnjax.kernels.fused`): the forward saves the
-activated gates and the incoming cell states, the backward carries only (dh, dc) and returns
-d px, and dW = Σ_t h_{t-1}ᵀ dg_t is one XLA matmul after the backward call.
+An XLA loop pays per-iteration overhead (several thunks per step, about a microsecond each)
+and runs the gate maths inside the loop as small fusions several times slower per element
+than over a whole array. This backend runs the forward loop and the backward loop each as one
+C++ call (``fused_cpu.cc``), with the same `jax.custom_vjp` structure as ``"fused"``
+(`rnnjax.kernels.fused`): the forward saves the activated gates and the incoming cell states,
+the backward carries only (dh, dc) and returns d px, and dW = Σ_t h_{t-1}ᵀ dg_t is one XLA
+matmul after the backward call. Each step's (N, H) x (H, K·H) matmul is register-blocked over a
+copy of W packed in column panels; at large batch a team of threads splits the hidden units
+(`team_size`: one barrier per step), at small batch one thread runs the loop.
 
 It is a hand-written *specialisation*, kept because ``make bench`` measures it faster than the
-generic ``"fused"`` loop at batch <= 4 (``benchmarks/results/cpu_speed.md``) — where it is: the
-LSTM's forward without differentiation (inference) is the generic XLA loop, which saves nothing
-and is faster there (`lstm_loop`). It runs exactly
-two cells — the plain LSTM (`rnnjax.cells.lstm.LSTMConfig` without peepholes or coupling) and
-the GRU with ``reset_after=True`` — in float32, and the tests check it against the generic
-``"fused"`` backend and ``"scan"``. The equations of ``fused_cpu.cc`` restate those of
-`rnnjax.cells.lstm.lstm_pointwise` and `rnnjax.cells.gru.gru_pointwise`.
+generic ``"fused"`` loop at every measured batch (``benchmarks/results/cpu_speed.md``) — except
+the LSTM's inference with one thread (small batch), which runs the generic XLA loop: it saves
+nothing and is faster there (`lstm_loop`). It runs exactly two cells — the plain LSTM
+(`rnnjax.cells.lstm.LSTMConfig` without peepholes or coupling) and the GRU with
+``reset_after=True`` — in float32, and the tests check it against the generic ``"fused"``
+backend and ``"scan"``, with one thread and with teams of 2 and 3. The equations of
+``fused_cpu.cc`` restate those of `rnnjax.cells.lstm.lstm_pointwise` and
+`rnnjax.cells.gru.gru_pointwise`.
 
 Building: the C++ is compiled with the system's ``g++`` by `build` — explicitly, never inside
 a trace — into ``$RNNJAX_CACHE`` (default ``~/.cache/rnnjax``), keyed by the source's hash and
 the CPU's flags; ``make`` builds it when it installs the package (``python -m
 rnnjax.kernels.build``). Until it is built, `supports` answers no (with the reason) and
 ``backend="auto"`` uses ``"fused"``. Under `jax.vmap` the call runs once per mapped example
-(``vmap_method="sequential"``). The loop is single-threaded: it is meant for small batches.
+(``vmap_method="sequential"``).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rnnjax.cells.base import Cell, LSTMCarry
 from rnnjax.cells.gru import GRUConfig
@@ -75,7 +79,7 @@ def build() -> Path:
         return lib
     lib.parent.mkdir(parents=True, exist_ok=True)
     tmp = lib.with_suffix(f".{os.getpid()}.tmp")
-    cmd = ["g++", "-O3", "-march=native", "-std=c++17", "-shared", "-fPIC"]
+    cmd = ["g++", "-O3", "-march=native", "-std=c++20", "-shared", "-fPIC", "-pthread"]
     cmd += ["-I", jax.ffi.include_dir(), str(SOURCE), "-o", str(tmp)]
     try:
         subprocess.run(cmd, check=True, capture_output=True, timeout=600)
@@ -128,8 +132,29 @@ def supports(cell: Cell, problem: Problem) -> Support:
     return YES
 
 
-def _call(name: str, out):
-    return jax.ffi.ffi_call(name, out, vmap_method="sequential")
+# A team of threads pays a barrier per step; below this many multiply-adds per step
+# (batch x hidden x hidden, a quarter of the LSTM's) one thread is faster (measured:
+# benchmarks/results/cpu_speed.md's small shapes).
+MIN_WORK_FOR_A_TEAM = 2**19
+
+
+def team_size(batch: int, hidden: int) -> int:
+    """Threads for the C++ loop at this (flattened) batch and hidden size.
+
+    ``$RNNJAX_CPU_THREADS`` if set, else the CPUs this process may run on; 1 where a step's
+    matmul (batch x hidden x 4 hidden) is too small to pay for a barrier per step.
+    """
+    env = os.environ.get("RNNJAX_CPU_THREADS")
+    if env:
+        return max(1, int(env))
+    if batch * hidden * hidden < MIN_WORK_FOR_A_TEAM:
+        return 1
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _call(name: str, out, threads: int):
+    call = jax.ffi.ffi_call(name, out, vmap_method="sequential")
+    return functools.partial(call, threads=np.int64(threads))
 
 
 def _shapes(*arrays_or_shapes):
@@ -140,13 +165,18 @@ def _shapes(*arrays_or_shapes):
 def lstm_loop(structure, W, px, h0, c0, lengths):
     """(hT, cT, ys) of the LSTM over px (T, N, 4H) from (h0, c0); lengths None or int32 (N,).
 
-    Undifferentiated (inference), the loop is the generic XLA one of ``"fused"``
-    (`rnnjax.kernels.fused.forward_loop`, nothing saved): at B = 1 it runs in 5.5 ms where the
-    C++ forward, which also writes the gates for the backward, takes 8.7 ms
-    (``benchmarks/results/cpu_generic_vs_handwritten.md``). Differentiated, both loops are C++.
+    Undifferentiated (inference) with a team of one thread (small batch), the loop is the
+    generic XLA one of ``"fused"`` (`rnnjax.kernels.fused.forward_loop`, nothing saved),
+    faster there than the C++ forward, which also writes the gates for the backward; with a
+    team, and whenever differentiated, the loops are C++.
     """
-    treedef = jax.tree.structure(LSTMCarry(h0, c0))
-    (hT, cT), ys, _ = forward_loop(structure, treedef, 1, W, (), px, (h0, c0), lengths, False)
+    if team_size(*h0.shape) == 1:
+        treedef = jax.tree.structure(LSTMCarry(h0, c0))
+        (hT, cT), ys, _ = forward_loop(structure, treedef, 1, W, (), px, (h0, c0), lengths, False)
+        return hT, cT, ys
+    if lengths is None:
+        lengths = jnp.full(h0.shape[:1], px.shape[0], jnp.int32)  # (N,)
+    ys, _, _, hT, cT = _forward(W, px, h0, c0, lengths)
     return hT, cT, ys
 
 
@@ -154,7 +184,7 @@ def _forward(W, px, h0, c0, lengths):
     T, N, G = px.shape
     H = G // 4
     out = _shapes((T, N, H), (T, N, G), (T, N, H), (N, H), (N, H))
-    return _call("RnnjaxLstmForward", out)(px, W, h0, c0, lengths)
+    return _call("RnnjaxLstmForward", out, team_size(N, H))(px, W, h0, c0, lengths)
 
 
 def _loop_fwd(structure, W, px, h0, c0, lengths):
@@ -169,8 +199,8 @@ def _loop_bwd(structure, residuals, cotangents):
     W, gates, c_prev, ys, h0, lengths = residuals
     dhT, dcT, dys = cotangents
     out = _shapes(gates.shape, h0.shape, h0.shape)
-    call = _call("RnnjaxLstmBackward", out)
-    dpx, dh0, dc0 = call(W.T, gates, c_prev, dys, dhT, dcT, lengths)
+    call = _call("RnnjaxLstmBackward", out, team_size(*h0.shape))
+    dpx, dh0, dc0 = call(W, gates, c_prev, dys, dhT, dcT, lengths)
     h_prev = jnp.concatenate([h0[None], ys[:-1]], axis=0)  # (T, N, H), as in fused.py
     return sum_outer(h_prev, dpx), dpx, dh0, dc0, None  # dW: one matmul
 
@@ -189,7 +219,7 @@ def _gru_forward(W, b_hn, px, h0, lengths):
     T, N, G = px.shape
     H = G // 3
     out = _shapes((T, N, H), (T, N, 4 * H), (N, H))
-    return _call("RnnjaxGruForward", out)(px, W, b_hn, h0, lengths)
+    return _call("RnnjaxGruForward", out, team_size(N, H))(px, W, b_hn, h0, lengths)
 
 
 def _gru_fwd(W, b_hn, px, h0, lengths):
@@ -202,8 +232,10 @@ def _gru_bwd(residuals, cotangents):
     dhT, dys = cotangents
     H = h0.shape[-1]
     h_prev = jnp.concatenate([h0[None], ys[:-1]], axis=0)  # (T, N, H)
-    call = _call("RnnjaxGruBackward", _shapes((*ys.shape[:2], 3 * H), h0.shape))
-    dpx, dh0 = call(W.T, saved, h_prev, dys, dhT, lengths)
+    out = _shapes((*ys.shape[:2], 3 * H), h0.shape)
+    dpx, dh0 = _call("RnnjaxGruBackward", out, team_size(*h0.shape))(
+        W, saved, h_prev, dys, dhT, lengths
+    )
     r, dn = saved[..., :H], dpx[..., 2 * H :]  # (T, N, H) each
     da = jnp.concatenate([dpx[..., : 2 * H], dn * r], axis=-1)  # (T, N, 3H)
     db_hn = jnp.sum(dn * r, axis=(0, 1))  # (H,)
