@@ -199,18 +199,21 @@ class Barrier {
   explicit Barrier(int count) : count_(count) {}
 
   void wait() {
+    if (count_ == 1) return;  // a team of one: nothing to wait for
     const int gen = generation_.load(std::memory_order_acquire);
     if (arrived_.fetch_add(1, std::memory_order_acq_rel) + 1 == count_) {
       arrived_.store(0, std::memory_order_relaxed);
-      generation_.fetch_add(1, std::memory_order_acq_rel);
-      generation_.notify_all();
+      generation_.fetch_add(1);  // sequentially consistent with sleepers_: a waiter that
+      if (sleepers_.load() > 0) generation_.notify_all();  // missed this step is woken
       return;
     }
     for (int spins = 0; spins < kSpins; ++spins) {
       if (generation_.load(std::memory_order_acquire) != gen) return;
       _mm_pause();
     }
-    while (generation_.load(std::memory_order_acquire) == gen) generation_.wait(gen);
+    sleepers_.fetch_add(1);
+    while (generation_.load() == gen) generation_.wait(gen);
+    sleepers_.fetch_sub(1);
   }
 
  private:
@@ -218,6 +221,7 @@ class Barrier {
   const int count_;
   std::atomic<int> arrived_{0};
   std::atomic<int> generation_{0};
+  std::atomic<int> sleepers_{0};
 };
 
 // The units [u0, u1) of thread p among P, in whole registers where H allows.
