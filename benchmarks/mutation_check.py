@@ -360,8 +360,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     _m(
         "fused_cpu.gru_bwd_b_hn_sign",
         "rnnjax/kernels/fused_cpu.py",
-        "db_hn = jnp.sum(dn * r, axis=(0, 1))",
-        "db_hn = -jnp.sum(dn * r, axis=(0, 1))",
+        "db_hn = jnp.sum(da[..., 2 * H :], axis=(0, 1))",
+        "db_hn = -jnp.sum(da[..., 2 * H :], axis=(0, 1))",
         "fused_cpu GRU wrapper: d b_hn negated",
         f"{BACKENDS}::test_fused_cpu_equals_scan[gru]",
     ),

@@ -318,10 +318,12 @@ void forward_loop(int64_t T, int64_t N, int64_t H, int gates, const float* W, co
 // d px_t into dpx_n (a row of the (T, N, gates·H) output), of d(h W)_t into d_n (a row of the
 // block the matmul reads) and the direct part of dh_{t-1} into dh (N, H) (zero where there is
 // none); past the length both are zero and dh passes unchanged (the carry was frozen). One
-// barrier; then dh_{t-1} += d(h W)_t Wᵀ for this thread's units.
+// barrier; then dh_{t-1} += d(h W)_t Wᵀ for this thread's units. Where d(h W) differs from
+// d px (the GRU's), d_out (T, N, gates·H) receives it too, for dW after the loop.
 template <class Step>
 void backward_loop(int64_t T, int64_t N, int64_t H, int gates, const float* W,
-                   const int32_t* len, float* dpx, float* dh, int64_t threads, Step step) {
+                   const int32_t* len, float* dpx, float* d_out, float* dh, int64_t threads,
+                   Step step) {
   const int P = team_size(threads, H);
   const int64_t G = gates * H, ldd = padded(G);
   Floats d_buf(2 * N * ldd);  // d(h W)_t, alternating, rows ldd apart
@@ -339,6 +341,12 @@ void backward_loop(int64_t T, int64_t N, int64_t H, int gates, const float* W,
           zero_units(d_n, gates, H, units.size());
         } else {
           step(t, n, dpx_n, d_n, units.u0, units.size());
+        }
+        if (d_out) {
+          for (int q = 0; q < gates; ++q) {
+            std::copy(d_n + q * H, d_n + q * H + units.size(),
+                      d_out + (t * N + n) * G + units.u0 + q * H);
+          }
         }
       }
       barrier.wait();  // d(h W)_t complete for every unit
@@ -443,7 +451,7 @@ ffi::Error LstmBackward(ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> gates,
       dhn[j] = 0.0f;  // h_{t-1} reaches h_t only through the matmul: dh_{t-1} = dz_t Wᵀ
     }
   };
-  backward_loop(T, N, H, 4, w.typed_data(), len, dpx->typed_data(), dh, threads, step);
+  backward_loop(T, N, H, 4, w.typed_data(), len, dpx->typed_data(), nullptr, dh, threads, step);
   return ffi::Error::Success();
 }
 
@@ -496,8 +504,8 @@ ffi::Error GruForward(ffi::Buffer<ffi::F32> px, ffi::Buffer<ffi::F32> w,
 ffi::Error GruBackward(ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> saved,
                        ffi::Buffer<ffi::F32> h_prev, ffi::Buffer<ffi::F32> dys,
                        ffi::Buffer<ffi::F32> dh_t, ffi::Buffer<ffi::S32> lengths,
-                       ffi::ResultBuffer<ffi::F32> dpx, ffi::ResultBuffer<ffi::F32> dh_out,
-                       int64_t threads) {
+                       ffi::ResultBuffer<ffi::F32> dpx, ffi::ResultBuffer<ffi::F32> da_out,
+                       ffi::ResultBuffer<ffi::F32> dh_out, int64_t threads) {
   const auto dims = h_prev.dimensions();
   const int64_t T = dims[0], N = dims[1], H = dims[2];
   const float* S = saved.typed_data();
@@ -528,7 +536,8 @@ ffi::Error GruBackward(ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> saved,
       dhn[j] = dhj * z;  // the direct path of dh_{t-1}; the loop adds da Wᵀ
     }
   };
-  backward_loop(T, N, H, 3, w.typed_data(), len, dpx->typed_data(), dh, threads, step);
+  backward_loop(T, N, H, 3, w.typed_data(), len, dpx->typed_data(), da_out->typed_data(), dh,
+                threads, step);
   return ffi::Error::Success();
 }
 
@@ -583,5 +592,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnjaxGruBackward, GruBackward,
                                   .Arg<ffi::Buffer<ffi::F32>>()  // dhT (N, H)
                                   .Arg<ffi::Buffer<ffi::S32>>()  // lengths (N,)
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dpx (T, N, 3H)
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // d(h W) (T, N, 3H)
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dh0 (N, H)
                                   .Attr<int64_t>("threads"));

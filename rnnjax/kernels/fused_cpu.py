@@ -232,13 +232,11 @@ def _gru_bwd(residuals, cotangents):
     dhT, dys = cotangents
     H = h0.shape[-1]
     h_prev = jnp.concatenate([h0[None], ys[:-1]], axis=0)  # (T, N, H)
-    out = _shapes((*ys.shape[:2], 3 * H), h0.shape)
-    dpx, dh0 = _call("RnnjaxGruBackward", out, team_size(*h0.shape))(
+    out = _shapes((*ys.shape[:2], 3 * H), (*ys.shape[:2], 3 * H), h0.shape)
+    dpx, da, dh0 = _call("RnnjaxGruBackward", out, team_size(*h0.shape))(
         W, saved, h_prev, dys, dhT, lengths
-    )
-    r, dn = saved[..., :H], dpx[..., 2 * H :]  # (T, N, H) each
-    da = jnp.concatenate([dpx[..., : 2 * H], dn * r], axis=-1)  # (T, N, 3H)
-    db_hn = jnp.sum(dn * r, axis=(0, 1))  # (H,)
+    )  # da = d(h W + [0, 0, b_hn]) = [dr, dz, dn r]: dpx but for the candidate's block
+    db_hn = jnp.sum(da[..., 2 * H :], axis=(0, 1))  # (H,)
     return sum_outer(h_prev, da), db_hn, dpx, dh0, None  # dW: one matmul
 
 
