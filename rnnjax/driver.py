@@ -54,7 +54,7 @@ def unroll(
       call, which hide the tangents (`rnnjax.kernels.base.forward_mode_of`): pass
       ``backend="scan"`` then;
     - ``"fused"``: one custom_vjp over the loop, derived from the cell's structured form;
-    - ``"fused_cpu"``: the plain LSTM / GRU loop as one C++ call (CPU, small batch);
+    - ``"fused_cpu"``: the plain LSTM / GRU loop as one C++ call (CPU; threaded at large batch);
     - ``"associative"``: parallel prefix scan for cells linear in the carry;
     - ``"pallas"``: persistent GPU kernel with W on chip (interpret mode on CPU: slow),
       derived from the cell; ``"pallas_verified"``: its GPU-verified per-family form.

@@ -8,7 +8,7 @@ is `rnnjax.kernels.registry.BACKENDS`.
 =================== ==========================================================================
 ``scan``            `lax.scan` over ``cell.recur``: any cell; the readable reference
 ``fused``           one custom_vjp over the loop, derived from the cell's structured form
-``fused_cpu``       the plain LSTM / GRU loop as one C++ XLA:CPU call (small batch, CPU)
+``fused_cpu``       the plain LSTM / GRU loop as one C++ XLA:CPU call (CPU; threaded)
 ``associative``     parallel prefix scan for cells linear in the carry
 ``pallas``          persistent Pallas kernel (GPU; interpret mode on CPU), derived from the cell
 ``pallas_verified`` the same kernels with the GPU-verified per-family element-wise code

@@ -275,5 +275,5 @@ FUSED_CPU = Backend(
     "fused_cpu",
     fused_cpu_backend,
     supports,
-    "the plain LSTM / GRU loop as one C++ XLA:CPU call (small batches)",
+    "the plain LSTM / GRU loop as one C++ XLA:CPU call (threaded at large batch)",
 )
