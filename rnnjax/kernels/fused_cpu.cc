@@ -189,8 +189,8 @@ struct Packed {
 };
 
 // ---- the team: threads that split the hidden units, one barrier per step ----------------
-// All threads of the team wait here until each has arrived. Waiters spin for a few
-// microseconds (a step's work is balanced, so the others are usually close), then sleep on
+// All threads of the team wait here until each has arrived. Waiters spin briefly (a step's
+// work is balanced, so the others are usually close), then sleep on
 // the generation counter (a futex): on a machine with more runnable threads than cores — XLA
 // running another op at the same time, two loops side by side — a sleeping waiter hands its
 // core to the thread it waits for instead of competing with it.
@@ -217,7 +217,7 @@ class Barrier {
   }
 
  private:
-  static constexpr int kSpins = 2000;  // ~ 10 µs of pause instructions
+  static constexpr int kSpins = 2000;  // pause instructions before sleeping
   const int count_;
   std::atomic<int> arrived_{0};
   std::atomic<int> generation_{0};
@@ -243,12 +243,6 @@ std::vector<int64_t> gate_columns(int64_t H, int gates, const Units& units) {
   for (int q = 0; q < gates; ++q) {
     for (int64_t u = units.u0; u < units.u1; ++u) cols.push_back(q * H + u);
   }
-  return cols;
-}
-
-std::vector<int64_t> unit_columns(const Units& units) {
-  std::vector<int64_t> cols;
-  for (int64_t u = units.u0; u < units.u1; ++u) cols.push_back(u);
   return cols;
 }
 
@@ -329,7 +323,7 @@ void backward_loop(int64_t T, int64_t N, int64_t H, int gates, const float* W,
   Floats d_buf(2 * N * ldd);  // d(h W)_t, alternating, rows ldd apart
   run_team(P, [&](int p, Barrier& barrier) {
     const Units units(H, p, P);
-    const Packed Wt(W, G, G, unit_columns(units), true);  // (G, Hp) of Wᵀ
+    const Packed Wt(W, G, G, gate_columns(H, 1, units), true);  // (G, Hp) of Wᵀ
     Floats dprev(N * Wt.width());
     for (int64_t t = T - 1; t >= 0; --t) {
       float* d = d_buf.data() + (t % 2) * N * ldd;

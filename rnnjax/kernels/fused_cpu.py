@@ -133,8 +133,9 @@ def supports(cell: Cell, problem: Problem) -> Support:
 
 
 # A team of threads pays a barrier per step; below this many multiply-adds per step
-# (batch x hidden x hidden, a quarter of the LSTM's) one thread is faster (measured:
-# benchmarks/results/cpu_speed.md's small shapes).
+# (batch x hidden x hidden, a quarter of the LSTM's) one thread is faster. Measured on the
+# 2-core machine, training step: one thread faster at B = 1, H = 128 (README, CPU speed) and at
+# B = 16, H = 128; two faster at B = 8, H = 256 and at B = 32, H = 256.
 MIN_WORK_FOR_A_TEAM = 2**19
 
 
@@ -174,10 +175,13 @@ def lstm_loop(structure, W, px, h0, c0, lengths):
         treedef = jax.tree.structure(LSTMCarry(h0, c0))
         (hT, cT), ys, _ = forward_loop(structure, treedef, 1, W, (), px, (h0, c0), lengths, False)
         return hT, cT, ys
-    if lengths is None:
-        lengths = jnp.full(h0.shape[:1], px.shape[0], jnp.int32)  # (N,)
-    ys, _, _, hT, cT = _forward(W, px, h0, c0, lengths)
+    ys, _, _, hT, cT = _forward(W, px, h0, c0, _every_step(lengths, px))
     return hT, cT, ys
+
+
+def _every_step(lengths, px):
+    """``lengths``, or all T steps for each of the N sequences of px (T, N, G) where None."""
+    return jnp.full(px.shape[1:2], px.shape[0], jnp.int32) if lengths is None else lengths
 
 
 def _forward(W, px, h0, c0, lengths):
@@ -189,8 +193,7 @@ def _forward(W, px, h0, c0, lengths):
 
 def _loop_fwd(structure, W, px, h0, c0, lengths):
     del structure  # the C++ loop restates it
-    if lengths is None:
-        lengths = jnp.full(h0.shape[:1], px.shape[0], jnp.int32)  # (N,)
+    lengths = _every_step(lengths, px)  # (N,)
     ys, gates, c_prev, hT, cT = _forward(W, px, h0, c0, lengths)
     return (hT, cT, ys), (W, gates, c_prev, ys, h0, lengths)
 
