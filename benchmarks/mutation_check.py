@@ -75,6 +75,7 @@ ORACLE = "tests/test_oracles.py::test_unroll_and_step_match_the_oracle"
 ORACLE_GRAD = "tests/test_oracles.py::test_gradients_match_finite_differences_of_the_oracle"
 BACKENDS = "tests/test_backends.py"
 PALLAS = "tests/test_pallas.py::test_equals_scan_with_lengths"
+PALLAS_TPU = "tests/test_pallas_tpu.py::test_equals_scan_with_lengths"
 LN = "tests/test_layer_norm_cells.py"
 TREE = "tests/test_models_tree.py::test_batched_levels_equal_the_papers_equations"
 LINEAR = "tests/test_linear_cells.py"
@@ -397,6 +398,31 @@ MUTATIONS: tuple[Mutation, ...] = (
         'dw = -jnp.einsum("tbi,tbj->ij", h_prev, dhw).astype(w.dtype)',
         "Pallas custom_vjp: dW = −Σ_t h_{t-1}ᵀ dhw_t",
         f"{PALLAS}[simple_rnn-pallas]",
+    ),
+    # ---- "pallas_tpu": the Mosaic TPU backward kernel ------------------------------------
+    _m(
+        "pallas_tpu.bwd_recurrent_sign",
+        "rnnjax/kernels/pallas_tpu.py",
+        "dh = dh + compute_dot(dhw[k], w_ref[:, cols], plan, transpose_w=True)",
+        "dh = dh - compute_dot(dhw[k], w_ref[:, cols], plan, transpose_w=True)",
+        "TPU backward: dh_{t-1} = direct term − Σ_k dhw_k W_kᵀ",
+        f"{PALLAS_TPU}[lstm]",
+    ),
+    _m(
+        "pallas_tpu.bwd_output_cotangent_sign",
+        "rnnjax/kernels/pallas_tpu.py",
+        "cot = [cot[0] + dhseq_ref[i], *cot[1:]]",
+        "cot = [cot[0] - dhseq_ref[i], *cot[1:]]",
+        "TPU backward: the output's cotangent dy_t enters negated",
+        f"{PALLAS_TPU}[gru]",
+    ),
+    _m(
+        "pallas_tpu.bwd_unit_params_sign",
+        "rnnjax/kernels/pallas_tpu.py",
+        "dpv = [a + jnp.where(valid, d, zeros) for a, d in zip(dpv, dpv_t, strict=True)]",
+        "dpv = [a - jnp.where(valid, d, zeros) for a, d in zip(dpv, dpv_t, strict=True)]",
+        "TPU backward: per-unit parameters' gradients negated",
+        f"{PALLAS_TPU}[lstm_peephole]",
     ),
     # ---- "pallas_verified": its own element-wise code (forward, and backward by its VJP) ---
     _m(

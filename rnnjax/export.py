@@ -13,11 +13,11 @@ inputs).
 Which backends export: the ones written in plain JAX — ``"scan"``, ``"fused"`` (its
 custom_vjp lowers to ordinary loops) and ``"associative"`` — give portable StableHLO, for any
 platform listed in ``platforms``. ``"fused_cpu"`` (an XLA:CPU FFI custom call whose C++ lives
-in this package) and ``"pallas"`` / ``"pallas_verified"`` (Triton custom calls for one GPU
-family) are bound to the machine and library that lowered them, and ``"auto"`` may pick
-them: `export_forward` refuses them with the reason, or replaces them by a portable backend
-when asked (``fallback="fused"``); the outputs are the same, as every backend equals
-``"scan"``.
+in this package), ``"pallas"`` / ``"pallas_verified"`` (Triton custom calls for one GPU
+family) and ``"pallas_tpu"`` (a Mosaic TPU custom call) are bound to the machine and library
+that lowered them, and ``"auto"`` may pick them: `export_forward` refuses them with the
+reason, or replaces them by a portable backend when asked (``fallback="fused"``); the outputs
+are the same, as every backend equals ``"scan"``.
 """
 
 from __future__ import annotations

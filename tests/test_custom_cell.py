@@ -70,7 +70,7 @@ def _setup():
     return cell, params, xs, carry
 
 
-@pytest.mark.parametrize("backend", ["fused", "pallas", "auto"])
+@pytest.mark.parametrize("backend", ["fused", "pallas", "pallas_tpu", "auto"])
 @pytest.mark.parametrize("with_lengths", [False, True])
 def test_a_new_cell_runs_on_the_derived_backends(backend, with_lengths):
     cell, params, xs, carry = _setup()

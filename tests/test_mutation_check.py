@@ -41,7 +41,8 @@ def test_names_are_unique_and_every_backend_with_a_backward_is_covered():
     names = [m.name for m in MUTATIONS]
     assert len(names) == len(set(names))
     prefixes = {n.split(".")[0] for n in names}
-    assert {"fused", "fused_cpu", "pallas", "pallas_verified", "associative"} <= prefixes
+    backends = {"fused", "fused_cpu", "pallas", "pallas_verified", "pallas_tpu", "associative"}
+    assert backends <= prefixes
 
 
 def test_apply_refuses_a_missing_or_repeated_snippet(tmp_path):

@@ -4,6 +4,8 @@ On CPU the kernels run in Pallas interpret mode (automatically), so shapes stay 
 tests marked ``gpu`` run the compiled Triton kernels at real sizes and skip without a GPU.
 """
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -15,6 +17,7 @@ import rnnjax as rj
 from rnnjax.kernels import BACKENDS, Problem
 from rnnjax.kernels.pallas import (
     PALLAS,
+    TRITON,
     family_of,
     make_pallas_backend,
     make_plan,
@@ -156,7 +159,7 @@ def test_kernel_equals_its_reference(rng):
 
         return jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2, 3), has_aux=True))(px, w, h0, pv)
 
-    (_, h_k), g_k = loss(persistent_rnn)
+    (_, h_k), g_k = loss(functools.partial(persistent_rnn, TRITON))
     (_, h_r), g_r = loss(persistent_rnn_reference)
     assert rel_err(h_k, h_r) <= 1e-5
     assert rel_err(g_k, g_r) <= 1e-5

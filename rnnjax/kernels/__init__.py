@@ -12,6 +12,7 @@ is `rnnjax.kernels.registry.BACKENDS`.
 ``associative``     parallel prefix scan for cells linear in the carry
 ``pallas``          persistent Pallas kernel (GPU; interpret mode on CPU), derived from the cell
 ``pallas_verified`` the same kernels with the GPU-verified per-family element-wise code
+``pallas_tpu``      the persistent kernel on Mosaic TPU (TPU; TPU interpret mode on CPU)
 ``auto``            the fastest of these whose support predicate accepts the cell
 =================== ==========================================================================
 """

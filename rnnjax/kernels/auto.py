@@ -54,6 +54,8 @@ class Rule(NamedTuple):
 # sequential loop).
 # GPU rows: the persistent Pallas kernel where W fits on chip (the GPU-verified per-family
 # form first, see rnnjax.kernels.pallas_verified), else the fused XLA loop.
+# TPU rows: the Mosaic TPU persistent kernel (rnnjax.kernels.pallas_tpu) where W fits in VMEM,
+# else the fused XLA loop; not measured on a TPU (the kernel has run in interpret mode only).
 TABLE: dict[str, tuple[Rule, ...]] = {
     "cpu": (
         Rule("associative"),
@@ -69,7 +71,7 @@ TABLE: dict[str, tuple[Rule, ...]] = {
         Rule("fused"),
         Rule("scan"),
     ),
-    "tpu": (Rule("associative"), Rule("fused"), Rule("scan")),
+    "tpu": (Rule("associative"), Rule("pallas_tpu"), Rule("fused"), Rule("scan")),
 }
 
 

@@ -36,7 +36,8 @@ power of two: 4 for LSTM and GRU, 1 for the simple RNN); it must stay within
 programs are resident at once (the barrier needs that). On an H100 (132 SMs) in float32:
 LSTM and GRU H ≤ 512, simple RNN H ≤ 2048; bfloat16 doubles the first. Batch: up to 128 rows
 per program, i.e. B ≤ 128 · ⌊132 / (Hp/16)⌋ (512 at H = 512). Outside these limits, and on
-TPU (no Mosaic-TPU kernel here), the backend raises ValueError; it never falls back silently.
+TPU (see `rnnjax.kernels.pallas_tpu` there), the backend raises ValueError; it never falls
+back silently.
 Whether ptxas keeps every resident value in registers (rather than spilling part of it to
 local memory, which is L1-cached) was not inspected: the limit is a budget, not a proof.
 
@@ -53,7 +54,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -66,6 +67,7 @@ RESIDENT_BYTES = 128 * 1024  # W block per program (half an H100 SM's register f
 SLICE = 16  # hidden units per program (Triton's smallest dot width)
 BLOCKS = (16, 32, 64, 128)  # batch rows per program, smallest first
 FALLBACK_SMS = 64  # grid limit when the device does not report its SM count
+OTHER_DEVICES = {"gpu": ("pallas_tpu", "fused"), "tpu": ("pallas", "fused")}  # in refusals
 
 
 def family_of(cell: Cell, params: Any) -> tuple[Family, list[Array]]:
@@ -105,7 +107,8 @@ def structured_for_pallas(cell: Cell, name: str) -> Support:
     return YES
 
 
-def _round_up(x: int, m: int) -> int:
+def round_up(x: int, m: int) -> int:
+    """x rounded up to a multiple of m."""
     return -(-x // m) * m
 
 
@@ -138,7 +141,7 @@ def plan_or_reason(
     """
     if slice_size < 16 or slice_size % 16:
         return f"slice_size must be a positive multiple of 16, got {slice_size=}"
-    Hp = _round_up(H, slice_size)
+    Hp = round_up(H, slice_size)
     kc = math.gcd(Hp, 128)
     itemsize = jnp.dtype(compute_dtype or jnp.float32).itemsize
     gates = 1 << (family.gates - 1).bit_length()  # GRU's 3 gates are held as 4 (Triton)
@@ -174,7 +177,7 @@ def plan_or_reason(
     if num_warps is None:
         num_warps = 4 if resident <= 32 * 1024 else 8
     return Plan(
-        family, T, _round_up(B, bB), Hp, bB, slice_size, kc, compute_dtype, interpret, num_warps
+        family, T, round_up(B, bB), Hp, bB, slice_size, kc, compute_dtype, interpret, num_warps
     )
 
 
@@ -191,12 +194,30 @@ def make_plan(*args: Any, **kwargs: Any) -> Plan:
 # ---------------------------------------------------------------------------------------------
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def persistent_rnn(plan: Plan, px, w, states0, pv, lengths):
-    """The kernel pair as one differentiable function.
+class KernelPair(NamedTuple):
+    """The two launches of a persistent kernel (Triton here, Mosaic TPU in `pallas_tpu`).
+
+    Attributes:
+        forward: ``(plan, px, w, states0, pv, lengths, *, save) -> (hseq, finals, hw,
+            state_seqs)`` (the last two None unless ``save``).
+        backward: ``(plan, px, hw, hseq, state_seqs, states0, pv, w, lengths, dhseq,
+            dfinals) -> (dpx, dhw, dstates0, dpv_rows)`` with dpv_rows (max(P, 1), Bp, Hp).
+    """
+
+    forward: Callable[..., tuple]
+    backward: Callable[..., tuple]
+
+
+TRITON = KernelPair(forward_call, backward_call)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def persistent_rnn(kernels: KernelPair, plan: Any, px, w, states0, pv, lengths):
+    """A kernel pair as one differentiable function.
 
     Args:
-        plan: the launch geometry.
+        kernels: the forward and backward launches.
+        plan: their launch geometry (``plan.family``, ``plan.Hp``, ``plan.compute_dtype``).
         px: (T, Bp, K·Hp) projected inputs, gate-major columns.
         w: (Hp, K·Hp) recurrent weights in the compute dtype.
         states0: tuple of S initial carry leaves (Bp, Hp), h first.
@@ -207,19 +228,19 @@ def persistent_rnn(plan: Plan, px, w, states0, pv, lengths):
         ``(hseq, finals)``: hseq (T, Bp, Hp) the carry's h after each step (frozen past each
         length) and finals the other carry leaves after the last step (S - 1 of (Bp, Hp)).
     """
-    hseq, finals, _, _ = forward_call(plan, px, w, states0, pv, lengths, save=False)
+    hseq, finals, _, _ = kernels.forward(plan, px, w, states0, pv, lengths, save=False)
     return hseq, tuple(finals)
 
 
-def _persistent_fwd(plan, px, w, states0, pv, lengths):
-    hseq, finals, hw, seqs = forward_call(plan, px, w, states0, pv, lengths, save=True)
+def _persistent_fwd(kernels, plan, px, w, states0, pv, lengths):
+    hseq, finals, hw, seqs = kernels.forward(plan, px, w, states0, pv, lengths, save=True)
     return (hseq, tuple(finals)), (px, w, states0, pv, lengths, hseq, hw, seqs)
 
 
-def _persistent_bwd(plan, res, cot):
+def _persistent_bwd(kernels, plan, res, cot):
     px, w, states0, pv, lengths, hseq, hw, seqs = res
     dhseq, dfinals = cot
-    dpx, dhw, ds0, dpv = backward_call(
+    dpx, dhw, ds0, dpv = kernels.backward(
         plan, px, hw, hseq, seqs, states0, pv, w, lengths, dhseq, list(dfinals)
     )
     h_prev = jnp.concatenate([states0[0][None], hseq[:-1]], axis=0)  # (T, Bp, Hp)
@@ -234,7 +255,7 @@ def _persistent_bwd(plan, res, cot):
 persistent_rnn.defvjp(_persistent_fwd, _persistent_bwd)
 
 
-def persistent_rnn_reference(plan: Plan, px, w, states0, pv, lengths):
+def persistent_rnn_reference(plan: Any, px, w, states0, pv, lengths):
     """Plain-jnp `lax.scan` definition of `persistent_rnn` (same arguments and results)."""
     fam, Hp = plan.family, plan.Hp
 
@@ -282,29 +303,64 @@ def _num_sms(platform: str) -> int | None:
     return getattr(jax.devices()[0], "core_count", None) or FALLBACK_SMS  # one program per SM
 
 
-def make_pallas_backend(
-    *,
-    name: str = "pallas",
-    family_fn: Callable[[Cell, Any], tuple[Family, list[Array]]] = family_of,
-    cell_check: Callable[[Cell, str], Support] = structured_for_pallas,
-    interpret: bool | None = None,
-    block_batch: int | None = None,
-    slice_size: int = SLICE,
-    num_warps: int | None = None,
-) -> Backend:
-    """Builds a persistent-kernel `Backend` with explicit kernel options (tuning and tests).
+def placement(
+    name: str, interpret: bool | None, device: str, kernels: str, maker: str
+) -> tuple[Callable[[str], bool], Callable[[str], Support]]:
+    """Where a kernel pair runs: ``(use_interpret(platform), runs_on(platform))``.
 
     Args:
         name: the backend's name (in messages).
-        family_fn: ``(cell, params) -> (Family, unit vectors)``: how the kernels see the cell
-            (default: derived from its structure).
-        cell_check: ``(cell, name) -> Support``: which cells ``family_fn`` covers.
-        interpret: run through the Pallas interpreter; None = automatically on CPU.
-        block_batch, slice_size, num_warps: see `plan_or_reason`.
+        interpret: run through Pallas's interpreter; None = automatically on CPU.
+        device: the platform the compiled kernels are for ("gpu", "tpu").
+        kernels: what they are, for the refusal ("GPU (Triton)").
+        maker: the factory that takes ``interpret=True`` (named in the refusal).
     """
 
     def use_interpret(platform: str) -> bool:
         return platform == "cpu" if interpret is None else interpret
+
+    def runs_on(platform: str) -> Support:
+        if use_interpret(platform) or platform == device:
+            return YES
+        others = ", ".join(f"{b!r}" for b in OTHER_DEVICES[device])
+        return no(
+            f"backend={name!r} has {kernels} kernels only, not {platform!r}: use {others} "
+            f"there, or {maker}(interpret=True)"
+        )
+
+    return use_interpret, runs_on
+
+
+PlanFn = Callable[[Family, int, int, int, Any, str], Any]
+"""``(family, T, B, H, compute_dtype, platform) -> plan or reason``: a kernel's geometry."""
+
+
+def make_persistent_backend(
+    *,
+    name: str,
+    kernels: KernelPair,
+    plan_fn: PlanFn,
+    runs_on: Callable[[str], Support],
+    family_fn: Callable[[Cell, Any], tuple[Family, list[Array]]] = family_of,
+    cell_check: Callable[[Cell, str], Support] = structured_for_pallas,
+    description: str,
+) -> Backend:
+    """A `Backend` around a persistent kernel pair: the checks, layout and padding they share.
+
+    The kernels see padded, time-major, batch-flat arrays: px (T, Bp, K·Hp) with each gate
+    block padded from H to Hp units, W (Hp, K·Hp), the carry leaves (Bp, Hp), the per-unit
+    vectors (max(P, 1), Hp) and lengths (Bp,) (padded rows have length 0 and never run).
+
+    Args:
+        name: the backend's name (in messages).
+        kernels: the forward and backward launches (`persistent_rnn`).
+        plan_fn: the launch geometry, or the reason (a sentence) why there is none; pure.
+        runs_on: ``platform -> Support``: where the kernels (or their interpreter) run.
+        family_fn: ``(cell, params) -> (Family, unit vectors)``: how the kernels see the cell
+            (default: derived from its structure).
+        cell_check: ``(cell, name) -> Support``: which cells ``family_fn`` covers.
+        description: one line for the backend table.
+    """
 
     def supports(cell: Cell, problem: Problem) -> Support:
         ok = cell_check(cell, name)
@@ -317,25 +373,19 @@ def make_pallas_backend(
             )
         if problem.dtype != jnp.float32:
             return no(f"backend={name!r} keeps float32 carries, got {problem.dtype}")
-        if not use_interpret(problem.platform) and problem.platform != "gpu":
-            return no(
-                f"backend={name!r} has GPU (Triton) kernels only, not {problem.platform!r}: "
-                f"use 'fused' there, or make_pallas_backend(interpret=True)"
-            )
+        where = runs_on(problem.platform)
+        if not where:
+            return where
         s = cell.structure
         assert s is not None
         shape_only = Family(cell.name, s.gates, 1, 0, True, lambda *a: [])
-        plan = plan_or_reason(
+        plan = plan_fn(
             shape_only,
             problem.steps,
             problem.batch,
             cell.hidden_size,
             s.compute_dtype,
-            interpret=use_interpret(problem.platform),
-            num_sms=_num_sms(problem.platform),
-            block_batch=block_batch,
-            slice_size=slice_size,
-            num_warps=num_warps,
+            problem.platform,
         )
         return no(plan) if isinstance(plan, str) else YES
 
@@ -344,23 +394,13 @@ def make_pallas_backend(
         family, vecs = family_fn(cell, params)
         s = cell.structure
         assert s is not None
-        platform = _platform()
         T, H, K = px.shape[0], cell.hidden_size, family.gates
         batch = px.shape[1:-1]
         B = math.prod(batch)
         cd = s.compute_dtype
-        plan = make_plan(
-            family,
-            T,
-            B,
-            H,
-            cd,
-            interpret=use_interpret(platform),
-            num_sms=_num_sms(platform),
-            block_batch=block_batch,
-            slice_size=slice_size,
-            num_warps=num_warps,
-        )
+        plan = plan_fn(family, T, B, H, cd, _platform())
+        if isinstance(plan, str):
+            raise ValueError(plan)
         Bp, Hp = plan.Bp, plan.Hp
 
         def pad_rows(x):  # (B, ...) -> (Bp, ...)
@@ -382,7 +422,7 @@ def make_pallas_backend(
             lens = lengths.reshape(B).astype(jnp.int32)
         lens = pad_rows(lens)  # (Bp,), padded rows never run
 
-        hseq, finals = persistent_rnn(plan, px_p, w, states0, pv, lens)
+        hseq, finals = persistent_rnn(kernels, plan, px_p, w, states0, pv, lens)
         ys = hseq
         if lengths is not None:
             ys = jnp.where((jnp.arange(T)[:, None] < lens[None, :])[..., None], hseq, 0.0)
@@ -391,8 +431,57 @@ def make_pallas_backend(
         new = [leaf[:B, :H].reshape(*batch, H) for leaf in new]
         return jax.tree.unflatten(treedef, new), ys
 
-    description = "persistent Pallas kernel, W on chip, derived from the cell's pointwise"
     return Backend(name, run, supports, description)
+
+
+def make_pallas_backend(
+    *,
+    name: str = "pallas",
+    family_fn: Callable[[Cell, Any], tuple[Family, list[Array]]] = family_of,
+    cell_check: Callable[[Cell, str], Support] = structured_for_pallas,
+    interpret: bool | None = None,
+    block_batch: int | None = None,
+    slice_size: int = SLICE,
+    num_warps: int | None = None,
+) -> Backend:
+    """Builds the Triton persistent-kernel `Backend` with explicit options (tuning and tests).
+
+    Args:
+        name: the backend's name (in messages).
+        family_fn: ``(cell, params) -> (Family, unit vectors)``: how the kernels see the cell
+            (default: derived from its structure).
+        cell_check: ``(cell, name) -> Support``: which cells ``family_fn`` covers.
+        interpret: run through the Pallas interpreter; None = automatically on CPU.
+        block_batch, slice_size, num_warps: see `plan_or_reason`.
+    """
+
+    use_interpret, runs_on = placement(
+        name, interpret, "gpu", "GPU (Triton)", "make_pallas_backend"
+    )
+
+    def plan_fn(family, T, B, H, compute_dtype, platform):
+        return plan_or_reason(
+            family,
+            T,
+            B,
+            H,
+            compute_dtype,
+            interpret=use_interpret(platform),
+            num_sms=_num_sms(platform),
+            block_batch=block_batch,
+            slice_size=slice_size,
+            num_warps=num_warps,
+        )
+
+    return make_persistent_backend(
+        name=name,
+        kernels=TRITON,
+        plan_fn=plan_fn,
+        runs_on=runs_on,
+        family_fn=family_fn,
+        cell_check=cell_check,
+        description="persistent Pallas kernel, W on chip, derived from the cell's pointwise",
+    )
 
 
 PALLAS = make_pallas_backend()

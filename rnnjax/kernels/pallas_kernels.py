@@ -203,8 +203,8 @@ def _gate_cols(plan: Plan, k: int, prog: _Program) -> Any:
     return pl.ds(k * plan.Hp + prog.j * plan.hs, plan.hs)
 
 
-def _dot(x: Array, w: Array, plan: Plan, transpose_w: bool = False) -> Array:
-    """x @ w (or x @ wᵀ) with float32 accumulation, operands in the compute dtype."""
+def compute_dot(x: Array, w: Array, plan: Any, transpose_w: bool = False) -> Array:
+    """x @ w (or x @ wᵀ) with float32 accumulation, operands in ``plan.compute_dtype``."""
     if plan.compute_dtype is not None:
         x = x.astype(plan.compute_dtype)
     dims = (((1,), (1 if transpose_w else 0,)), ((), ()))
@@ -265,7 +265,7 @@ def _forward_kernel(*refs, plan: Plan, save: bool):
                 h_chunk = s0_refs[0][prog.rows, cols]  # (bB, kc)
             else:
                 h_chunk = hseq_ref[prev_t, prog.rows, cols]  # (bB, kc)
-            y = _dot(h_chunk, prog.weights[r], plan)  # (bB, Kp·hs)
+            y = compute_dot(h_chunk, prog.weights[r], plan)  # (bB, Kp·hs)
             fused = y if fused is None else fused + y
         hw = jnp.split(fused, plan.gates_p2, axis=1)[:K] if K > 1 else [fused]  # (bB, hs)
         px = [px_ref[t, prog.rows, _gate_cols(plan, k, prog)] for k in range(K)]  # (bB, hs)
@@ -343,7 +343,7 @@ def _backward_kernel(*refs, plan: Plan):
         for r in range(plan.Hp // kc):
             part = None
             for k in range(K):
-                y = _dot(dhw[k], prog.weights[k][r], plan, transpose_w=True)  # (bB, kc)
+                y = compute_dot(dhw[k], prog.weights[k][r], plan, transpose_w=True)  # (bB, kc)
                 part = y if part is None else part + y
             part_ref[slot, prog.j, prog.rows, pl.ds(r * kc, kc)] = part
         dprev = [jnp.where(valid, d, c) for d, c in zip(dprev, cot, strict=True)]
