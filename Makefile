@@ -53,9 +53,10 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_speed.py
 
 # On a CUDA machine, with the machine's own CUDA-enabled JAX (the .venv holds the CPU build):
-# Pallas vs scan correctness, then the GPU timing table (benchmarks/results/gpu_notes.md).
+# every GPU kernel vs scan, then the timing table, into benchmarks/results/gpu_<card>.{json,md}
+# and the README's GPU block. A run cut by its time budget: `make bench-gpu ARGS=--resume`.
 bench-gpu:
-	PYTHONPATH=. $(PYTHON) benchmarks/bench_gpu.py
+	PYTHONPATH=. $(PYTHON) benchmarks/bench_gpu.py --readme README.md $(ARGS)
 
 clean:
 	rm -rf $(VENV) $(LOWEST) build *.egg-info
