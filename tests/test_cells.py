@@ -199,3 +199,27 @@ def test_chrono_init_spreads_forgetting_times_over_the_lags(factory, forget, has
     assert half.dtype == jnp.bfloat16
     if has_input_gate:
         np.testing.assert_array_equal(half[:H], -half[forget * H : (forget + 1) * H])
+
+
+@pytest.mark.parametrize("shape", [(7,), (3, 5, 7), (2, 7)])
+def test_affine_equals_the_plain_expression_with_gradients(shape, rng):
+    """`affine` (one GEMM on CPU, a hand-written JVP) against ``a @ w + b`` and its autodiff."""
+    from rnnjax.cells.base import _one_gemm, affine
+
+    k_a, k_w, k_b, k_d = jax.random.split(rng, 4)
+    a = jax.random.normal(k_a, shape)  # (..., K)
+    w = jax.random.normal(k_w, (7, 6))  # (K, N)
+    b = jax.random.normal(k_b, (6,))  # (N,)
+    d = jax.random.normal(k_d, (*shape[:-1], 6))  # a cotangent (..., N)
+
+    def plain(a, w, b):
+        return a @ w + b.reshape((1,) * (a.ndim - 1) + b.shape)
+
+    for fn in (affine, _one_gemm):
+        np.testing.assert_allclose(fn(a, w, b), plain(a, w, b), rtol=1e-5, atol=1e-5)
+        got = jax.vjp(fn, a, w, b)[1](d)
+        want = jax.vjp(plain, a, w, b)[1](d)
+        chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-5)
+    check_grads(_one_gemm, (a, w, b), order=2, modes=["fwd", "rev"], atol=1e-2, rtol=1e-2)
+    batched = jax.vmap(lambda a: affine(a, w, b))(jnp.stack([a, 2 * a]))
+    np.testing.assert_allclose(batched[1], plain(2 * a, w, b), rtol=1e-5, atol=1e-5)

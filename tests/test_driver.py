@@ -158,8 +158,9 @@ def test_chunks_hold_the_projection_one_chunk_at_a_time(rng):
         return f.lower(params).compile().memory_analysis().temp_size_in_bytes
 
     whole = temp_bytes()
-    assert temp_bytes(chunk=50) < 0.6 * whole  # measured 0.46
-    assert temp_bytes(chunk=50, remat=True) < 0.3 * whole  # measured 0.19
+    projection = 400 * 8 * 4 * 64 * 4  # bytes of px (T, B, 4H), float32
+    assert whole - temp_bytes(chunk=50) >= projection  # measured 1.5x projection
+    assert temp_bytes(chunk=50, remat=True) < 0.3 * whole  # measured 0.20
 
 
 BAD_INPUTS = [

@@ -450,6 +450,70 @@ def activate_blocks(blocks: Sequence[Array], is_sigmoid: Sequence[bool]) -> tupl
     return split_blocks(activated, len(blocks))
 
 
+def affine(a: Array, w: Array, b: Array, compute_dtype: Any = None) -> Array:
+    """``a @ w + b``: (..., K) @ (K, N) + (N,) -> (..., N), e.g. a cell's input projection.
+
+    The maths is that line. On CPU, when a, w and b share one float dtype and there is no
+    compute dtype, it runs as `_one_gemm`: the bias rides in the matmul as one more row of w
+    against a column of ones, so the forward is one GEMM (not a GEMM and a pass over the
+    (..., N) result) and the reverse mode computes db in the same GEMM as dw, reading a
+    transposed copy of a (XLA:CPU otherwise transposes the larger cotangent, (..., N), for
+    dw = aᵀ d). A `jax.custom_jvp`: forward mode works too. Same result up to float rounding
+    (tests/test_cells.py checks it, and its derivatives, against the plain expression).
+
+    Args:
+        a: (..., K) activations.
+        w: (K, N) weights.
+        b: (N,) bias.
+        compute_dtype: as `matmul` (then the plain expression runs).
+
+    Returns:
+        (..., N) of dtype ``jnp.result_type(a, w, b)``.
+    """
+    if compute_dtype is not None or not (a.dtype == w.dtype == b.dtype) or a.ndim < 1:
+        out = matmul(a, w, compute_dtype)
+        return out + expand(b, out)
+    if not jnp.issubdtype(a.dtype, jnp.floating):
+        return a @ w + expand(b, a[..., :1])
+    return jax.lax.platform_dependent(a, w, b, cpu=_one_gemm, default=_plain_affine)
+
+
+def _plain_affine(a: Array, w: Array, b: Array) -> Array:
+    out = a @ w  # (..., N)
+    return out + expand(b, out)
+
+
+@jax.custom_jvp
+def _one_gemm(a: Array, w: Array, b: Array) -> Array:
+    """``a @ w + b`` as ONE matmul: [a, 1] (M, K+1) @ [w; b] (K+1, N)."""
+    a1 = _with_ones(a.reshape(-1, a.shape[-1]), axis=1)  # (M, K+1)
+    out = a1 @ jnp.concatenate([w, b[None]], 0)  # (M, N)
+    return out.reshape(*a.shape[:-1], w.shape[1])
+
+
+def _with_ones(x: Array, axis: int) -> Array:
+    """x with a row (axis 0) or column (axis 1) of ones appended."""
+    shape = (1, x.shape[1]) if axis == 0 else (x.shape[0], 1)
+    return jnp.concatenate([x, jnp.ones(shape, x.dtype)], axis)
+
+
+@_one_gemm.defjvp
+def _one_gemm_jvp(primals, tangents):
+    """d(a w + b) = da w + [a, 1] [dw; db], written so that its transpose (reverse mode)
+    computes [dw; db] = [a, 1]ᵀ d as one matmul on a transposed copy of [a, 1] (small): the
+    barrier keeps XLA from folding that transpose into the dot, where XLA:CPU would transpose
+    the larger d instead."""
+    a, w, b = primals
+    da, dw, db = tangents
+    K = w.shape[0]
+    a2, da2 = a.reshape(-1, K), da.reshape(-1, K)  # (M, K)
+    a1_t = jax.lax.optimization_barrier(_with_ones(a2.T, axis=0))  # (K+1, M)
+    out = _one_gemm(a, w, b)
+    dwb = jnp.concatenate([dw, db[None]], 0)  # (K+1, N)
+    d_out = da2 @ w + a1_t.T @ dwb  # (M, N)
+    return out, d_out.reshape(out.shape)
+
+
 def expand(v: Any, like: Array) -> Array:
     """Reshapes a vector (F,) to (1, ..., 1, F) with the rank of ``like``.
 

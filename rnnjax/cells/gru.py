@@ -21,6 +21,7 @@ from rnnjax.cells.base import (
     RNNCarry,
     Structure,
     activate_blocks,
+    affine,
     check_compute_dtype,
     check_param_dtype,
     check_positive,
@@ -139,8 +140,7 @@ def gru(
         return RNNCarry(zeros_carry(batch_shape, H, params.W.dtype))
 
     def project(params: GRUParams, xs: Array) -> Array:
-        xu = matmul(xs, params.U, cd)  # (..., 3H)
-        return xu + expand(params.b, xu)
+        return affine(xs, params.U, params.b, cd)  # (..., 3H)
 
     build = functools.partial(
         make_cell,

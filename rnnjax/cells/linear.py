@@ -42,13 +42,13 @@ from rnnjax.cells.base import (
     Cell,
     RNNCarry,
     Structure,
+    affine,
     check_compute_dtype,
     check_param_dtype,
     check_positive,
     expand,
     initialise,
     make_cell,
-    matmul,
     zeros_carry,
 )
 
@@ -121,8 +121,7 @@ def _linear_cell(name, config: LinearCellConfig, init, coefficients, unit_params
         return RNNCarry(zeros_carry(batch_shape, H, params.U.dtype))
 
     def project(params, xs: Array) -> Array:
-        xu = matmul(xs, params.U, config.dtype)  # (..., blocks·H)
-        return xu + expand(params.b, xu)
+        return affine(xs, params.U, params.b, config.dtype)  # (..., blocks·H)
 
     def pointwise(up, carry: RNNCarry, px, hw):
         del hw  # no recurrent matrix

@@ -24,6 +24,7 @@ from rnnjax.cells.base import (
     LSTMCarry,
     Structure,
     activate_blocks,
+    affine,
     check_compute_dtype,
     check_param_dtype,
     check_positive,
@@ -31,7 +32,6 @@ from rnnjax.cells.base import (
     gate_blocks,
     initialise,
     make_cell,
-    matmul,
     sigmoid,
     zeros_carry,
 )
@@ -267,8 +267,7 @@ def lstm(
         return LSTMCarry(zeros_carry(batch_shape, H, dt), zeros_carry(batch_shape, H, dt))
 
     def project(params: LSTMParams, xs: Array) -> Array:
-        xu = matmul(xs, params.U, config.dtype)  # (..., G)
-        return xu + expand(params.b, xu)
+        return affine(xs, params.U, params.b, config.dtype)  # (..., G)
 
     def unit_params(params: LSTMParams) -> tuple[Array, ...]:
         return tuple(p for p in (params.p_i, params.p_f, params.p_o) if p is not None)

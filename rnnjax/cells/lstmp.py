@@ -27,10 +27,10 @@ from rnnjax.cells.base import (
     Array,
     Cell,
     LSTMCarry,
+    affine,
     check_compute_dtype,
     check_param_dtype,
     check_positive,
-    expand,
     gate_blocks,
     initialise,
     make_cell,
@@ -140,8 +140,7 @@ def lstmp(
         return LSTMCarry(zeros_carry(batch_shape, P, dt), zeros_carry(batch_shape, H, dt))
 
     def project(params: LSTMPParams, xs: Array) -> Array:
-        xu = matmul(xs, params.U, cd)  # (…, 4H)
-        return xu + expand(params.b, xu)
+        return affine(xs, params.U, params.b, cd)  # (…, 4H)
 
     def recur(params: LSTMPParams, carry: LSTMCarry, px: Array):
         hw = matmul(carry.h, params.W, cd)  # (…, 4H)

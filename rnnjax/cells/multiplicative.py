@@ -14,10 +14,10 @@ from rnnjax.cells.base import (
     Array,
     Cell,
     RNNCarry,
+    affine,
     check_compute_dtype,
     check_param_dtype,
     check_positive,
-    expand,
     initialise,
     make_cell,
     matmul,
@@ -123,8 +123,7 @@ def multiplicative_rnn(
     def project(params: MultiplicativeRNNParams, xs: Array) -> Array:
         U = jnp.concatenate([params.U, params.U_f], axis=-1)  # (D, H + F)
         bias = jnp.concatenate([params.b, jnp.zeros((F,), params.b.dtype)])  # (H + F,)
-        xu = matmul(xs, U, compute_dtype)  # (..., H + F)
-        return xu + expand(bias, xu)
+        return affine(xs, U, bias, compute_dtype)  # (..., H + F)
 
     def recur(params: MultiplicativeRNNParams, carry: RNNCarry, px: Array):
         px_h, gate = px[..., :H], px[..., H:]  # (..., H), (..., F)

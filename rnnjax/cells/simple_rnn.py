@@ -15,13 +15,12 @@ from rnnjax.cells.base import (
     Cell,
     RNNCarry,
     Structure,
+    affine,
     check_compute_dtype,
     check_param_dtype,
     check_positive,
-    expand,
     initialise,
     make_cell,
-    matmul,
     resolve_activation,
     zeros_carry,
 )
@@ -107,8 +106,7 @@ def simple_rnn(
         return RNNCarry(zeros_carry(batch_shape, H, params.W.dtype))
 
     def project(params: SimpleRNNParams, xs: Array) -> Array:
-        xu = matmul(xs, params.U, config.dtype)  # (..., H)
-        return xu + expand(params.b, xu)
+        return affine(xs, params.U, params.b, config.dtype)  # (..., H)
 
     def pointwise(unit_params, carry: RNNCarry, px, hw):
         del unit_params, carry

@@ -15,8 +15,9 @@
 // Backward (W, gates, c_prev, dys, dhT, dcT, lengths) -> (dpx, dh0, dc0)
 // with the conventions of rnnjax/cells/lstm.py (lstm_pointwise): gates (i, f, g, o) activated, c_prev
 // the incoming cell state, steps t >= lengths[n] freeze the carry and output zeros. dW is one
-// matmul in JAX after the backward call (Σ_t h_{t-1}ᵀ dpx_t). The attribute `threads` is the
-// team's size (rnnjax/kernels/fused_cpu.py chooses it).
+// matmul after the backward call, Σ_t h_{t-1}ᵀ dpx_t (the GRU's d(h W)_t), a third call:
+// WeightGradient (h0, hseq, d) -> dW. The attribute `threads` is the team's size
+// (rnnjax/kernels/fused_cpu.py chooses it).
 
 #include <algorithm>
 #include <atomic>
@@ -111,15 +112,19 @@ typedef float vreg __attribute__((vector_size(4 * kLanes)));
 int64_t padded(int64_t width) { return width + kLanes; }
 
 // C[r, 0:NR] = Σ_k A[r, k] · panel[k, 0:NR] for r < MR: MR x kVecs accumulators in registers,
-// the panel (K, NR) contiguous, A's entries broadcast.
-template <int MR>
+// the panel (K, NR) contiguous, A's entries broadcast. kTransA: A[r, k] is read at
+// A[k·lda + r] (A stored transposed: the MR entries of a k are contiguous). kAccumulate: C +=.
+template <int MR, bool kTransA = false, bool kAccumulate = false>
 inline void micro_kernel(const float* __restrict__ A, int64_t lda, int64_t K,
                          const float* __restrict__ panel, float* __restrict__ C, int64_t ldc) {
   vreg acc[MR][kVecs];
 #pragma GCC unroll 16
   for (int r = 0; r < MR; ++r) {
 #pragma GCC unroll 4
-    for (int v = 0; v < kVecs; ++v) acc[r][v] = vreg{};
+    for (int v = 0; v < kVecs; ++v) {
+      acc[r][v] = vreg{};
+      if constexpr (kAccumulate) std::memcpy(&acc[r][v], C + r * ldc + v * kLanes, sizeof(vreg));
+    }
   }
   for (int64_t k = 0; k < K; ++k) {
     vreg b[kVecs];
@@ -127,7 +132,7 @@ inline void micro_kernel(const float* __restrict__ A, int64_t lda, int64_t K,
     for (int v = 0; v < kVecs; ++v) std::memcpy(&b[v], panel + k * NR + v * kLanes, sizeof(vreg));
 #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) {
-      const float a = A[r * lda + k];
+      const float a = kTransA ? A[k * lda + r] : A[r * lda + k];
 #pragma GCC unroll 4
       for (int v = 0; v < kVecs; ++v) acc[r][v] += a * b[v];
     }
@@ -139,12 +144,29 @@ inline void micro_kernel(const float* __restrict__ A, int64_t lda, int64_t K,
   }
 }
 
-template <int MR>
+// `rows` <= MR rows: micro_kernel with MR = rows. A points at the first of them
+// (for kTransA, at its column).
+template <int MR, bool kTransA = false, bool kAccumulate = false>
 void rows_tail(const float* A, int64_t lda, int64_t K, const float* panel, float* C,
                int64_t ldc, int rows) {
   if constexpr (MR > 0) {
-    if (rows == MR) return micro_kernel<MR>(A, lda, K, panel, C, ldc);
-    rows_tail<MR - 1>(A, lda, K, panel, C, ldc, rows);
+    if (rows == MR) return micro_kernel<MR, kTransA, kAccumulate>(A, lda, K, panel, C, ldc);
+    rows_tail<MR - 1, kTransA, kAccumulate>(A, lda, K, panel, C, ldc, rows);
+  }
+}
+
+// Every row of C (M, ·) from one panel: C[:, panel's columns] (+)= A · panel.
+template <bool kTransA, bool kAccumulate>
+void panel_times(const float* A, int64_t lda, int64_t M, int64_t K, const float* panel,
+                 float* C, int64_t ldc) {
+  const int64_t row_step = kTransA ? 1 : lda;  // from one row of A to the next
+  int64_t r = 0;
+  for (; r + kRows <= M; r += kRows) {
+    micro_kernel<kRows, kTransA, kAccumulate>(A + r * row_step, lda, K, panel, C + r * ldc, ldc);
+  }
+  if (r < M) {
+    rows_tail<kRows - 1, kTransA, kAccumulate>(A + r * row_step, lda, K, panel, C + r * ldc, ldc,
+                                               static_cast<int>(M - r));
   }
 }
 
@@ -173,17 +195,8 @@ struct Packed {
 
   // C (M, width()) = A (M, K) · B[:, cols]; each panel stays in cache across A's rows.
   void times(const float* A, int64_t lda, int64_t M, float* C) const {
-    const int64_t ldc = width();
     for (int64_t b = 0; b < panels; ++b) {
-      const float* panel = data.data() + b * K * NR;
-      int64_t r = 0;
-      for (; r + kRows <= M; r += kRows) {
-        micro_kernel<kRows>(A + r * lda, lda, K, panel, C + r * ldc + b * NR, ldc);
-      }
-      if (r < M) {
-        rows_tail<kRows - 1>(A + r * lda, lda, K, panel, C + r * ldc + b * NR, ldc,
-                             static_cast<int>(M - r));
-      }
+      panel_times<false, false>(A, lda, M, K, data.data() + b * K * NR, C + b * NR, width());
     }
   }
 };
@@ -353,6 +366,85 @@ void backward_loop(int64_t T, int64_t N, int64_t H, int gates, const float* W,
       }
     }
   });
+}
+
+// ---- dW = Σ_t h_{t-1}ᵀ d_t: one matmul after the backward loop --------------------------
+// (H, G) = h_prevᵀ (H, T·N) · d (T·N, G), with h_prev's rows (t, n) = h0 for t = 0, else
+// hseq[t - 1]: two sums over k = (t, n), the first over h0 and d_0, the second over
+// hseq[0 : T-1] and d[1 : T]. The team splits G's columns in whole panels (no barrier). Each
+// thread takes kDepth rows k at a time: it packs its columns of d in panels (kDepth, NR), one
+// of which stays in L1 while every row block of dW uses it, and h_prev's rows in blocks of
+// kRows units, (kDepth, kRows) contiguous (h_prev (K, H) is Aᵀ: the micro-kernel reads it
+// transposed), then accumulates its (H, columns) block of dW.
+constexpr int64_t kDepth = 128;
+
+void weight_gradient_part(const float* h_prev, int64_t K, int64_t H, const float* d, int64_t G,
+                          int64_t col0, int64_t cols, bool first, Floats& panels, Floats& rows,
+                          float* C, int64_t ldc) {
+  const int64_t n_panels = (cols + NR - 1) / NR;
+  const int64_t n_blocks = (H + kRows - 1) / kRows;
+  for (int64_t k0 = 0; k0 < K; k0 += kDepth) {
+    const int64_t depth = std::min(kDepth, K - k0);
+    for (int64_t k = 0; k < depth; ++k) {  // row k0 + k of d and of h_prev, read in order
+      const float* d_row = d + (k0 + k) * G + col0;
+      for (int64_t b = 0; b < n_panels; ++b) {  // panel b: columns col0 + b·NR.., (depth, NR)
+        const int64_t width = std::min(NR, cols - b * NR);
+        float* dst = panels.data() + (b * kDepth + k) * NR;
+        std::copy(d_row + b * NR, d_row + b * NR + width, dst);
+        std::fill(dst + width, dst + NR, 0.0f);
+      }
+      const float* h_row = h_prev + (k0 + k) * H;
+      for (int64_t q = 0; q < n_blocks; ++q) {  // block q: units q·kRows.., (depth, kRows)
+        const int64_t units = std::min<int64_t>(kRows, H - q * kRows);
+        std::copy(h_row + q * kRows, h_row + q * kRows + units,
+                  rows.data() + (q * kDepth + k) * kRows);
+      }
+    }
+    for (int64_t b = 0; b < n_panels; ++b) {
+      const float* panel = panels.data() + b * kDepth * NR;
+      for (int64_t q = 0; q < n_blocks; ++q) {
+        const float* A = rows.data() + q * kDepth * kRows;
+        float* Cq = C + q * kRows * ldc + b * NR;
+        const int units = static_cast<int>(std::min<int64_t>(kRows, H - q * kRows));
+        if (first && k0 == 0) {
+          rows_tail<kRows, true, false>(A, kRows, depth, panel, Cq, ldc, units);
+        } else {
+          rows_tail<kRows, true, true>(A, kRows, depth, panel, Cq, ldc, units);
+        }
+      }
+    }
+  }
+}
+
+ffi::Error WeightGradient(ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> hseq,
+                          ffi::Buffer<ffi::F32> d, ffi::ResultBuffer<ffi::F32> dw,
+                          int64_t threads) {
+  const auto dims = d.dimensions();
+  if (dims.size() != 3) return ffi::Error::InvalidArgument("d must be (T, N, G)");
+  const int64_t T = dims[0], N = dims[1], G = dims[2];
+  const int64_t H = h0.dimensions().back();
+  float* out = dw->typed_data();
+  std::fill(out, out + H * G, 0.0f);
+  if (T == 0 || N == 0) return ffi::Error::Success();
+  const int64_t n_panels = (G + NR - 1) / NR;
+  const int P = static_cast<int>(std::max<int64_t>(1, std::min(threads, n_panels)));
+  run_team(P, [&](int p, Barrier&) {
+    const int64_t b0 = n_panels * p / P, b1 = n_panels * (p + 1) / P;
+    const int64_t col0 = b0 * NR, cols = std::min(G, b1 * NR) - col0;
+    if (cols <= 0) return;
+    const int64_t ldc = (b1 - b0) * NR;
+    const int64_t n_blocks = (H + kRows - 1) / kRows;
+    Floats C(n_blocks * kRows * ldc), panels((b1 - b0) * kDepth * NR);
+    Floats rows(n_blocks * kDepth * kRows);
+    weight_gradient_part(h0.typed_data(), N, H, d.typed_data(), G, col0, cols, true, panels,
+                         rows, C.data(), ldc);  // t = 0: h0ᵀ d_0
+    weight_gradient_part(hseq.typed_data(), (T - 1) * N, H, d.typed_data() + N * G, G, col0,
+                         cols, false, panels, rows, C.data(), ldc);  // t >= 1: hseq[t-1]ᵀ d_t
+    for (int64_t i = 0; i < H; ++i) {
+      std::copy(&C[i * ldc], &C[i * ldc] + cols, out + i * G + col0);
+    }
+  });
+  return ffi::Error::Success();
 }
 
 ffi::Error LstmForward(ffi::Buffer<ffi::F32> px, ffi::Buffer<ffi::F32> w,
@@ -588,4 +680,12 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnjaxGruBackward, GruBackward,
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dpx (T, N, 3H)
                                   .Ret<ffi::Buffer<ffi::F32>>()  // d(h W) (T, N, 3H)
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dh0 (N, H)
+                                  .Attr<int64_t>("threads"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnjaxWeightGradient, WeightGradient,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // h0 (N, H)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // hseq (T, N, H)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // d (T, N, G)
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // dW (H, G)
                                   .Attr<int64_t>("threads"));

@@ -5,8 +5,10 @@ and runs the gate maths inside the loop as small fusions several times slower pe
 than over a whole array. This backend runs the forward loop and the backward loop each as one
 C++ call (``fused_cpu.cc``), with the same `jax.custom_vjp` structure as ``"fused"``
 (`rnnjax.kernels.fused`): the forward saves the activated gates and the incoming cell states,
-the backward carries only (dh, dc) and returns d px, and dW = Σ_t h_{t-1}ᵀ dg_t is one XLA
-matmul after the backward call. Each step's (N, H) x (H, K·H) matmul is register-blocked over a
+the backward carries only (dh, dc) and returns d px, and dW = Σ_t h_{t-1}ᵀ dg_t is one
+matmul after the backward call — a third C++ call (`weight_gradient`), which reads h_{t-1}
+where the forward wrote it instead of the transposed copies XLA makes for that matmul. Each
+step's (N, H) x (H, K·H) matmul is register-blocked over a
 copy of W packed in column panels; at large batch a team of threads splits the hidden units
 (`team_size`: one barrier per step), at small batch one thread runs the loop.
 
@@ -46,10 +48,16 @@ from rnnjax.cells.base import Cell, LSTMCarry
 from rnnjax.cells.gru import GRUConfig
 from rnnjax.cells.lstm import LSTMConfig
 from rnnjax.kernels.base import YES, Backend, Problem, Support, no
-from rnnjax.kernels.fused import forward_loop, sum_outer
+from rnnjax.kernels.fused import forward_loop
 
 SOURCE = Path(__file__).with_name("fused_cpu.cc")
-KERNELS = ("RnnjaxLstmForward", "RnnjaxLstmBackward", "RnnjaxGruForward", "RnnjaxGruBackward")
+KERNELS = (
+    "RnnjaxLstmForward",
+    "RnnjaxLstmBackward",
+    "RnnjaxGruForward",
+    "RnnjaxGruBackward",
+    "RnnjaxWeightGradient",
+)
 
 
 def _cpu_flags() -> bytes:
@@ -145,11 +153,16 @@ def team_size(batch: int, hidden: int) -> int:
     ``$RNNJAX_CPU_THREADS`` if set, else the CPUs this process may run on; 1 where a step's
     matmul (batch x hidden x 4 hidden) is too small to pay for a barrier per step.
     """
+    if not os.environ.get("RNNJAX_CPU_THREADS") and batch * hidden * hidden < MIN_WORK_FOR_A_TEAM:
+        return 1
+    return cpu_threads()
+
+
+def cpu_threads() -> int:
+    """``$RNNJAX_CPU_THREADS`` if set, else the CPUs this process may run on."""
     env = os.environ.get("RNNJAX_CPU_THREADS")
     if env:
         return max(1, int(env))
-    if batch * hidden * hidden < MIN_WORK_FOR_A_TEAM:
-        return 1
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
@@ -204,8 +217,7 @@ def _loop_bwd(structure, residuals, cotangents):
     out = _shapes(gates.shape, h0.shape, h0.shape)
     call = _call("RnnjaxLstmBackward", out, team_size(*h0.shape))
     dpx, dh0, dc0 = call(W, gates, c_prev, dys, dhT, dcT, lengths)
-    h_prev = jnp.concatenate([h0[None], ys[:-1]], axis=0)  # (T, N, H), as in fused.py
-    return sum_outer(h_prev, dpx), dpx, dh0, dc0, None  # dW: one matmul
+    return weight_gradient(h0, ys, dpx), dpx, dh0, dc0, None
 
 
 lstm_loop.defvjp(_loop_fwd, _loop_bwd)
@@ -240,10 +252,22 @@ def _gru_bwd(residuals, cotangents):
         W, saved, h_prev, dys, dhT, lengths
     )  # da = d(h W + [0, 0, b_hn]) = [dr, dz, dn r]: dpx but for the candidate's block
     db_hn = jnp.sum(da[..., 2 * H :], axis=(0, 1))  # (H,)
-    return sum_outer(h_prev, da), db_hn, dpx, dh0, None  # dW: one matmul
+    return weight_gradient(h0, ys, da), db_hn, dpx, dh0, None
 
 
 gru_loop.defvjp(_gru_fwd, _gru_bwd)
+
+
+def weight_gradient(h0, hseq, d):
+    """dW (H, G) = Σ_t h_{t-1}ᵀ d_t with h_{-1} = h0 (N, H), h_t = hseq[t] (T, N, H), d (T, N, G).
+
+    One C++ call (threaded over G's columns) computing what `rnnjax.kernels.fused.sum_outer`
+    of ``concatenate([h0[None], hseq[:-1]])`` and ``d`` computes, without the concatenation
+    or the transposed copies XLA makes for that matmul. Rows of hseq past a sequence's length
+    (zeros) meet zero rows of d, as the backward loop writes them.
+    """
+    out = _shapes((h0.shape[-1], d.shape[-1]))
+    return _call("RnnjaxWeightGradient", out, cpu_threads())(h0, hseq, d)[0]
 
 
 def fused_cpu_backend(cell, params, px, carry, lengths, *, unroll=1, remat=False):  # RunFn
