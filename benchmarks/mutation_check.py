@@ -366,6 +366,14 @@ MUTATIONS: tuple[Mutation, ...] = (
         "fused_cpu GRU wrapper: d b_hn negated",
         f"{BACKENDS}::test_fused_cpu_equals_scan[gru]",
     ),
+    _m(
+        "fused_cpu.weight_gradient_shift",
+        "rnnjax/kernels/fused_cpu.cc",
+        "weight_gradient_part(hseq.typed_data(), (T - 1) * N, H, d.typed_data() + N * G, G, col0,",
+        "weight_gradient_part(hseq.typed_data(), (T - 1) * N, H, d.typed_data(), G, col0,",
+        "fused_cpu dW: h_{t-1} paired with d_{t-1} instead of d_t",
+        f"{BACKENDS}::test_fused_cpu_weight_gradient_equals_the_matmul",
+    ),
     # ---- "pallas": the persistent backward kernel (shared by "pallas_verified") ------------
     _m(
         "pallas.bwd_shares_sign",
@@ -398,6 +406,15 @@ MUTATIONS: tuple[Mutation, ...] = (
         'dw = -jnp.einsum("tbi,tbj->ij", h_prev, dhw).astype(w.dtype)',
         "Pallas custom_vjp: dW = −Σ_t h_{t-1}ᵀ dhw_t",
         f"{PALLAS}[simple_rnn-pallas]",
+    ),
+    # ---- the hoisted input projection's derivative (cells.base.affine, one GEMM on CPU) ----
+    _m(
+        "affine.jvp_weight_sign",
+        "rnnjax/cells/base.py",
+        "d_out = da2 @ w + a1_t.T @ dwb  # (M, N)",
+        "d_out = da2 @ w - a1_t.T @ dwb  # (M, N)",
+        "x U + b on CPU: d(x U + b) = dx U − [x, 1] [dU; db]",
+        "tests/test_cells.py::test_affine_equals_the_plain_expression_with_gradients",
     ),
     # ---- "pallas_tpu": the Mosaic TPU backward kernel ------------------------------------
     _m(

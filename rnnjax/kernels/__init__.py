@@ -5,16 +5,17 @@ forward and gradients, on fresh random inputs (tests/test_backends*.py). The bac
 signature and the support predicates are in `rnnjax.kernels.base`; the one table of backends
 is `rnnjax.kernels.registry.BACKENDS`.
 
-=================== ==========================================================================
-``scan``            `lax.scan` over ``cell.recur``: any cell; the readable reference
-``fused``           one custom_vjp over the loop, derived from the cell's structured form
-``fused_cpu``       the plain LSTM / GRU loop as one C++ XLA:CPU call (CPU; threaded)
-``associative``     parallel prefix scan for cells linear in the carry
-``pallas``          persistent Pallas kernel (GPU; interpret mode on CPU), derived from the cell
-``pallas_verified`` the same kernels with the GPU-verified per-family element-wise code
-``pallas_tpu``      the persistent kernel on Mosaic TPU (TPU; TPU interpret mode on CPU)
-``auto``            the fastest of these whose support predicate accepts the cell
-=================== ==========================================================================
+===================== ==========================================================================
+``scan``              `lax.scan` over ``cell.recur``: any cell; the readable reference
+``fused``             one custom_vjp over the loop, derived from the cell's structured form
+``fused_cpu``         the plain LSTM / GRU loop as one C++ XLA:CPU call (CPU; threaded)
+``associative``       parallel prefix scan for cells linear in the carry
+``pallas``            persistent Pallas kernel (GPU; interpret mode on CPU), derived from the cell
+``pallas_verified``   the same kernels with the GPU-verified per-family element-wise code
+``pallas_tpu``        the persistent kernel on Mosaic TPU (TPU; TPU interpret mode on CPU)
+``pallas_mosaic_gpu`` a persistent Mosaic GPU kernel for small batches, one CTA per sequence
+``auto``              the fastest of these whose support predicate accepts the cell
+===================== ==========================================================================
 """
 
 from __future__ import annotations

@@ -288,7 +288,7 @@ def _platform() -> str:
     return jax.devices()[0].platform
 
 
-def _pad_gates(x: Array, K: int, H: int, Hp: int) -> Array:
+def pad_gates(x: Array, K: int, H: int, Hp: int) -> Array:
     """(..., K·H) -> (..., K·Hp), padding each gate block with zeros."""
     if Hp == H:
         return x
@@ -406,10 +406,10 @@ def make_persistent_backend(
         def pad_rows(x):  # (B, ...) -> (Bp, ...)
             return jnp.pad(x, [(0, Bp - B)] + [(0, 0)] * (x.ndim - 1))
 
-        px_p = _pad_gates(px.reshape(T, B, K * H), K, H, Hp)  # (T, B, K·Hp)
+        px_p = pad_gates(px.reshape(T, B, K * H), K, H, Hp)  # (T, B, K·Hp)
         px_p = jnp.pad(px_p, [(0, 0), (0, Bp - B), (0, 0)])  # (T, Bp, K·Hp)
         w = jnp.pad(s.recurrent_weights(params), [(0, Hp - H), (0, 0)])  # (Hp, K·H)
-        w = _pad_gates(w, K, H, Hp).astype(cd or jnp.float32)  # (Hp, K·Hp)
+        w = pad_gates(w, K, H, Hp).astype(cd or jnp.float32)  # (Hp, K·Hp)
         leaves, treedef = jax.tree.flatten(carry)
         states0 = tuple(
             pad_rows(jnp.pad(leaf.reshape(B, H), [(0, 0), (0, Hp - H)])) for leaf in leaves

@@ -19,6 +19,7 @@ from rnnjax.kernels.base import YES, Backend, Problem, Support, problem_of, reve
 from rnnjax.kernels.fused import FUSED
 from rnnjax.kernels.fused_cpu import FUSED_CPU
 from rnnjax.kernels.pallas import PALLAS
+from rnnjax.kernels.pallas_mosaic_gpu import PALLAS_MOSAIC_GPU
 from rnnjax.kernels.pallas_tpu import PALLAS_TPU
 from rnnjax.kernels.pallas_verified import PALLAS_VERIFIED
 from rnnjax.kernels.scan import SCAN
@@ -28,7 +29,15 @@ BACKENDS: dict[str, Backend] = {
     SCAN.name: SCAN,
     **{
         b.name: reverse_mode_only(b)
-        for b in (FUSED, FUSED_CPU, ASSOCIATIVE, PALLAS, PALLAS_VERIFIED, PALLAS_TPU)
+        for b in (
+            FUSED,
+            FUSED_CPU,
+            ASSOCIATIVE,
+            PALLAS,
+            PALLAS_VERIFIED,
+            PALLAS_TPU,
+            PALLAS_MOSAIC_GPU,
+        )
     },
 }
 
