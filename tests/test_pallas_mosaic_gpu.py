@@ -2,8 +2,9 @@
 
 On CPU the kernels run in the Mosaic GPU interpreter (automatically), so shapes stay tiny;
 the test marked ``gpu`` runs the compiled kernels at the latency shape and skips without a
-Hopper GPU. The backend is registered for each test by a fixture (the registry does not list
-it).
+Hopper GPU. A fixture registers the backend (and variants) afresh for each test. The kernels
+use the Mosaic GPU kernel API of jax >= 0.10.2: on older jax the backend refuses with that
+reason and these tests skip.
 """
 
 import jax
@@ -18,6 +19,8 @@ from rnnjax.kernels import BACKENDS, Problem
 from rnnjax.kernels.base import reverse_mode_only
 from rnnjax.kernels.pallas import family_of, persistent_rnn, persistent_rnn_reference
 from rnnjax.kernels.pallas_mosaic_gpu import (
+    JAX_VERSION,
+    MIN_JAX,
     MOSAIC_GPU,
     NAME,
     PALLAS_MOSAIC_GPU,
@@ -31,6 +34,7 @@ ON_HOPPER = (
     and str(getattr(jax.devices()[0], "compute_capability", "0")) >= "9"
 )
 hopper_only = pytest.mark.skipif(not ON_HOPPER, reason="needs a Hopper (sm_90+) GPU")
+pytestmark = pytest.mark.skipif(JAX_VERSION < MIN_JAX, reason="the kernels need jax >= 0.10.2")
 
 
 def _interpret_params(**options):

@@ -168,6 +168,10 @@ def make_gpu_plan(*args: Any, **kwargs: Any) -> GpuPlan:
 # ---------------------------------------------------------------------------------------------
 
 
+MIN_JAX = (0, 10, 2)  # the Mosaic GPU kernel API (and interpreter) these kernels are written for
+JAX_VERSION = tuple(int(part) for part in jax.__version__.split(".")[:3] if part.isdigit())
+
+
 def _gpu_is_too_old(platform: str) -> str | None:
     """The reason Mosaic GPU cannot run on this GPU (before Hopper), or None."""
     if platform != "gpu":
@@ -215,6 +219,11 @@ def make_mosaic_gpu_backend(
         return _interpret_params() if interpret is None or interpret is True else interpret
 
     def runs_on(platform: str) -> Support:
+        if JAX_VERSION < MIN_JAX:
+            return no(
+                f"backend={name!r} is written against the Mosaic GPU kernel API of jax >= "
+                f"{'.'.join(map(str, MIN_JAX))}; this is jax {jax.__version__}"
+            )
         where = on_platform(platform)
         old = None if use_interpret(platform) else _gpu_is_too_old(platform)
         if where and old:

@@ -414,8 +414,8 @@ def _scratch(plan: GpuPlan, exchange_shape: tuple[int, ...]) -> tuple:
 def _launch(plan: GpuPlan, body, out_type: list, scratch: tuple, name: str):
     return plgpu.kernel(
         body,
-        out_type=out_type,
-        scratch_types=scratch,
+        out_shape=out_type,  # (out_type / scratch_types in newer jax; these names work in all)
+        scratch_shapes=scratch,
         grid=(plan.B,),
         grid_names=("b",),
         num_threads=plan.threads,
