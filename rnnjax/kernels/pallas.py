@@ -443,6 +443,7 @@ def make_pallas_backend(
     block_batch: int | None = None,
     slice_size: int = SLICE,
     num_warps: int | None = None,
+    description: str = "persistent Pallas kernel, W on chip, derived from the cell's pointwise",
 ) -> Backend:
     """Builds the Triton persistent-kernel `Backend` with explicit options (tuning and tests).
 
@@ -453,6 +454,7 @@ def make_pallas_backend(
         cell_check: ``(cell, name) -> Support``: which cells ``family_fn`` covers.
         interpret: run through the Pallas interpreter; None = automatically on CPU.
         block_batch, slice_size, num_warps: see `plan_or_reason`.
+        description: one line for the backend table.
     """
 
     use_interpret, runs_on = placement(
@@ -480,7 +482,7 @@ def make_pallas_backend(
         runs_on=runs_on,
         family_fn=family_fn,
         cell_check=cell_check,
-        description="persistent Pallas kernel, W on chip, derived from the cell's pointwise",
+        description=description,
     )
 
 

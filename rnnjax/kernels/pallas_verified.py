@@ -92,5 +92,8 @@ def verified_family(cell: Cell, params: Any) -> tuple[Family, list[Array]]:
 
 
 PALLAS_VERIFIED = make_pallas_backend(
-    name="pallas_verified", family_fn=verified_family, cell_check=_check
+    name="pallas_verified",
+    family_fn=verified_family,
+    cell_check=_check,
+    description="the persistent Pallas kernels with the GPU-verified per-family element-wise code",
 )
