@@ -214,8 +214,9 @@ def test_lstm_with_open_forget_gate_keeps_gradient_norm_one_over_500_steps():
     xs = jax.random.normal(jax.random.key(7), (2, 500, D))
     out = norms(params, xs)
     # σ(30) is 1 in float32, or 1 − 2⁻²⁴ where XLA evaluates it without its fast tanh:
-    # at most that rounding per step, 500 · 2⁻²³ ≈ 6e-5 in log norm
-    atol = 500 * 2.0**-23
+    # at most that rounding per step: the norm within 500 · 2⁻²³ ≈ 6e-5 of 1, its log within
+    # −log(1 − 500 · 2⁻²³) (the quadratic term, 2e-9, matters at float32's resolution)
+    atol = -np.log1p(-500 * 2.0**-23)
     np.testing.assert_allclose(out.log_backward, 0.0, atol=atol)
     np.testing.assert_allclose(out.log_forward, 0.0, atol=atol)
     # with the forget gate half open (f_t = σ(x_t U_f), o = 0 so h = 0) the same path is
@@ -283,3 +284,17 @@ def test_bad_inputs_raise_value_errors():
         analysis.jacobian_norms(cell, params, good, method="eig")
     with pytest.raises(ValueError, match="rank"):
         analysis.jacobian_norms(cell, params, jnp.ones((5,)))
+
+
+@pytest.mark.parametrize("exponent", [-120, -60, 0, 60, 120])
+def test_normalise_scales_by_an_exact_power_of_two(exponent):
+    """M̂'s largest entry lands in [0.5, 1) and M̂ is M · 2^-e bit for bit (numpy's ldexp), for
+    entries near float32's smallest normal numbers (XLA:CPU flushes subnormals) to near its
+    largest, where a sum of squares would underflow or overflow."""
+    from rnnjax.analysis.norms import _normalise
+
+    m = np.random.default_rng(zlib.crc32(b"normalise")).standard_normal((7, 5)).astype(np.float32)
+    M = np.ldexp(m, exponent).astype(np.float32)
+    got, e = jax.jit(_normalise)(jnp.asarray(M), jnp.zeros((), jnp.int32))
+    np.testing.assert_array_equal(np.asarray(got), np.ldexp(M, -int(e)).astype(np.float32))
+    assert 0.5 <= np.max(np.abs(np.asarray(got))) < 1.0

@@ -142,6 +142,7 @@ print(json.dumps({"many": many["loss"], "one": one["loss"]}))
 """
 
 
+@pytest.mark.slow  # a subprocess with four simulated devices
 def test_an_application_trains_data_parallel_as_on_one_device(tmp_path, run_on_devices):
     """4 simulated devices (batch 8 split in 4) against 1: the same losses up to rounding."""
     losses = run_on_devices(DATA_PARALLEL, TINY_TREE, str(tmp_path), devices=4)

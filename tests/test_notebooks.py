@@ -206,6 +206,7 @@ plt.show()
     assert report["figures"] == 1 and report["problems"] == ["figure 1: an axes has no x label"]
 
 
+@pytest.mark.slow  # a fresh kernel per notebook, 20-55 s each: `make test-slow`
 @pytest.mark.parametrize("name", EXPECTED)
 def test_notebook_runs_top_to_bottom(name, kernel_env):
     nb = nbformat.read(_path(name), as_version=4)

@@ -8,6 +8,8 @@ over devices in another order, so the results agree to rounding, not bit for bit
 
 import textwrap
 
+import pytest
+
 SCRIPT = textwrap.dedent(
     """
     import json, sys
@@ -74,6 +76,7 @@ SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # a subprocess with four simulated devices
 def test_four_devices_equal_one(tmp_path, run_on_devices):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("the quick brown fox jumps over the lazy dog. " * 40, encoding="utf-8")

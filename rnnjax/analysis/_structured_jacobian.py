@@ -17,10 +17,12 @@ JVP of ``pointwise`` with a tangent of ones on one input block,
 
 For the plain LSTM this is the textbook form: D_{11} = f, M_{1k} = (g i', c_{t-1} f', i g')
 for k = (i, f, g), and B_0, B_1 the blocks ∂h_t/∂h_{t-1}, ∂c_t/∂h_{t-1}. Forming the B_a costs
-O(K·H²) per example; then P J and J Q take S products of (n × H)·(H × H) each — for the LSTM
-8H³ multiply-adds per step where pushing the N = 2H rows of P through the VJP multiplies an
-(N, 4H) cotangent by Wᵀ: 16H³. The autodiff path of `rnnjax.analysis.norms` is the reference
-(the tests check that both agree on every structured cell).
+O(K·H²) per example; stacked, [B_0; B_1; …] (S·H, H) is J's h column, and P J takes one
+(n × S·H)·(S·H × H) GEMM (J Q one (S·H × H)·(H × n)) plus element-wise products for the
+diagonal columns — for the LSTM 8H³ multiply-adds per step where pushing the N = 2H rows of
+P through the VJP multiplies an (N, 4H) cotangent by Wᵀ: 16H³. The autodiff path of
+`rnnjax.analysis.norms` is the reference (the tests check that both agree on every structured
+cell).
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ def structured_linearisation(cell: Cell, params: Any, treedef: Any, S: int):
     assert s is not None
     K = s.gates
     W = s.recurrent_weights(params)  # (H, K·H) or None
-    W_blocks = split_blocks(W, K) if W is not None else ()  # K x (H, H)
+    # K x (H, H): W_kᵀ, transposed once here rather than at every step
+    W_T = tuple(Wk.T for Wk in split_blocks(W, K)) if W is not None else ()
     up = tuple(s.unit_params(params))
 
     def new_leaves(leaves, hw, px):
@@ -77,24 +80,24 @@ def structured_linearisation(cell: Cell, params: Any, treedef: Any, S: int):
 
         diag = [tangent(b) for b in range(S + len(hw))]  # [input block][output leaf] -> (H,)
         D = [[diag[b][a] for b in range(S)] for a in range(S)]  # D[a][b] = ∂s'_a/∂s_b
-        blocks = []
-        for a in range(S):  # B_a (H, H): row u, column j = ∂s'_a[u]/∂h[j]
-            Ba = jnp.diag(D[a][0])
-            for k, Wk in enumerate(W_blocks):
-                Ba = Ba + (Wk * diag[S + k][a][None, :]).T
-            blocks.append(Ba)
+        # B_a (H, H), row u, column j = ∂s'_a[u]/∂h[j]; stacked over a: the h column of J_t
+        blocks = [
+            jnp.diag(D[a][0]) + sum(diag[S + k][a][:, None] * WkT for k, WkT in enumerate(W_T))
+            for a in range(S)
+        ]
+        B_col = jnp.concatenate(blocks, axis=0)  # (S·H, H)
 
-        def left(P):  # P J: (n, S·H)
+        def left(P):  # P J: (n, S·H), the h columns in one GEMM
             Ps = jnp.split(P, S, axis=1) if S > 1 else [P]
-            first = sum(Ps[a] @ blocks[a] for a in range(S))
             rest = [sum(Ps[a] * D[a][b][None, :] for a in range(S)) for b in range(1, S)]
-            return jnp.concatenate([first, *rest], axis=1)
+            return jnp.concatenate([P @ B_col, *rest], axis=1)
 
-        def right(Q):  # J Q: (S·H, n)
+        def right(Q):  # J Q: (S·H, n), the h rows of Q through J's h column in one GEMM
             Qs = jnp.split(Q, S, axis=0) if S > 1 else [Q]
+            first = B_col @ Qs[0]  # (S·H, n)
+            firsts = jnp.split(first, S, axis=0) if S > 1 else [first]
             rows = [
-                blocks[a] @ Qs[0] + sum(D[a][b][:, None] * Qs[b] for b in range(1, S))
-                for a in range(S)
+                firsts[a] + sum(D[a][b][:, None] * Qs[b] for b in range(1, S)) for a in range(S)
             ]
             return jnp.concatenate(rows, axis=0)
 

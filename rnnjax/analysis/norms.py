@@ -19,9 +19,9 @@ the multiply-adds.
 
 Norms of such products leave float32's range quickly (0.5^200 ≈ 6e-61, 1.5^200 ≈ 2e35), so
 the matrix is kept normalised: after every step P̂ ← P̂ J · 2^{-e} with the integer e chosen
-so that ‖P̂‖_F ∈ [0.5, 1), and log ‖P_t‖ = (Σ e) log 2 + log ‖P̂_t‖. Scaling by powers of two
-is exact and the exponents add exactly, so the only rounding is that of the products
-themselves; no intermediate leaves float32's range unless a single step's Jacobian does.
+so that its largest entry lies in [0.5, 1), and log ‖P_t‖ = (Σ e) log 2 + log ‖P̂_t‖. Scaling
+by powers of two is exact and the exponents add exactly, so the only rounding is that of the
+products themselves; no intermediate leaves float32's range unless a single step's Jacobian does.
 
 The spectral norm σ_max(P̂_t) is found by restarted Golub–Kahan–Lanczos warm-started from
 the previous step's top singular vector (P_{t-1} = P_t J_t keeps the left side of P_t), and
@@ -160,14 +160,22 @@ def top_singular_value(
 
 
 def _normalise(M: Array, exponent: Array) -> tuple[Array, Array]:
-    """Rescales M by the power of two 2^-e that brings ‖M‖_F into [0.5, 1): exact, no rounding.
+    """Rescales M by the power of two 2^-e that brings max |M_ij| into [0.5, 1): exact.
+
+    The largest entry, not the Frobenius norm: a float32 sum of squares underflows to 0 for
+    ‖M‖ below ~1e-19 and overflows above ~1e19, the maximum never does.
 
     Returns (M · 2^-e, exponent + e); the log-scale is kept as an integer count of factors
     of two, so summing a thousand log-scales loses nothing either (a float32 running sum of
     logs near 140 would lose ~1e-5 per step). M = 0 stays 0 (and its log-norm is −inf).
     """
-    _, e = jnp.frexp(jnp.linalg.norm(M))  # ‖M‖_F = m·2^e with m in [0.5, 1)
-    return jnp.ldexp(M, -e), exponent + e
+    _, e = jnp.frexp(jnp.max(jnp.abs(M)))  # max |M_ij| = m·2^e with m in [0.5, 1)
+    # 2^-e as two scalar powers of two (each a normal float32 for |e| <= 252), so the (N, N)
+    # pass is a plain multiply (an element-wise ldexp costs several times more); each factor
+    # is exact and the intermediate lies between M and the result: no rounding ldexp avoids
+    half = e // 2
+    one = jnp.ones((), M.dtype)
+    return M * jnp.ldexp(one, -half) * jnp.ldexp(one, half - e), exponent + e
 
 
 def _log_norm_fn(ord: Any, method: str, tol: float, restarts: int, krylov: int, N: int) -> Callable:
