@@ -140,7 +140,7 @@ def markdown(r: dict) -> str:
         "",
         f"Machine: {m['cpu']}, {m['cores']} CPUs ({m['device']}), {m['os']}, jax "
         f"{m['versions']['jax']}; load average {m['load_average_start'][0]:.1f} at start, "
-        f"{m['load_average_end'][0]:.1f} at end (other jobs share the CPUs). "
+        f"{m['load_average_end'][0]:.1f} at end (the benchmark's own threads count). "
         f"Measured GEMM rate: {r['gemm_gflops']:.0f} GFLOP/s.",
         "",
         "| call | median wall (s) | median CPU (s) | first call incl. compile (s) | "
