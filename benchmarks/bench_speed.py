@@ -30,6 +30,8 @@ import jax.numpy as jnp
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import competitors as comp
 
+from rnnjax import allocator
+
 # ---- settings -------------------------------------------------------------------------------
 SHAPES = dict(comp.SHAPES)  # name -> (B, T, D, H)
 CELL_KINDS = comp.CELL_KINDS
@@ -267,7 +269,8 @@ def markdown(report: dict) -> str:
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['os']}; load average "
         f"{m['load_average_start'][0]:.1f} at start, {m['load_average_end'][0]:.1f} at end "
-        "(a shared machine: compare ratios within this run, not absolute times).",
+        "(a shared machine: compare ratios within this run, not absolute times). "
+        f"malloc: {m.get('malloc', 'glibc defaults')}.",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + ".",
         f"GEMM rate measured in this run: {report['gemm_gflops']:.1f} GFLOP/s "
         f"({report['settings']['gemm_n']}³ float32). Medians of {report['settings']['repeats']} "
@@ -351,6 +354,12 @@ def main(argv=None) -> dict:
     parser.add_argument(
         "--memory-only", action="store_true", help="no timing: the memory table alone"
     )
+    parser.add_argument(
+        "--glibc-defaults",
+        action="store_true",
+        help="leave glibc's malloc as it is (default: rnnjax.allocator.keep_freed_memory() "
+        "for the whole process, every library alike)",
+    )
     parser.add_argument("--from-json", metavar="JSON", help="rewrite the .md and .png only")
     parser.add_argument(
         "--merge",
@@ -367,6 +376,10 @@ def main(argv=None) -> dict:
         plot(report, Path(args.from_json).with_suffix(".png"))
         return report
 
+    # process-wide, so every library in the run reuses freed pages alike (rnnjax.allocator)
+    malloc = "glibc defaults"
+    if not args.glibc_defaults and allocator.keep_freed_memory():
+        malloc = "freed memory kept (rnnjax.allocator.keep_freed_memory, every library)"
     shapes = QUICK_SHAPES if args.quick else SHAPES
     if args.shapes:
         shapes = {k: shapes[k] for k in args.shapes.split(",")}
@@ -384,6 +397,7 @@ def main(argv=None) -> dict:
         memory_t=30 if args.quick else MEMORY_T,
         gemm_n=256 if args.quick else GEMM_N,
     )
+    report["machine"]["malloc"] = malloc
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = out / (f"memory_{args.prefix}" if args.memory_only else f"{args.prefix}_speed")

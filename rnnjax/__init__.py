@@ -9,6 +9,7 @@ LSTM gates are ordered (i, f, g, o) everywhere, as in PyTorch and jax.experiment
 """
 
 from rnnjax import (
+    allocator,
     analysis,
     data,
     export,
@@ -67,6 +68,7 @@ __all__ = [
     "RNNCarry",
     "SimpleRNNParams",
     "Structure",
+    "allocator",
     "analysis",
     "bidirectional",
     "bits_per_char",

@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from rnnjax import allocator
 from rnnjax.cells import CELLS
 from rnnjax.data.tasks import TASKS
 from rnnjax.initializers import CHRONO, SCHEMES, SQUARE_RECURRENCE
@@ -564,6 +565,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_:  # usage errors (status 2) and --help (status 0)
         return int(exit_.code or 0)
     args.argv = argv
+    # this process is the command's own: XLA's per-call temporaries reuse freed pages
+    allocator.keep_freed_memory()
     # train: SIGINT / SIGTERM stop the loop after the current step (see rnnjax.train.interrupt)
     with graceful_stop(SIGNALS if args.command == "train" else ()) as stop:
         try:
