@@ -40,6 +40,7 @@ from pathlib import Path
 
 import jax
 
+from rnnjax import allocator
 from rnnjax.data import default_corpus
 from rnnjax.train import RunConfig, read_metrics, sample, setup, train
 
@@ -236,7 +237,7 @@ def chosen_backend(config: RunConfig) -> str:
     return "auto: " + auto.choose(rj.lstm(config.hidden), problem, BACKENDS)[0]
 
 
-def versus_markdown(rows: list[dict], command: str, minutes: float) -> str:
+def versus_markdown(rows: list[dict], command: str, minutes: float, malloc: str) -> str:
     import torch
 
     jx, pt = rows
@@ -248,7 +249,8 @@ def versus_markdown(rows: list[dict], command: str, minutes: float) -> str:
         f"Recipe: {json.dumps({k: v for k, v in VERSUS.items() if k != 'steps'})}; the "
         f"embedded corpus (Python's help text), last 10 % held out. {minutes:g} wall minutes "
         f"each, one after the other. Machine: {platform.machine()}, {os.cpu_count()} CPUs; "
-        f"jax {jax.__version__}, torch {torch.__version__} ({pt['threads']} threads). Steps "
+        f"jax {jax.__version__}, torch {torch.__version__} ({pt['threads']} threads); "
+        f"malloc: {malloc}. Steps "
         "per second count training time only (evaluations excluded on both sides; rnnjax "
         "compiles its step before the budget starts and its evaluator at the first "
         "evaluation, inside it); "
@@ -297,6 +299,11 @@ def main(argv=None) -> int:
         action="store_true",
         help="the whole loop against PyTorch on one recipe (--minutes of wall time each)",
     )
+    parser.add_argument(
+        "--glibc-defaults",
+        action="store_true",
+        help="with --versus-pytorch: leave glibc's malloc as it is",
+    )
     args = parser.parse_args(argv)
     command = "python benchmarks/char_lm.py " + " ".join(sys.argv[1:] if argv is None else argv)
     seconds = 5.0 if args.quick else 60 * args.minutes
@@ -309,11 +316,16 @@ def main(argv=None) -> int:
     text = default_corpus()
     out = Path(tempfile.mkdtemp(prefix="char_lm_"))
     if args.versus_pytorch:
+        # both loops run in this process, so both reuse freed pages alike, as under the
+        # rnnjax command (rnnjax.allocator); --glibc-defaults leaves glibc as it is
+        malloc = "glibc defaults"
+        if not args.glibc_defaults and allocator.keep_freed_memory():
+            malloc = "freed memory kept (rnnjax.allocator.keep_freed_memory, both loops)"
         try:
             rows = versus_pytorch(seconds, text, out)
         finally:
             shutil.rmtree(out, ignore_errors=True)
-        report = versus_markdown(rows, command, seconds / 60)
+        report = versus_markdown(rows, command, seconds / 60, malloc)
         print(report)
         if not args.quick:
             RESULTS.mkdir(exist_ok=True)

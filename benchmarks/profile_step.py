@@ -6,8 +6,7 @@ and prints the mean milliseconds per call of the heaviest ops (XLA fusions, cust
 
     python benchmarks/profile_step.py                                  # LSTM, S, fused_cpu
     python benchmarks/profile_step.py --cell gru --shape 128,50,256,512 --backend fused
-    MALLOC_MMAP_THRESHOLD_=4000000000 MALLOC_TRIM_THRESHOLD_=4000000000 \\
-        python benchmarks/profile_step.py                              # glibc keeps big buffers
+    python benchmarks/profile_step.py --keep-freed-memory              # as the rnnjax command
 """
 
 from __future__ import annotations
@@ -52,7 +51,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shape", default="32,100,128,256", help="B,T,D,H")
     parser.add_argument("--backend", default="fused_cpu")
     parser.add_argument("--top", type=int, default=14)
+    parser.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help="rnnjax.allocator.keep_freed_memory() first (glibc reuses freed blocks)",
+    )
     args = parser.parse_args(argv)
+    if args.keep_freed_memory:
+        rj.allocator.keep_freed_memory()
     B, T, D, H = (int(v) for v in args.shape.split(","))
     cell = getattr(rj, args.cell)(H)
     key = jax.random.key(0)

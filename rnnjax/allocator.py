@@ -8,15 +8,19 @@ its first touch — about 14,000 page faults per LSTM training step at (B, T, D,
 (32, 100, 128, 256), a third of the step's time (PyTorch's steps fault too: its large
 tensors take the same path).
 
-`keep_freed_memory` tells glibc to serve every block from its heap (``M_MMAP_MAX = 0``) and
-to keep up to ``trim_threshold`` bytes of freed heap instead of returning it
-(``M_TRIM_THRESHOLD``), so a step reuses the pages the previous one freed. (A single block over 64 MiB asked for by
-one of XLA's worker threads is still mapped afresh: glibc's per-thread heaps are at most
-64 MiB, and it falls back to mmap for anything larger.) The settings
-belong to the process, not to rnnjax: every library in it (NumPy, PyTorch) gets them, and
-the process's resident memory stays at its high-water mark instead of shrinking when big
-arrays are freed. The ``rnnjax`` command applies them to its own process; a program that
-imports rnnjax opts in with one call::
+`keep_freed_memory` tells glibc to serve every block from its heap (``M_MMAP_MAX = 0``), to
+keep up to ``trim_threshold`` bytes of freed heap instead of returning it
+(``M_TRIM_THRESHOLD``), so that a step reuses the pages the previous one freed, and to keep
+one arena for all threads (``M_ARENA_MAX = 1``): a worker thread's own arena is made of heaps
+of at most 64 MiB, a block that does not fit goes to a new heap or to mmap, and a heap that
+empties is unmapped whatever the trim threshold, so big blocks would still fault. Threads
+that already hold an arena keep it, so the call takes full effect before XLA starts its
+threads (before the first JAX computation), as the ``rnnjax`` command makes it.
+
+The settings belong to the process, not to rnnjax: every library in it (NumPy, PyTorch) gets
+them, and the process's resident memory stays at its high-water mark instead of shrinking
+when big arrays are freed. The ``rnnjax`` command applies them to its own process; a program
+that imports rnnjax opts in with one call, first thing::
 
     import rnnjax
     rnnjax.allocator.keep_freed_memory()
@@ -34,6 +38,7 @@ from functools import cache
 # mallopt parameters, from glibc's <malloc.h>
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
+M_ARENA_MAX = -8
 GLIBC_MMAP_MAX_DEFAULT = 65536  # glibc's defaults, restored by ``restore_defaults``
 GLIBC_TRIM_THRESHOLD_DEFAULT = 128 * 1024
 
@@ -70,18 +75,21 @@ def keep_freed_memory(trim_threshold: int = 1 << 30) -> bool:
     mallopt = _mallopt()
     if mallopt is None:
         return False
-    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, trim_threshold))
+    settings = ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, trim_threshold), (M_ARENA_MAX, 1))
+    return all([bool(mallopt(param, value)) for param, value in settings])
 
 
 def restore_defaults() -> bool:
     """Puts back glibc's defaults (blocks over the mmap threshold mapped and unmapped).
 
-    glibc's own adaptive threshold stays off once a setting was made; returns False where
-    the C library is not glibc.
+    glibc's own adaptive threshold stays off once a setting was made, and so does the one
+    arena (mallopt cannot set it back); returns False where the C library is not glibc.
     """
     mallopt = _mallopt()
     if mallopt is None:
         return False
-    return bool(mallopt(M_MMAP_MAX, GLIBC_MMAP_MAX_DEFAULT)) and bool(
-        mallopt(M_TRIM_THRESHOLD, GLIBC_TRIM_THRESHOLD_DEFAULT)
+    settings = (
+        (M_MMAP_MAX, GLIBC_MMAP_MAX_DEFAULT),
+        (M_TRIM_THRESHOLD, GLIBC_TRIM_THRESHOLD_DEFAULT),
     )
+    return all([bool(mallopt(param, value)) for param, value in settings])

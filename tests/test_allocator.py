@@ -1,9 +1,11 @@
-"""rnnjax.allocator: with glibc keeping freed memory, XLA's fresh 48 MB buffers stop faulting.
+"""rnnjax.allocator: with glibc keeping freed memory, a freed 48 MB block is reused, not remapped.
 
 Each case runs in its own interpreter (the settings are process-wide) and counts the minor
-page faults (``ru_minflt``) of calls of one jitted function whose 48 MB output is freed
-before the next call: glibc maps a block over 32 MB afresh on every call by default, which
-faults once per 4 KiB page (12,288 here); a block reused from the heap does not.
+page faults (``ru_minflt``) of allocating, filling and freeing a 48 MB NumPy array, again
+and again on one thread: glibc maps a block over 32 MB afresh every time by default, which
+faults on every page again; a block reused from the heap does not. (What this
+does to XLA's steps, whose buffers are freed by other threads at their own pace, is measured
+by ``benchmarks/allocator_probe.py``, not here.)
 """
 
 import json
@@ -19,18 +21,15 @@ from rnnjax import allocator
 PROBE = textwrap.dedent(
     """
     import json, resource, sys
-    import jax, jax.numpy as jnp
-    import rnnjax
+    import numpy as np
+    import rnnjax.allocator
     applied = rnnjax.allocator.keep_freed_memory() if sys.argv[1] == "keep" else None
-    f = jax.jit(lambda x: x + 1.0)
-    x = jnp.ones((3072, 4096), jnp.float32)  # 48 MB
-    for _ in range(3):  # warm-up: compile, and the heap grows to its high-water mark
-        jax.block_until_ready(f(x))
     faults = []
-    for _ in range(5):
+    for _ in range(6):
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        y = jax.block_until_ready(f(x))
-        del y
+        block = np.empty(12 * 2**20, np.float32)  # 48 MB
+        block.fill(1.0)  # touch every page
+        del block
         faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
     print(json.dumps({"applied": applied, "faults": faults}))
     """
@@ -51,14 +50,16 @@ def _faults_per_call(mode: str) -> dict:
 
 @glibc_only
 def test_freed_buffers_are_reused_instead_of_faulting_again():
-    pages = 48 * 2**20 // 4096
     default = _faults_per_call("default")
     kept = _faults_per_call("keep")
     assert default["applied"] is None and kept["applied"] is True
-    # glibc's default: every call's output is a fresh mapping, one fault per page
-    assert min(default["faults"]) >= pages // 2, default
-    # kept: the pages of the freed output serve the next call (a few hundred faults of slack)
-    assert max(kept["faults"]) < pages // 20, kept
+    # glibc's default: every block is a fresh mapping; it faults page by page (12,288 of
+    # 4 KiB, or a few hundred where the kernel backs it with transparent huge pages)
+    fresh = min(default["faults"])
+    assert fresh >= 100, default
+    # kept: the first block grows the heap, the later ones reuse its pages
+    assert kept["faults"][0] >= 100, kept
+    assert max(kept["faults"][1:]) <= fresh // 10, (kept, default)
 
 
 @pytest.mark.parametrize("bad", [-1, 2**31, 1.5, True, "1G"])
