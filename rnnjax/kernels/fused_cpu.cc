@@ -111,92 +111,116 @@ typedef float vreg __attribute__((vector_size(4 * kLanes)));
 // kRows rows are read together).
 int64_t padded(int64_t width) { return width + kLanes; }
 
-// C[r, 0:NR] = Σ_k A[r, k] · panel[k, 0:NR] for r < MR: MR x kVecs accumulators in registers,
-// the panel (K, NR) contiguous, A's entries broadcast. kTransA: A[r, k] is read at
+// C[r, 0:V·kLanes] = Σ_k A[r, k] · panel[k, :] for r < MR: MR x V accumulators in registers,
+// the panel (K, V·kLanes) contiguous, A's entries broadcast. kTransA: A[r, k] is read at
 // A[k·lda + r] (A stored transposed: the MR entries of a k are contiguous). kAccumulate: C +=.
-template <int MR, bool kTransA = false, bool kAccumulate = false>
+template <int MR, bool kTransA = false, bool kAccumulate = false, int V = kVecs>
 inline void micro_kernel(const float* __restrict__ A, int64_t lda, int64_t K,
                          const float* __restrict__ panel, float* __restrict__ C, int64_t ldc) {
-  vreg acc[MR][kVecs];
+  vreg acc[MR][V];
 #pragma GCC unroll 16
   for (int r = 0; r < MR; ++r) {
 #pragma GCC unroll 4
-    for (int v = 0; v < kVecs; ++v) {
+    for (int v = 0; v < V; ++v) {
       acc[r][v] = vreg{};
       if constexpr (kAccumulate) std::memcpy(&acc[r][v], C + r * ldc + v * kLanes, sizeof(vreg));
     }
   }
   for (int64_t k = 0; k < K; ++k) {
-    vreg b[kVecs];
+    vreg b[V];
 #pragma GCC unroll 4
-    for (int v = 0; v < kVecs; ++v) std::memcpy(&b[v], panel + k * NR + v * kLanes, sizeof(vreg));
+    for (int v = 0; v < V; ++v) std::memcpy(&b[v], panel + (k * V + v) * kLanes, sizeof(vreg));
 #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) {
       const float a = kTransA ? A[k * lda + r] : A[r * lda + k];
 #pragma GCC unroll 4
-      for (int v = 0; v < kVecs; ++v) acc[r][v] += a * b[v];
+      for (int v = 0; v < V; ++v) acc[r][v] += a * b[v];
     }
   }
 #pragma GCC unroll 16
   for (int r = 0; r < MR; ++r) {
 #pragma GCC unroll 4
-    for (int v = 0; v < kVecs; ++v) std::memcpy(C + r * ldc + v * kLanes, &acc[r][v], sizeof(vreg));
+    for (int v = 0; v < V; ++v) std::memcpy(C + r * ldc + v * kLanes, &acc[r][v], sizeof(vreg));
   }
 }
 
 // `rows` <= MR rows: micro_kernel with MR = rows. A points at the first of them
 // (for kTransA, at its column).
-template <int MR, bool kTransA = false, bool kAccumulate = false>
+template <int MR, bool kTransA = false, bool kAccumulate = false, int V = kVecs>
 void rows_tail(const float* A, int64_t lda, int64_t K, const float* panel, float* C,
                int64_t ldc, int rows) {
   if constexpr (MR > 0) {
-    if (rows == MR) return micro_kernel<MR, kTransA, kAccumulate>(A, lda, K, panel, C, ldc);
-    rows_tail<MR - 1, kTransA, kAccumulate>(A, lda, K, panel, C, ldc, rows);
+    if (rows == MR) return micro_kernel<MR, kTransA, kAccumulate, V>(A, lda, K, panel, C, ldc);
+    rows_tail<MR - 1, kTransA, kAccumulate, V>(A, lda, K, panel, C, ldc, rows);
   }
 }
 
-// Every row of C (M, ·) from one panel: C[:, panel's columns] (+)= A · panel.
-template <bool kTransA, bool kAccumulate>
+// Every row of C (M, ·) from one panel of V registers' width: C[:, panel's columns] = A · panel.
+template <int V>
 void panel_times(const float* A, int64_t lda, int64_t M, int64_t K, const float* panel,
                  float* C, int64_t ldc) {
-  const int64_t row_step = kTransA ? 1 : lda;  // from one row of A to the next
   int64_t r = 0;
   for (; r + kRows <= M; r += kRows) {
-    micro_kernel<kRows, kTransA, kAccumulate>(A + r * row_step, lda, K, panel, C + r * ldc, ldc);
+    micro_kernel<kRows, false, false, V>(A + r * lda, lda, K, panel, C + r * ldc, ldc);
   }
   if (r < M) {
-    rows_tail<kRows - 1, kTransA, kAccumulate>(A + r * row_step, lda, K, panel, C + r * ldc, ldc,
-                                               static_cast<int>(M - r));
+    rows_tail<kRows - 1, false, false, V>(A + r * lda, lda, K, panel, C + r * ldc, ldc,
+                                          static_cast<int>(M - r));
+  }
+}
+
+// panel_times for a panel `vecs` <= kVecs registers wide.
+template <int V = kVecs>
+void narrow_panel_times(int vecs, const float* A, int64_t lda, int64_t M, int64_t K,
+                        const float* panel, float* C, int64_t ldc) {
+  if constexpr (V > 0) {
+    if (vecs == V) return panel_times<V>(A, lda, M, K, panel, C, ldc);
+    narrow_panel_times<V - 1>(vecs, A, lda, M, K, panel, C, ldc);
   }
 }
 
 // A weight matrix's columns, packed for the team's thread that owns some of them: `cols`
-// lists the source columns (-1: a zero column padding the last panel); panel b holds
-// B[k, cols[b·NR + c]] at [b][k][c].
+// lists the source columns (-1: a zero column). Panels of NR columns, the last one only as
+// many registers wide as the remaining columns need (a thread's 128 units of Wᵀ are
+// 2 x 48 + 32 columns, not 3 x 48 with 16 of zeros): panel b holds B[k, cols[b·NR + c]] at
+// data[b·K·NR + k·width(b) + c].
 struct Packed {
-  int64_t K = 0, panels = 0;
+  int64_t K = 0, panels = 0, last = 0;
   Floats data;
 
-  // B is (K, ld) row-major; transposed: B[k, j] is read as src[j·ld + k] (B = srcᵀ).
+  // B is (K, ld) row-major; transposed: B[k, j] is read as src[j·ld + k] (B = srcᵀ). Each
+  // panel is filled whole, reading the source along its rows.
   Packed(const float* src, int64_t K_, int64_t ld, const std::vector<int64_t>& cols,
          bool transposed)
       : K(K_), panels((static_cast<int64_t>(cols.size()) + NR - 1) / NR) {
-    data.assign(panels * K * NR, 0.0f);
-    for (int64_t c = 0; c < static_cast<int64_t>(cols.size()); ++c) {
-      if (cols[c] < 0) continue;
-      float* dst = data.data() + (c / NR) * K * NR + c % NR;
-      for (int64_t k = 0; k < K; ++k) {
-        dst[k * NR] = transposed ? src[cols[c] * ld + k] : src[k * ld + cols[c]];
+    const int64_t n = static_cast<int64_t>(cols.size());
+    last = panels == 0 ? 0 : (n - (panels - 1) * NR + kLanes - 1) / kLanes * kLanes;
+    data.assign(K * width(), 0.0f);
+    for (int64_t b = 0; b < panels; ++b) {
+      const int64_t w = panel_width(b), c0 = b * NR, c1 = std::min(n, c0 + NR);
+      float* panel = data.data() + b * K * NR;  // (K, w)
+      for (int64_t c = c0; c < c1 && transposed; ++c) {
+        if (cols[c] < 0) continue;
+        const float* column = src + cols[c] * ld;  // B[:, c], contiguous
+        for (int64_t k = 0; k < K; ++k) panel[k * w + c - c0] = column[k];
+      }
+      for (int64_t k = 0; k < K && !transposed; ++k) {
+        const float* row = src + k * ld;
+        for (int64_t c = c0; c < c1; ++c) {
+          if (cols[c] >= 0) panel[k * w + c - c0] = row[cols[c]];
+        }
       }
     }
   }
 
-  int64_t width() const { return panels * NR; }
+  int64_t panel_width(int64_t b) const { return b + 1 < panels ? NR : last; }
+  int64_t width() const { return panels == 0 ? 0 : (panels - 1) * NR + last; }
 
   // C (M, width()) = A (M, K) · B[:, cols]; each panel stays in cache across A's rows.
   void times(const float* A, int64_t lda, int64_t M, float* C) const {
     for (int64_t b = 0; b < panels; ++b) {
-      panel_times<false, false>(A, lda, M, K, data.data() + b * K * NR, C + b * NR, width());
+      narrow_panel_times(static_cast<int>(panel_width(b) / kLanes), A, lda, M, K,
+                         data.data() + b * K * NR, C + b * NR, width());
     }
   }
 };
