@@ -411,8 +411,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     _m(
         "affine.jvp_weight_sign",
         "rnnjax/cells/base.py",
-        "d_out = da2 @ w + a1_t.T @ dwb  # (M, N)",
-        "d_out = da2 @ w - a1_t.T @ dwb  # (M, N)",
+        "d_out = da2 @ w + a1 @ dwb  # (M, N)",
+        "d_out = da2 @ w - a1 @ dwb  # (M, N)",
         "x U + b on CPU: d(x U + b) = dx U − [x, 1] [dU; db]",
         "tests/test_cells.py::test_affine_equals_the_plain_expression_with_gradients",
     ),

@@ -13,6 +13,7 @@ from conftest import CELL_FACTORIES, random_like
 from jax.test_util import check_grads
 
 import rnnjax as rj
+from rnnjax.cells.base import TRANSPOSED_COPY_BELOW
 
 B, T, D, H = 3, 6, 5, 4
 
@@ -201,14 +202,16 @@ def test_chrono_init_spreads_forgetting_times_over_the_lags(factory, forget, has
         np.testing.assert_array_equal(half[:H], -half[forget * H : (forget + 1) * H])
 
 
-@pytest.mark.parametrize("shape", [(7,), (3, 5, 7), (2, 7)])
-def test_affine_equals_the_plain_expression_with_gradients(shape, rng):
+@pytest.mark.parametrize("lead", [(), (3, 5), (2,)])
+@pytest.mark.parametrize("K", [7, TRANSPOSED_COPY_BELOW])  # both forms of the gradient's matmul
+def test_affine_equals_the_plain_expression_with_gradients(lead, K, rng):
     """`affine` (one GEMM on CPU, a hand-written JVP) against ``a @ w + b`` and its autodiff."""
     from rnnjax.cells.base import _one_gemm, affine
 
     k_a, k_w, k_b, k_d = jax.random.split(rng, 4)
-    a = jax.random.normal(k_a, shape)  # (..., K)
-    w = jax.random.normal(k_w, (7, 6))  # (K, N)
+    shape = (*lead, K)
+    a = jax.random.normal(k_a, shape) / np.sqrt(K)  # (..., K)
+    w = jax.random.normal(k_w, (K, 6))  # (K, N)
     b = jax.random.normal(k_b, (6,))  # (N,)
     d = jax.random.normal(k_d, (*shape[:-1], 6))  # a cotangent (..., N)
 

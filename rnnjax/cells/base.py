@@ -497,20 +497,31 @@ def _with_ones(x: Array, axis: int) -> Array:
     return jnp.concatenate([x, jnp.ones(shape, x.dtype)], axis)
 
 
+# From this many input features on, XLA:CPU's transposed copy of [a, 1] costs more than it
+# saves and the matmul reads [a, 1] in place: value and gradient of a (3200, D) x (D, 1024)
+# projection, two runs of `python benchmarks/projection_probe.py --transposes`, in place
+# against the copy: D = 256 4-10 % faster, D = 512 9-11 %; D = 128 and 192 within 4 % either
+# way; D = 64 the copy 3-8 % faster.
+TRANSPOSED_COPY_BELOW = 256
+
+
 @_one_gemm.defjvp
 def _one_gemm_jvp(primals, tangents):
     """d(a w + b) = da w + [a, 1] [dw; db], written so that its transpose (reverse mode)
-    computes [dw; db] = [a, 1]ᵀ d as one matmul on a transposed copy of [a, 1] (small): the
-    barrier keeps XLA from folding that transpose into the dot, where XLA:CPU would transpose
-    the larger d instead."""
+    computes [dw; db] = [a, 1]ᵀ d as one matmul. Below `TRANSPOSED_COPY_BELOW` features it
+    reads a transposed copy of [a, 1] (small): the barrier keeps XLA from folding that
+    transpose into the dot, where XLA:CPU would transpose the larger d instead."""
     a, w, b = primals
     da, dw, db = tangents
     K = w.shape[0]
     a2, da2 = a.reshape(-1, K), da.reshape(-1, K)  # (M, K)
-    a1_t = jax.lax.optimization_barrier(_with_ones(a2.T, axis=0))  # (K+1, M)
+    if K < TRANSPOSED_COPY_BELOW:
+        a1 = jax.lax.optimization_barrier(_with_ones(a2.T, axis=0)).T  # (M, K+1)
+    else:
+        a1 = _with_ones(a2, axis=1)  # (M, K+1)
     out = _one_gemm(a, w, b)
     dwb = jnp.concatenate([dw, db[None]], 0)  # (K+1, N)
-    d_out = da2 @ w + a1_t.T @ dwb  # (M, N)
+    d_out = da2 @ w + a1 @ dwb  # (M, N)
     return out, d_out.reshape(out.shape)
 
 
