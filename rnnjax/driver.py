@@ -220,10 +220,14 @@ def run_in_chunks(run, cell, params, project, xs_tm, flags, carry, lengths, chun
     T = xs_tm.shape[0]
     n, rest = divmod(T, chunk)
 
+    # What the projection's derivative reads (the chunk's x, laid out for the weight-gradient
+    # matmul) is recomputed from x in the backward pass instead of being stacked per chunk.
+    project_chunk = project if remat else jax.checkpoint(project)
+
     def piece(carry, inputs, steps):
         x, f, start = inputs  # (steps, *batch, D), (steps, *batch) or None, ()
         lens = None if lengths is None else jnp.clip(lengths - start, 0, steps)  # (*batch,)
-        return run.run(cell, params, project(x, f), carry, lens, unroll=unroll, remat=False)
+        return run.run(cell, params, project_chunk(x, f), carry, lens, unroll=unroll, remat=False)
 
     if remat:
         piece = jax.checkpoint(piece, static_argnums=(2,))
