@@ -65,9 +65,13 @@ PEERS = {
 }
 # rnnjax variants benchmarked besides the plain backends.
 RNNJAX_EXTRA = ("rnnjax:fused:unroll=4",)
-# ... and measured in the memory table only: the time loop in chunks of 100 steps (the input
+# ... and measured in the memory table only: the time loop in chunks of 100 and 50 steps (the input
 # projection and its gradient held one chunk at a time), and with each chunk recomputed.
-RNNJAX_MEMORY_EXTRA = ("rnnjax:fused:chunk=100", "rnnjax:fused:chunk=100:remat=1")
+RNNJAX_MEMORY_EXTRA = (
+    "rnnjax:fused:chunk=100",
+    "rnnjax:fused:chunk=50",
+    "rnnjax:fused:chunk=100:remat=1",
+)
 
 
 # ---------------------------------------------------------------------------------------------

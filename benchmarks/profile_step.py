@@ -7,6 +7,10 @@ and prints the mean milliseconds per call of the heaviest ops (XLA fusions, cust
     python benchmarks/profile_step.py                                  # LSTM, S, fused_cpu
     python benchmarks/profile_step.py --cell gru --shape 128,50,256,512 --backend fused
     python benchmarks/profile_step.py --keep-freed-memory              # as the rnnjax command
+    python benchmarks/profile_step.py --char-lm --keep-freed-memory    # char_lm.py's whole step
+
+``--char-lm`` profiles the jitted training step of ``char_lm.py --versus-pytorch``'s recipe
+(two LSTM layers, embedding, softmax readout, clipping, Adam) instead.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shape", default="32,100,128,256", help="B,T,D,H")
     parser.add_argument("--backend", default="fused_cpu")
     parser.add_argument("--top", type=int, default=14)
+    parser.add_argument("--char-lm", action="store_true", help="char_lm.py's training step")
     parser.add_argument(
         "--keep-freed-memory",
         action="store_true",
@@ -59,6 +64,32 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.keep_freed_memory:
         rj.allocator.keep_freed_memory()
+    if args.char_lm:
+        step, step_args = char_lm_step()
+        print("char_lm.py --versus-pytorch's training step: ms per call")
+    else:
+        step, step_args = unroll_step(args)
+    for name, ms, n in op_times(step, step_args)[: args.top]:
+        print(f"{ms:8.2f}  x{n:<3d} {name[:90]}")
+
+
+def char_lm_step():
+    """The jitted training step of `char_lm.VERSUS` and its (state, data) arguments."""
+    from char_lm import VERSUS, default_corpus, setup
+
+    from rnnjax.train import init_state, make_train_step
+    from rnnjax.train.config import RunConfig
+
+    config = RunConfig(**VERSUS).resolved()
+    s = setup(config, text=default_corpus())
+    params = s.model.init(jax.random.key(config.seed))
+    state = init_state(params, s.optimizer, s.objective.initial_carry(params))
+    step = jax.jit(make_train_step(s.objective, s.optimizer))
+    return (lambda state, data: step(state, data)[0]), (state, jnp.asarray(s.data))
+
+
+def unroll_step(args):
+    """jit(grad) of the mean square of `unroll`'s outputs, and its (params, xs)."""
     B, T, D, H = (int(v) for v in args.shape.split(","))
     cell = getattr(rj, args.cell)(H)
     key = jax.random.key(0)
@@ -68,10 +99,8 @@ def main(argv: list[str] | None = None) -> None:
     def loss(p, x):
         return jnp.mean(rj.unroll(cell, p, x, backend=args.backend)[1] ** 2)
 
-    step = jax.jit(jax.grad(loss))
     print(f"{args.cell} (B, T, D, H) = {(B, T, D, H)}, backend={args.backend}: ms per call")
-    for name, ms, n in op_times(step, (params, xs))[: args.top]:
-        print(f"{ms:8.2f}  x{n:<3d} {name[:90]}")
+    return jax.jit(jax.grad(loss)), (params, xs)
 
 
 if __name__ == "__main__":
