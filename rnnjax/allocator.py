@@ -72,11 +72,7 @@ def keep_freed_memory(trim_threshold: int = 1 << 30) -> bool:
         raise ValueError(f"trim_threshold must be an int, got {trim_threshold=!r}")
     if not 0 <= trim_threshold < 2**31:
         raise ValueError(f"trim_threshold must be in [0, 2**31 - 1] bytes, got {trim_threshold=}")
-    mallopt = _mallopt()
-    if mallopt is None:
-        return False
-    settings = ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, trim_threshold), (M_ARENA_MAX, 1))
-    return all([bool(mallopt(param, value)) for param, value in settings])
+    return _set(((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, trim_threshold), (M_ARENA_MAX, 1)))
 
 
 def restore_defaults() -> bool:
@@ -85,11 +81,15 @@ def restore_defaults() -> bool:
     glibc's own adaptive threshold stays off once a setting was made, and so does the one
     arena (mallopt cannot set it back); returns False where the C library is not glibc.
     """
+    return _set(
+        ((M_MMAP_MAX, GLIBC_MMAP_MAX_DEFAULT), (M_TRIM_THRESHOLD, GLIBC_TRIM_THRESHOLD_DEFAULT))
+    )
+
+
+def _set(settings: tuple[tuple[int, int], ...]) -> bool:
+    """Applies each (mallopt parameter, value), every one even if one fails; False where the
+    C library is not glibc or glibc refused a setting."""
     mallopt = _mallopt()
     if mallopt is None:
         return False
-    settings = (
-        (M_MMAP_MAX, GLIBC_MMAP_MAX_DEFAULT),
-        (M_TRIM_THRESHOLD, GLIBC_TRIM_THRESHOLD_DEFAULT),
-    )
     return all([bool(mallopt(param, value)) for param, value in settings])
