@@ -53,12 +53,13 @@ def test_freed_buffers_are_reused_instead_of_faulting_again():
     default = _faults_per_call("default")
     kept = _faults_per_call("keep")
     assert default["applied"] is None and kept["applied"] is True
-    # glibc's default: every block is a fresh mapping; it faults page by page (12,288 of
-    # 4 KiB, or a few hundred where the kernel backs it with transparent huge pages)
+    # glibc's default: every block is a fresh mapping that faults again (page by page, or
+    # in fewer, larger pieces where the kernel maps ahead or backs it with 2 MiB pages: at
+    # least 24 of those for 48 MB)
     fresh = min(default["faults"])
-    assert fresh >= 100, default
+    assert fresh >= 24, default
     # kept: the first block grows the heap, the later ones reuse its pages
-    assert kept["faults"][0] >= 100, kept
+    assert kept["faults"][0] >= 24, kept
     assert max(kept["faults"][1:]) <= fresh // 10, (kept, default)
 
 
