@@ -6,6 +6,7 @@ REPEATS runs after one warm-up run; compile time separately) for
 - the default: both views (‖∂c_T/∂c_t‖ and ‖∂c_t/∂c_0‖), spectral norms by Lanczos, the LSTM's
   closed-form Jacobian;
 - the backward view alone (``forward=False``);
+- both views with Frobenius norms (``ord="fro"``: the products alone, no Lanczos rounds);
 
 then, on a shorter sequence (T = T_VARIANTS), the cost per step of the variants (autodiff
 Jacobian, Frobenius norm) and the accuracy of the default against float64 products of the
@@ -83,7 +84,11 @@ def main() -> None:
     results["gemm_gflops"] = rate / 1e9
 
     full = {}
-    for name, kwargs in [("both_views", {}), ("backward_only", {"forward": False})]:
+    for name, kwargs in [
+        ("both_views", {}),
+        ("backward_only", {"forward": False}),
+        ("both_views_frobenius", {"ord": "fro"}),
+    ]:
         fn = jax.jit(lambda p, x, kw=kwargs: analysis.jacobian_norms(cell, p, x, **kw))
         full[name] = timed(fn, params, xs, repeats=REPEATS)
         print(name, json.dumps({k: v for k, v in full[name].items() if k != "runs_s"}))
@@ -93,6 +98,7 @@ def main() -> None:
     results["floor_s"] = {
         "both_views": 2 * flops_per_view / rate,
         "backward_only": flops_per_view / rate,
+        "both_views_frobenius": 2 * flops_per_view / rate,
     }
     results["naive_over_accumulated_products"] = (T - 1) / 2  # Σ_t (T − t) vs T products
 
@@ -147,7 +153,7 @@ def markdown(r: dict) -> str:
         "FLOP floor at the GEMM rate (s) |",
         "|---|---|---|---|---|",
     ]
-    for name in ("both_views", "backward_only"):
+    for name in full:
         t = full[name]
         lines.append(
             f"| {name.replace('_', ' ')} | {t['median_s']:.1f} | {t['median_cpu_s']:.1f} | "

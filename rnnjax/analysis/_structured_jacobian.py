@@ -36,7 +36,10 @@ from rnnjax.cells.base import Array, Cell, matmul, split_blocks
 
 
 class StepJacobian(NamedTuple):
-    """J_t of one step as two products: ``left(P) = P J_t``, ``right(Q) = J_t Q`` ((N, N))."""
+    """J_t of one step as two products, ``left(P, scale) = P (s J_t)`` and
+    ``right(Q, scale) = (s J_t) Q`` ((N, N)), with s = scale[0]·scale[1] applied factor by
+    factor to J_t's entries: the power of two that keeps the accumulated product near 1 costs
+    no pass over the (N, N) matrix (`rnnjax.analysis.norms`)."""
 
     left: Any
     right: Any
@@ -87,17 +90,23 @@ def structured_linearisation(cell: Cell, params: Any, treedef: Any, S: int):
         ]
         B_col = jnp.concatenate(blocks, axis=0)  # (S·H, H)
 
-        def left(P):  # P J: (n, S·H), the h columns in one GEMM
-            Ps = jnp.split(P, S, axis=1) if S > 1 else [P]
-            rest = [sum(Ps[a] * D[a][b][None, :] for a in range(S)) for b in range(1, S)]
-            return jnp.concatenate([P @ B_col, *rest], axis=1)
+        def scaled(scale):  # s·B_col (S·H, H) and s·D[a][b] (H,): fused where J_t is formed
+            B = B_col * scale[0] * scale[1]
+            return B, [[d * scale[0] * scale[1] for d in row] for row in D]
 
-        def right(Q):  # J Q: (S·H, n), the h rows of Q through J's h column in one GEMM
+        def left(P, scale):  # P (s J): (n, S·H), the h columns in one GEMM
+            B, Ds = scaled(scale)
+            Ps = jnp.split(P, S, axis=1) if S > 1 else [P]
+            rest = [sum(Ps[a] * Ds[a][b][None, :] for a in range(S)) for b in range(1, S)]
+            return jnp.concatenate([P @ B, *rest], axis=1)
+
+        def right(Q, scale):  # (s J) Q: (S·H, n), the h rows of Q through J's h column
+            B, Ds = scaled(scale)
             Qs = jnp.split(Q, S, axis=0) if S > 1 else [Q]
-            first = B_col @ Qs[0]  # (S·H, n)
+            first = B @ Qs[0]  # (S·H, n)
             firsts = jnp.split(first, S, axis=0) if S > 1 else [first]
             rows = [
-                firsts[a] + sum(D[a][b][:, None] * Qs[b] for b in range(1, S)) for a in range(S)
+                firsts[a] + sum(Ds[a][b][:, None] * Qs[b] for b in range(1, S)) for a in range(S)
             ]
             return jnp.concatenate(rows, axis=0)
 

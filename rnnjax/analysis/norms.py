@@ -18,10 +18,12 @@ its JVP; for a structured cell its closed-form J_t (`rnnjax.analysis._structured
 the multiply-adds.
 
 Norms of such products leave float32's range quickly (0.5^200 ≈ 6e-61, 1.5^200 ≈ 2e35), so
-the matrix is kept normalised: after every step P̂ ← P̂ J · 2^{-e} with the integer e chosen
-so that its largest entry lies in [0.5, 1), and log ‖P_t‖ = (Σ e) log 2 + log ‖P̂_t‖. Scaling
-by powers of two is exact and the exponents add exactly, so the only rounding is that of the
-products themselves; no intermediate leaves float32's range unless a single step's Jacobian does.
+the matrix is kept normalised: every step takes P̂ ← P̂ (2^{-e} J) with the integer e the
+exponent of P̂'s largest entry (so that 2^{-e} P̂ has its largest entry in [0.5, 1)), and
+log ‖P_t‖ = (Σ e) log 2 + log ‖P̂_t‖. The power of two multiplies J's entries where J is formed,
+so it costs no pass over the N×N matrix. Scaling by powers of two is exact and the exponents
+add exactly, so the only rounding is that of the products themselves; no intermediate leaves
+float32's range unless a single step's Jacobian does.
 
 The spectral norm σ_max(P̂_t) is found by restarted Golub–Kahan–Lanczos warm-started from
 the previous step's top singular vector (P_{t-1} = P_t J_t keeps the left side of P_t), and
@@ -159,30 +161,32 @@ def top_singular_value(
     return sigma, u
 
 
-def _normalise(M: Array, exponent: Array) -> tuple[Array, Array]:
-    """Rescales M by the power of two 2^-e that brings max |M_ij| into [0.5, 1): exact.
+def _max_exponent(M: Array) -> Array:
+    """The integer e with max |M_ij| = m·2^e, m in [0.5, 1) (0 for M = 0).
 
     The largest entry, not the Frobenius norm: a float32 sum of squares underflows to 0 for
     ‖M‖ below ~1e-19 and overflows above ~1e19, the maximum never does.
-
-    Returns (M · 2^-e, exponent + e); the log-scale is kept as an integer count of factors
-    of two, so summing a thousand log-scales loses nothing either (a float32 running sum of
-    logs near 140 would lose ~1e-5 per step). M = 0 stays 0 (and its log-norm is −inf).
     """
-    _, e = jnp.frexp(jnp.max(jnp.abs(M)))  # max |M_ij| = m·2^e with m in [0.5, 1)
-    # 2^-e as two scalar powers of two (each a normal float32 for |e| <= 252), so the (N, N)
-    # pass is a plain multiply (an element-wise ldexp costs several times more); each factor
-    # is exact and the intermediate lies between M and the result: no rounding ldexp avoids
+    return jnp.frexp(jnp.max(jnp.abs(M)))[1]
+
+
+def _power_of_two(e: Array, dtype) -> tuple[Array, Array]:
+    """2^-e as two scalar factors, each a normal float (for |e| <= 252) and each exact."""
     half = e // 2
-    one = jnp.ones((), M.dtype)
-    return M * jnp.ldexp(one, -half) * jnp.ldexp(one, half - e), exponent + e
+    one = jnp.ones((), dtype)
+    return jnp.ldexp(one, -half), jnp.ldexp(one, half - e)
+
+
+def _uses_lanczos(ord: Any, method: str, N: int) -> bool:
+    """Whether the norm is σ_max by Lanczos rounds (rather than a Frobenius norm or an SVD)."""
+    return ord == 2 and (method == "lanczos" or (method == "auto" and N > SVD_MAX_N))
 
 
 def _log_norm_fn(ord: Any, method: str, tol: float, restarts: int, krylov: int, N: int) -> Callable:
     """``(M̂ normalised, u) -> (log ‖M̂‖, u)`` for the chosen norm (u: warm start, left side)."""
     if ord == "fro":
         return lambda M, u: (jnp.log(jnp.linalg.norm(M)), u)
-    if method == "svd" or (method == "auto" and N <= SVD_MAX_N):
+    if not _uses_lanczos(ord, method, N):
         return lambda M, u: (jnp.log(jnp.linalg.norm(M, ord=2)), u)
 
     def lanczos(M, u):
@@ -209,8 +213,15 @@ def autodiff_linearisation(step: Callable) -> Callable:
     def linearise(c_prev, px_t):
         c_new, jvp = jax.linearize(lambda c_: step(c_, px_t), c_prev)
         vjp = jax.linear_transpose(jvp, c_prev)
-        left = jax.vmap(lambda row: vjp(row)[0])  # rows of P (N, N) -> P J_t
-        right = jax.vmap(jvp, in_axes=1, out_axes=1)  # columns of Q (N, N) -> J_t Q
+        rows = jax.vmap(lambda row: vjp(row)[0])  # rows of P (N, N) -> P J_t
+        columns = jax.vmap(jvp, in_axes=1, out_axes=1)  # columns of Q (N, N) -> J_t Q
+
+        def left(P, scale):
+            return rows(P * scale[0] * scale[1])
+
+        def right(Q, scale):
+            return columns(Q * scale[0] * scale[1])
+
         return c_new, StepJacobian(left, right)
 
     return linearise
@@ -239,9 +250,10 @@ def forward_log_norms(
         return jax.lax.scan(plain, c0, px)[1], None
 
     def body(acc, px_t):
-        c, Q, e, v = acc  # (N,), (N, N) = Q̂_{t-1}, () int: Q = 2^e Q̂, (N,)
+        c, Q, e, v = acc  # (N,), (N, N) = Q̂_{t-1}, () int: Q_{t-1} = 2^e Q̂_{t-1}, (N,)
         c_new, jac = linearise(c, px_t)
-        Q, e = _normalise(jac.right(Q), e)  # (N, N) = J_t Q̂_{t-1}
+        d = _max_exponent(Q)  # the power of two to take out of Q̂_{t-1}, applied to J_t
+        Q, e = jac.right(Q, _power_of_two(d, Q.dtype)), e + d  # (N, N) = J_t Q̂_{t-1} 2^-d
         log_q, v = log_norm(Q.T, v)  # warm start on the c_0 side (right vectors of Q)
         return (c_new, Q, e, v), (c, e * LN2 + log_q)
 
@@ -267,7 +279,8 @@ def backward_log_norms(linearise: Callable, px: Array, states: Array, log_norm: 
     def body(acc, inputs):
         P, e, u = acc  # (N, N) = P̂_t, () int: P_t = 2^e P̂_t, (N,)
         c_prev, px_t = inputs  # c_{t-1}, px_t
-        P, e = _normalise(linearise(c_prev, px_t)[1].left(P), e)  # (N, N) = P̂_t J_t
+        d = _max_exponent(P)  # the power of two to take out of P̂_t, applied to J_t
+        P, e = linearise(c_prev, px_t)[1].left(P, _power_of_two(d, P.dtype)), e + d  # P̂_t J_t 2^-d
         log_p, u = log_norm(P, u)  # warm start on the c_T side (left vectors of P)
         return (P, e, u), e * LN2 + log_p
 
@@ -373,7 +386,14 @@ def jacobian_norms(
             fwd = jnp.concatenate([log_eye[None], fwd])  # (T+1,)
         return bwd, fwd
 
-    bwd, fwd = jax.vmap(one)(prob.px, prob.c0)  # (B, T+1) each
+    if _uses_lanczos(ord, method, N):
+        # one example at a time: the Lanczos rounds are matrix-vector passes bound by memory
+        # bandwidth, and one example's N x N product (1 MB at N = 512) stays in a core's
+        # cache where the batch's does not; nor does a batched loop of rounds run until the
+        # slowest example has converged (benchmarks/bench_jacobian_norms.py)
+        bwd, fwd = jax.lax.map(lambda example: one(*example), (prob.px, prob.c0))
+    else:  # the batch at once: batched GEMMs
+        bwd, fwd = jax.vmap(one)(prob.px, prob.c0)  # (B, T+1) each
     return JacobianNorms(
         log_backward=unbatch(bwd, prob.batched),
         log_forward=None if fwd is None else unbatch(fwd, prob.batched),
