@@ -69,6 +69,20 @@ def random_like(key, tree, scale=0.5):
     )
 
 
+def assert_close(got, want, rtol):
+    """Every leaf within rtol of the reference, relative to the leaf's largest magnitude.
+
+    A gradient entry is a sum of terms of either sign, so it carries the rounding of the
+    largest terms: a few ulps of the leaf's scale, whatever its own size (two loops that
+    evaluate the same step in differently fused XLA code differ in the last bit).
+    """
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        assert g.shape == w.shape
+        scale = float(jnp.max(jnp.abs(w))) + 1e-30
+        err = float(jnp.max(jnp.abs(g.astype(jnp.float32) - w.astype(jnp.float32))))
+        assert err <= rtol * scale, f"max error {err:.3g} > {rtol} x {scale:.3g}"
+
+
 def seed_of(nodeid: str) -> int:
     """The seed of a test: a stable 31-bit hash (CRC-32) of its pytest node id.
 

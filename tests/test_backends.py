@@ -10,10 +10,10 @@ import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import CELL_FACTORIES, random_like
+from conftest import CELL_FACTORIES, assert_close, random_like
 
 import rnnjax as rj
-from rnnjax.kernels import BACKENDS, choose_backend, fused_cpu
+from rnnjax.kernels import BACKENDS, choose_backend, fused, fused_cpu
 from rnnjax.kernels.auto import TABLE
 from rnnjax.kernels.fused import sum_outer
 
@@ -48,15 +48,6 @@ def value_and_vjp(cell, backends, params, xs, carry, cotangents, **options):
 
     go = jax.jit(lambda *args: [one(b, *args) for b in backends])
     return go(params, xs, carry, cotangents)
-
-
-def assert_close(got, want, rtol):
-    """Every leaf within rtol of the reference, relative to the leaf's largest magnitude."""
-    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
-        assert g.shape == w.shape
-        scale = float(jnp.max(jnp.abs(w))) + 1e-30
-        err = float(jnp.max(jnp.abs(g.astype(jnp.float32) - w.astype(jnp.float32))))
-        assert err <= rtol * scale, f"max error {err:.3g} > {rtol} x {scale:.3g}"
 
 
 def random_problem(cell, params, key, batch=(B,), lengths=False):
@@ -301,3 +292,24 @@ def test_fused_saves_less_than_scan():
     # fused keeps gates (4H) + c_{t-1} (H) per step: its residuals are bounded by 5 H floats
     # per step and row plus the loop buffers; scan's autodiff keeps more.
     assert fused < scan, (fused, scan)
+
+
+@pytest.mark.parametrize(
+    "name, reads",
+    [("lstm", False), ("lstm_peephole", False), ("simple_rnn", False), ("gru", True)],
+)
+def test_fused_keeps_the_outputs_only_where_pointwise_reads_h(name, reads):
+    """The LSTM's and the Simple RNN's step read h_{t-1} only through h_{t-1} W, so their
+    backward recomputes h instead of keeping the (T, N, H) outputs; the GRU's reads h."""
+    cell = CELL_FACTORIES[name](6)
+    params = cell.init(jax.random.key(0), 3)
+    s = cell.structure
+    carry = cell.initial_carry(params, (2,))
+    leaves, treedef = jax.tree.flatten(carry)
+    px = jnp.ones((4, 2, s.gates * 6))
+    up = tuple(s.unit_params(params))
+    assert fused.reads_h(s, treedef, up, tuple(leaves), px) is reads
+    _, residuals = fused._fused_fwd(
+        s, treedef, 1, s.recurrent_weights(params), up, px, tuple(leaves), None
+    )
+    assert (residuals[3] is not None) is reads

@@ -9,7 +9,9 @@ what cuDNN does (Appleyard et al. 2016), for ANY cell in the structured form
   once; the input side ``x_t U + b`` is already hoisted by the driver) and the cell's own
   ``pointwise``; it saves only what the backward needs to recompute ``pointwise``: for each
   *tied* gate block (px_k and hw_k enter only as their sum) the sum z_k = px_k + hw_k, for the
-  others px_k and hw_k, and the carry leaves other than h (h_{t-1} is the previous output);
+  others px_k and hw_k, and the carry leaves other than h; h_{t-1} is the previous output,
+  kept only where ``pointwise`` reads h itself (the GRU) — elsewhere (the LSTM, the Simple
+  RNN) the backward recomputes each h_t, which the step's VJP evaluates anyway (`reads_h`);
 - backward: one reverse `lax.scan` that carries the carry's cotangent and, per step, runs the
   VJP of ``pointwise`` (recomputing the element-wise part from what the forward saved) and
   ``dh_{t-1} += dhw_t Wᵀ``; the per-unit parameters' gradients are summed in the loop carry;
@@ -25,7 +27,10 @@ Lengths freeze the carry and zero the output at t >= length. ``remat=True`` is r
 fused loop already stores only the gate pre-activations and carries; ``backend="scan"`` with
 ``remat=True`` stores carries only; with ``unroll(..., chunk=k, remat=True)`` the driver
 checkpoints whole chunks around this backend). Memory per step: N·(G + S·H) numbers for tied gates
-(an LSTM saves z (N, 4H) and c_{t-1} (N, H)), plus N·H per untied block (the GRU's candidate).
+(an LSTM saves z (N, 4H) and c_{t-1} (N, H)), plus N·H per untied block (the GRU's candidate),
+plus the output where h is kept. Inside ``unroll(..., chunk=k)``'s scan the kept outputs
+would be a second copy of the stacked outputs (the scan stacks residuals apart from outputs),
+which is why the LSTM's are not kept.
 
 References:
     Appleyard, Kočiský & Blunsom, "Optimizing performance of recurrent neural networks on
@@ -161,9 +166,34 @@ def fused_loop(s: Structure, treedef, unroll: int, W, up, px, leaves: Leaves, le
     return final, ys
 
 
+def reads_h(s: Structure, treedef, up, leaves: Leaves, px: Array) -> bool:
+    """Whether ``pointwise`` reads h_{t-1} itself, not only through hw = h_{t-1} W.
+
+    The GRU's does (h_t = (1 − z) n + z h_{t−1}), the LSTM's and the Simple RNN's do not: for
+    those the backward loop recomputes each step's h_t (the step's VJP evaluates the step
+    anyway) instead of keeping the outputs as h_{t-1}. Read off the traced ``pointwise``:
+    conservative, any use of h counts.
+    """
+    pointwise = _pointwise_flat(s, treedef)
+    px_b = split_blocks(px[0], s.gates)  # K x (N, H)
+
+    def step(h):
+        return pointwise(up, (h, *leaves[1:]), px_b, px_b if s.recurrent_weights else None)
+
+    jaxpr = jax.make_jaxpr(step)(leaves[0]).jaxpr
+    h = jaxpr.invars[0]
+    return any(h is v for eqn in jaxpr.eqns for v in eqn.invars) or any(
+        h is v for v in jaxpr.outvars
+    )
+
+
 def _fused_fwd(s, treedef, unroll, W, up, px, leaves, lengths):
     final, ys, saved = forward_loop(s, treedef, unroll, W, up, px, leaves, lengths, save=True)
-    return (final, ys), (W, up, saved, ys, leaves[0], lengths)
+    # the outputs as h_{t-1} only where pointwise reads h: an extra (T, N, H) residual when
+    # the loop runs chunk by chunk inside a scan (`unroll(..., chunk=k)`), whose stacked
+    # residuals are a copy of its stacked outputs
+    kept = ys if reads_h(s, treedef, up, leaves, px) else None
+    return (final, ys), (W, up, saved, kept, leaves[0], lengths)
 
 
 def _fused_bwd(s, treedef, unroll, residuals, cotangents):
@@ -174,7 +204,13 @@ def _fused_bwd(s, treedef, unroll, residuals, cotangents):
     has_w = W is not None
     # h_{t-1} for every t. With lengths the valid steps are a prefix, so wherever the step is
     # valid its previous state is the previous output (elsewhere the gradient is masked).
-    h_prev = jnp.concatenate([h0[None], ys[:-1]], axis=0)  # (T, N, H)
+    # Without the outputs (pointwise does not read h) the loop feeds zeros for h_{t-1} and
+    # writes each step's recomputed h_t where step t+1 reads it, into a buffer carried in
+    # place.
+    T = dys.shape[0]
+    h_prev = None if ys is None else jnp.concatenate([h0[None], ys[:-1]], axis=0)  # (T, N, H)
+    no_h = jnp.zeros_like(h0)  # (N, H)
+    recomputed = None if ys is not None else jnp.zeros((T, *h0.shape), h0.dtype).at[0].set(h0)
     W_t = W.T if has_w else None  # (K·H, H), transposed once outside the loop
     # The per-unit parameters' gradients are summed over the batch once, after the loop: the
     # step's VJP runs per row (vmap), so its d up is (N, H) and the loop only adds it up.
@@ -184,15 +220,15 @@ def _fused_bwd(s, treedef, unroll, residuals, cotangents):
     pointwise_rows = jax.vmap(pointwise)
 
     def body(acc, inputs):
-        dleaves, dup = acc
+        dleaves, dup, recomputed = acc
         saved_t, h_prev_t, dy_t, t = inputs
         px_b, hw_b, others_t = _unpack(s, saved_t, has_w, h0.shape[-1], widths)
-        prev = (h_prev_t, *others_t)
+        prev = (no_h if h_prev_t is None else h_prev_t, *others_t)
         cot = (dleaves, dy_t)
         if lengths is not None:
             valid = (t < lengths)[:, None]  # (N, 1)
             cot = jax.tree.map(lambda d: jnp.where(valid, d, jnp.zeros_like(d)), cot)
-        _, vjp = jax.vjp(pointwise_rows, up_rows, prev, px_b, hw_b)
+        (_, h_t), vjp = jax.vjp(pointwise_rows, up_rows, prev, px_b, hw_b)
         dup_t, dprev, dpx_b, dhw_b = vjp(cot)
         dprev = list(dprev)
         if W_t is not None:
@@ -203,16 +239,23 @@ def _fused_bwd(s, treedef, unroll, residuals, cotangents):
         dpx_t = jnp.concatenate(dpx_b, axis=-1) if s.gates > 1 else dpx_b[0]  # (N, G)
         untied = tuple(dhw_b[k] for k in range(s.gates) if has_w and not s.tied[k])
         dup = jax.tree.map(jnp.add, dup, dup_t)
-        return (tuple(dprev), dup), (dpx_t, untied)
+        if recomputed is not None:  # h_t is step t+1's h_{t-1}; the last step's is unused
+            at = jnp.minimum(t + 1, T - 1)
+            kept = jax.lax.dynamic_index_in_dim(recomputed, at, axis=0, keepdims=False)
+            h_next = jnp.where(t + 1 < T, h_t, kept)  # (N, H)
+            recomputed = jax.lax.dynamic_update_index_in_dim(recomputed, h_next, at, axis=0)
+        return (tuple(dprev), dup, recomputed), (dpx_t, untied)
 
-    steps = jnp.arange(ys.shape[0])  # (T,)
-    (dleaves0, dup), (dpx, dhw_untied) = jax.lax.scan(
+    steps = jnp.arange(T)  # (T,)
+    (dleaves0, dup, recomputed), (dpx, dhw_untied) = jax.lax.scan(
         body,
-        (tuple(dfinal), zeros_up),
+        (tuple(dfinal), zeros_up, recomputed),
         (saved, h_prev, dys, steps),
         reverse=True,
         unroll=unroll,
     )  # dpx: (T, N, G)
+    h_prev = recomputed if h_prev is None else h_prev  # (T, N, H)
+    assert h_prev is not None
     dW = None
     if has_w:
         # dhw = dpx on the tied blocks; the untied blocks came out of the loop separately.
