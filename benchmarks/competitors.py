@@ -71,6 +71,7 @@ RNNJAX_MEMORY_EXTRA = (
     "rnnjax:fused:chunk=100",
     "rnnjax:fused:chunk=50",
     "rnnjax:fused:chunk=100:remat=1",
+    "rnnjax:fused_cpu:chunk=50",
 )
 
 

@@ -528,7 +528,7 @@ ffi::Error LstmBackward(ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> gates,
                         ffi::Buffer<ffi::F32> dh_t, ffi::Buffer<ffi::F32> dc_t,
                         ffi::Buffer<ffi::S32> lengths, ffi::ResultBuffer<ffi::F32> dpx,
                         ffi::ResultBuffer<ffi::F32> dh_out, ffi::ResultBuffer<ffi::F32> dc_out,
-                        int64_t threads) {
+                        ffi::ResultBuffer<ffi::F32> hseq, int64_t threads) {
   const auto dims = gates.dimensions();
   const int64_t T = dims[0], N = dims[1], G = dims[2], H = G / 4;
   const float* A = gates.typed_data();
@@ -537,8 +537,14 @@ ffi::Error LstmBackward(ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> gates,
   const int32_t* len = lengths.typed_data();
   float* dh = dh_out->typed_data();
   float* dc = dc_out->typed_data();
+  float* HS = hseq->typed_data();  // h_t recomputed, as the forward wrote ys (zero past length)
   std::copy(dh_t.typed_data(), dh_t.typed_data() + N * H, dh);
   std::copy(dc_t.typed_data(), dc_t.typed_data() + N * H, dc);
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t t = std::max<int64_t>(len[n], 0); t < T; ++t) {
+      std::fill(HS + (t * N + n) * H, HS + (t * N + n + 1) * H, 0.0f);
+    }
+  }
   auto step = [&](int64_t t, int64_t n, float* __restrict__ dz, float* __restrict__ dzs,
                   int64_t u0, int64_t Hp) {
     const float* __restrict__ a = A + (t * N + n) * G + u0;
@@ -546,11 +552,13 @@ ffi::Error LstmBackward(ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> gates,
     const float* __restrict__ dy = DY + (t * N + n) * H + u0;
     float* __restrict__ dhn = dh + n * H + u0;
     float* __restrict__ dcn = dc + n * H + u0;
+    float* __restrict__ hs = HS + (t * N + n) * H + u0;
 #pragma GCC ivdep
     for (int64_t j = 0; j < Hp; ++j) {
       const float i = a[j], f = a[H + j], g = a[2 * H + j], o = a[3 * H + j];
       const float cj = f * cp[j] + i * g;
       const float tc = fast_tanh(cj);
+      hs[j] = o * tc;  // h_t, for dW after the loop (the outputs are not kept)
       const float dhj = dhn[j] + dy[j];
       const float dcj = dcn[j] + dhj * o * (1.0f - tc * tc);
       dz[j] = dzs[j] = dcj * g * i * (1.0f - i);
@@ -679,6 +687,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnjaxLstmBackward, LstmBackward,
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dpx (T, N, G)
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dh0 (N, H)
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dc0 (N, H)
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // hseq (T, N, H)
                                   .Attr<int64_t>("threads"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnjaxGruForward, GruForward,

@@ -5,9 +5,11 @@ and runs the gate maths inside the loop as small fusions several times slower pe
 than over a whole array. This backend runs the forward loop and the backward loop each as one
 C++ call (``fused_cpu.cc``), with the same `jax.custom_vjp` structure as ``"fused"``
 (`rnnjax.kernels.fused`): the forward saves the activated gates and the incoming cell states,
-the backward carries only (dh, dc) and returns d px, and dW = Σ_t h_{t-1}ᵀ dg_t is one
-matmul after the backward call — a third C++ call (`weight_gradient`), which reads h_{t-1}
-where the forward wrote it instead of the transposed copies XLA makes for that matmul. Each
+the backward carries only (dh, dc) and returns d px — the LSTM's also each h_t, recomputed as
+the forward computed it, so that its outputs are not kept for the backward (the GRU's step
+reads h_{t-1}, and keeps them) — and dW = Σ_t h_{t-1}ᵀ dg_t is one matmul after the backward
+call — a third C++ call (`weight_gradient`), which reads h_{t-1} where the loop wrote it
+instead of the transposed copies XLA makes for that matmul. Each
 step's (N, H) x (H, K·H) matmul is register-blocked over a
 copy of W packed in column panels; at large batch a team of threads splits the hidden units
 (`team_size`: one barrier per step), at small batch one thread runs the loop.
@@ -208,16 +210,18 @@ def _loop_fwd(structure, W, px, h0, c0, lengths):
     del structure  # the C++ loop restates it
     lengths = _every_step(lengths, px)  # (N,)
     ys, gates, c_prev, hT, cT = _forward(W, px, h0, c0, lengths)
-    return (hT, cT, ys), (W, gates, c_prev, ys, h0, lengths)
+    # not ys: the backward recomputes h_t = o_t tanh(c_t), which it evaluates anyway (inside
+    # `unroll(..., chunk=k)`'s scan a kept ys would be a second copy of the stacked outputs)
+    return (hT, cT, ys), (W, gates, c_prev, h0, lengths)
 
 
 def _loop_bwd(structure, residuals, cotangents):
-    W, gates, c_prev, ys, h0, lengths = residuals
+    W, gates, c_prev, h0, lengths = residuals
     dhT, dcT, dys = cotangents
-    out = _shapes(gates.shape, h0.shape, h0.shape)
+    out = _shapes(gates.shape, h0.shape, h0.shape, dys.shape)
     call = _call("RnnjaxLstmBackward", out, team_size(*h0.shape))
-    dpx, dh0, dc0 = call(W, gates, c_prev, dys, dhT, dcT, lengths)
-    return weight_gradient(h0, ys, dpx), dpx, dh0, dc0, None
+    dpx, dh0, dc0, hseq = call(W, gates, c_prev, dys, dhT, dcT, lengths)
+    return weight_gradient(h0, hseq, dpx), dpx, dh0, dc0, None
 
 
 lstm_loop.defvjp(_loop_fwd, _loop_bwd)
