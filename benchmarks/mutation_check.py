@@ -325,7 +325,23 @@ MUTATIONS: tuple[Mutation, ...] = (
         "fused backward: past the length the carry's cotangent passes negated",
         f"{BACKENDS}::test_fused_equals_scan_with_lengths_and_reverse[lstm]",
     ),
+    _m(
+        "fused.bwd_recomputed_h",
+        "rnnjax/kernels/fused.py",
+        "h_next = jnp.where(t + 1 < T, h_t, kept)  # (N, H)",
+        "h_next = jnp.where(t + 1 < T, -h_t, kept)  # (N, H)",
+        "fused backward: the recomputed h_t that dW reads as h_{t-1} negated (LSTM)",
+        f"{BACKENDS}::test_fused_equals_scan[lstm]",
+    ),
     # ---- "fused_cpu": the C++ backward loops and their wrapper -----------------------------
+    _m(
+        "fused_cpu.lstm_bwd_recomputed_h",
+        "rnnjax/kernels/fused_cpu.cc",
+        "hs[j] = o * tc;",
+        "hs[j] = -o * tc;",
+        "C++ LSTM backward: the recomputed h_t that dW reads as h_{t-1} negated",
+        f"{BACKENDS}::test_fused_cpu_equals_scan[lstm]",
+    ),
     _m(
         "fused_cpu.lstm_bwd_forget_sign",
         "rnnjax/kernels/fused_cpu.cc",
