@@ -296,20 +296,25 @@ def test_fused_saves_less_than_scan():
 
 @pytest.mark.parametrize(
     "name, reads",
-    [("lstm", False), ("lstm_peephole", False), ("simple_rnn", False), ("gru", True)],
+    [
+        ("lstm", False),
+        ("lstm_peephole", False),
+        ("simple_rnn", False),
+        ("gru", True),
+        ("diagonal_linear_rnn", True),  # no recurrent matmul: h_t = a ⊙ h_{t-1} + b
+    ],
 )
 def test_fused_keeps_the_outputs_only_where_pointwise_reads_h(name, reads):
     """The LSTM's and the Simple RNN's step read h_{t-1} only through h_{t-1} W, so their
     backward recomputes h instead of keeping the (T, N, H) outputs; the GRU's reads h."""
-    cell = CELL_FACTORIES[name](6)
+    cell = CELL_FACTORIES[name](6) if name in CELL_FACTORIES else getattr(rj, name)(6)
     params = cell.init(jax.random.key(0), 3)
     s = cell.structure
     carry = cell.initial_carry(params, (2,))
     leaves, treedef = jax.tree.flatten(carry)
     px = jnp.ones((4, 2, s.gates * 6))
     up = tuple(s.unit_params(params))
-    assert fused.reads_h(s, treedef, up, tuple(leaves), px) is reads
-    _, residuals = fused._fused_fwd(
-        s, treedef, 1, s.recurrent_weights(params), up, px, tuple(leaves), None
-    )
+    W = s.recurrent_weights(params)
+    assert fused.reads_h(s, treedef, up, tuple(leaves), px, W is not None) is reads
+    _, residuals = fused._fused_fwd(s, treedef, 1, W, up, px, tuple(leaves), None)
     assert (residuals[3] is not None) is reads

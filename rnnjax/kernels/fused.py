@@ -166,7 +166,7 @@ def fused_loop(s: Structure, treedef, unroll: int, W, up, px, leaves: Leaves, le
     return final, ys
 
 
-def reads_h(s: Structure, treedef, up, leaves: Leaves, px: Array) -> bool:
+def reads_h(s: Structure, treedef, up, leaves: Leaves, px: Array, has_w: bool) -> bool:
     """Whether ``pointwise`` reads h_{t-1} itself, not only through hw = h_{t-1} W.
 
     The GRU's does (h_t = (1 − z) n + z h_{t−1}), the LSTM's and the Simple RNN's do not: for
@@ -178,7 +178,7 @@ def reads_h(s: Structure, treedef, up, leaves: Leaves, px: Array) -> bool:
     px_b = split_blocks(px[0], s.gates)  # K x (N, H)
 
     def step(h):
-        return pointwise(up, (h, *leaves[1:]), px_b, px_b if s.recurrent_weights else None)
+        return pointwise(up, (h, *leaves[1:]), px_b, px_b if has_w else None)  # hw: any (N, H)
 
     jaxpr = jax.make_jaxpr(step)(leaves[0]).jaxpr
     h = jaxpr.invars[0]
@@ -192,7 +192,7 @@ def _fused_fwd(s, treedef, unroll, W, up, px, leaves, lengths):
     # the outputs as h_{t-1} only where pointwise reads h: an extra (T, N, H) residual when
     # the loop runs chunk by chunk inside a scan (`unroll(..., chunk=k)`), whose stacked
     # residuals are a copy of its stacked outputs
-    kept = ys if reads_h(s, treedef, up, leaves, px) else None
+    kept = ys if reads_h(s, treedef, up, leaves, px, W is not None) else None
     return (final, ys), (W, up, saved, kept, leaves[0], lengths)
 
 
