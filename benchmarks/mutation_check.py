@@ -343,6 +343,14 @@ MUTATIONS: tuple[Mutation, ...] = (
         f"{BACKENDS}::test_fused_cpu_equals_scan[lstm]",
     ),
     _m(
+        "fused_cpu.team_affinity_restored",
+        "rnnjax/kernels/fused_cpu.cc",
+        "if (pinned_) pthread_setaffinity_np(pthread_self(), sizeof(allowed_), &allowed_);",
+        "(void)allowed_;",
+        "C++ team: the calling thread left pinned to one CPU after the loop",
+        f"{BACKENDS}::test_fused_cpu_team_leaves_thread_affinity_as_it_was[lstm]",
+    ),
+    _m(
         "fused_cpu.lstm_bwd_forget_sign",
         "rnnjax/kernels/fused_cpu.cc",
         "dzs[H + j] = dcj * cp[j] * f * (1.0f - f);",

@@ -4,6 +4,7 @@ bidirectional layers; and the fused backward has the structure it promises."""
 
 import os
 import shutil
+from pathlib import Path
 
 import jax
 import jax.extend
@@ -174,6 +175,35 @@ def test_fused_cpu_weight_gradient_equals_the_matmul(T, N, H, G, threads, rng, m
     want = sum_outer(jnp.concatenate([h0[None], hseq[:-1]]), d)  # (H, G)
     got = jax.jit(fused_cpu.weight_gradient)(h0, hseq, d)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+def _thread_affinities() -> set[str]:
+    """The CPUs each thread of this process may run on ("0-1", ...), as Linux lists them."""
+    lists = set()
+    for status in Path("/proc/self/task").glob("*/status"):
+        for line in status.read_text().splitlines():
+            if line.startswith("Cpus_allowed_list:"):
+                lists.add(line.split()[1])
+    return lists
+
+
+@needs_gxx
+@pytest.mark.skipif(
+    not Path("/proc/self/task").exists() or len(os.sched_getaffinity(0)) < 2,
+    reason="thread placement: Linux with at least two CPUs",
+)
+@pytest.mark.parametrize("name", ["lstm", "gru"])
+def test_fused_cpu_team_leaves_thread_affinity_as_it_was(name, rng, monkeypatch):
+    """A team pins each of its threads to its own CPU while it runs — the caller included, an
+    XLA worker thread — and gives the caller its own set back: afterwards no thread of the
+    process is left on one CPU, forward and backward calls alike."""
+    monkeypatch.setenv("RNNJAX_CPU_THREADS", "2")
+    cell = CELL_FACTORIES[name](40)  # three registers of units: a team of two
+    params = cell.init(rng, D)
+    xs, carry, ct, opts = random_problem(cell, params, rng, batch=(3,))
+    before = _thread_affinities()
+    value_and_vjp(cell, ("fused_cpu",), params, xs, carry, ct, **opts)
+    assert _thread_affinities() == before
 
 
 def test_fused_cpu_team_size(monkeypatch):
