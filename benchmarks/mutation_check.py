@@ -391,12 +391,12 @@ MUTATIONS: tuple[Mutation, ...] = (
         f"{BACKENDS}::test_fused_cpu_equals_scan[gru]",
     ),
     _m(
-        "fused_cpu.weight_gradient_shift",
+        "fused_cpu.lstm_bwd_h_prev_shift",
         "rnnjax/kernels/fused_cpu.cc",
-        "weight_gradient_part(hseq.typed_data(), (T - 1) * N, H, d.typed_data() + N * G, G, col0,",
-        "weight_gradient_part(hseq.typed_data(), (T - 1) * N, H, d.typed_data(), G, col0,",
-        "fused_cpu dW: h_{t-1} paired with d_{t-1} instead of d_t",
-        f"{BACKENDS}::test_fused_cpu_weight_gradient_equals_the_matmul",
+        "(t + 1 < T ? HP + ((t + 1) * N + n) * H",
+        "(t + 1 < T ? HP + (t * N + n) * H",
+        "C++ LSTM backward: h_t written as step t's h_{t-1} (dW pairs h_t with d_t)",
+        f"{BACKENDS}::test_fused_cpu_equals_scan[lstm]",
     ),
     # ---- "pallas": the persistent backward kernel (shared by "pallas_verified") ------------
     _m(

@@ -12,11 +12,12 @@
 // of its units, one barrier, then its columns of dh_{t-1} = dz_t Wᵀ.
 //
 // Forward  (px, W, h0, c0, lengths) -> (ys, gates, c_prev, hT, cT)
-// Backward (W, gates, c_prev, dys, dhT, dcT, lengths) -> (dpx, dh0, dc0)
+// Backward (W, gates, c_prev, dys, dhT, dcT, lengths, h0) -> (dpx, dh0, dc0, h_prev)
 // with the conventions of rnnjax/cells/lstm.py (lstm_pointwise): gates (i, f, g, o) activated, c_prev
 // the incoming cell state, steps t >= lengths[n] freeze the carry and output zeros. dW is one
-// matmul after the backward call, Σ_t h_{t-1}ᵀ dpx_t (the GRU's d(h W)_t), a third call:
-// WeightGradient (h0, hseq, d) -> dW. The attribute `threads` is the team's size
+// matmul after the backward call (in XLA), Σ_t h_{t-1}ᵀ dpx_t (the GRU's d(h W)_t): the LSTM's
+// backward recomputes each h_t and writes it where that matmul reads h_t as h_{(t+1)-1}, after
+// h0, so that the matmul reads h_prev as it is. The attribute `threads` is the team's size
 // (rnnjax/kernels/fused_cpu.py chooses it).
 
 #include <algorithm>
@@ -117,19 +118,15 @@ typedef float vreg __attribute__((vector_size(4 * kLanes)));
 int64_t padded(int64_t width) { return width + kLanes; }
 
 // C[r, 0:V·kLanes] = Σ_k A[r, k] · panel[k, :] for r < MR: MR x V accumulators in registers,
-// the panel (K, V·kLanes) contiguous, A's entries broadcast. kTransA: A[r, k] is read at
-// A[k·lda + r] (A stored transposed: the MR entries of a k are contiguous). kAccumulate: C +=.
-template <int MR, bool kTransA = false, bool kAccumulate = false, int V = kVecs>
+// the panel (K, V·kLanes) contiguous, A's entries broadcast.
+template <int MR, int V = kVecs>
 inline void micro_kernel(const float* __restrict__ A, int64_t lda, int64_t K,
                          const float* __restrict__ panel, float* __restrict__ C, int64_t ldc) {
   vreg acc[MR][V];
 #pragma GCC unroll 16
   for (int r = 0; r < MR; ++r) {
 #pragma GCC unroll 4
-    for (int v = 0; v < V; ++v) {
-      acc[r][v] = vreg{};
-      if constexpr (kAccumulate) std::memcpy(&acc[r][v], C + r * ldc + v * kLanes, sizeof(vreg));
-    }
+    for (int v = 0; v < V; ++v) acc[r][v] = vreg{};
   }
   for (int64_t k = 0; k < K; ++k) {
     vreg b[V];
@@ -137,7 +134,7 @@ inline void micro_kernel(const float* __restrict__ A, int64_t lda, int64_t K,
     for (int v = 0; v < V; ++v) std::memcpy(&b[v], panel + (k * V + v) * kLanes, sizeof(vreg));
 #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) {
-      const float a = kTransA ? A[k * lda + r] : A[r * lda + k];
+      const float a = A[r * lda + k];
 #pragma GCC unroll 4
       for (int v = 0; v < V; ++v) acc[r][v] += a * b[v];
     }
@@ -149,14 +146,13 @@ inline void micro_kernel(const float* __restrict__ A, int64_t lda, int64_t K,
   }
 }
 
-// `rows` <= MR rows: micro_kernel with MR = rows. A points at the first of them
-// (for kTransA, at its column).
-template <int MR, bool kTransA = false, bool kAccumulate = false, int V = kVecs>
+// `rows` <= MR rows: micro_kernel with MR = rows. A points at the first of them.
+template <int MR, int V = kVecs>
 void rows_tail(const float* A, int64_t lda, int64_t K, const float* panel, float* C,
                int64_t ldc, int rows) {
   if constexpr (MR > 0) {
-    if (rows == MR) return micro_kernel<MR, kTransA, kAccumulate, V>(A, lda, K, panel, C, ldc);
-    rows_tail<MR - 1, kTransA, kAccumulate, V>(A, lda, K, panel, C, ldc, rows);
+    if (rows == MR) return micro_kernel<MR, V>(A, lda, K, panel, C, ldc);
+    rows_tail<MR - 1, V>(A, lda, K, panel, C, ldc, rows);
   }
 }
 
@@ -166,11 +162,11 @@ void panel_times(const float* A, int64_t lda, int64_t M, int64_t K, const float*
                  float* C, int64_t ldc) {
   int64_t r = 0;
   for (; r + kRows <= M; r += kRows) {
-    micro_kernel<kRows, false, false, V>(A + r * lda, lda, K, panel, C + r * ldc, ldc);
+    micro_kernel<kRows, V>(A + r * lda, lda, K, panel, C + r * ldc, ldc);
   }
   if (r < M) {
-    rows_tail<kRows - 1, false, false, V>(A + r * lda, lda, K, panel, C + r * ldc, ldc,
-                                          static_cast<int>(M - r));
+    rows_tail<kRows - 1, V>(A + r * lda, lda, K, panel, C + r * ldc, ldc,
+                            static_cast<int>(M - r));
   }
 }
 
@@ -447,85 +443,6 @@ void backward_loop(int64_t T, int64_t N, int64_t H, int gates, const float* W,
   });
 }
 
-// ---- dW = Σ_t h_{t-1}ᵀ d_t: one matmul after the backward loop --------------------------
-// (H, G) = h_prevᵀ (H, T·N) · d (T·N, G), with h_prev's rows (t, n) = h0 for t = 0, else
-// hseq[t - 1]: two sums over k = (t, n), the first over h0 and d_0, the second over
-// hseq[0 : T-1] and d[1 : T]. The team splits G's columns in whole panels (no barrier). Each
-// thread takes kDepth rows k at a time: it packs its columns of d in panels (kDepth, NR), one
-// of which stays in L1 while every row block of dW uses it, and h_prev's rows in blocks of
-// kRows units, (kDepth, kRows) contiguous (h_prev (K, H) is Aᵀ: the micro-kernel reads it
-// transposed), then accumulates its (H, columns) block of dW.
-constexpr int64_t kDepth = 128;
-
-void weight_gradient_part(const float* h_prev, int64_t K, int64_t H, const float* d, int64_t G,
-                          int64_t col0, int64_t cols, bool first, Floats& panels, Floats& rows,
-                          float* C, int64_t ldc) {
-  const int64_t n_panels = (cols + NR - 1) / NR;
-  const int64_t n_blocks = (H + kRows - 1) / kRows;
-  for (int64_t k0 = 0; k0 < K; k0 += kDepth) {
-    const int64_t depth = std::min(kDepth, K - k0);
-    for (int64_t k = 0; k < depth; ++k) {  // row k0 + k of d and of h_prev, read in order
-      const float* d_row = d + (k0 + k) * G + col0;
-      for (int64_t b = 0; b < n_panels; ++b) {  // panel b: columns col0 + b·NR.., (depth, NR)
-        const int64_t width = std::min(NR, cols - b * NR);
-        float* dst = panels.data() + (b * kDepth + k) * NR;
-        std::copy(d_row + b * NR, d_row + b * NR + width, dst);
-        std::fill(dst + width, dst + NR, 0.0f);
-      }
-      const float* h_row = h_prev + (k0 + k) * H;
-      for (int64_t q = 0; q < n_blocks; ++q) {  // block q: units q·kRows.., (depth, kRows)
-        const int64_t units = std::min<int64_t>(kRows, H - q * kRows);
-        std::copy(h_row + q * kRows, h_row + q * kRows + units,
-                  rows.data() + (q * kDepth + k) * kRows);
-      }
-    }
-    for (int64_t b = 0; b < n_panels; ++b) {
-      const float* panel = panels.data() + b * kDepth * NR;
-      for (int64_t q = 0; q < n_blocks; ++q) {
-        const float* A = rows.data() + q * kDepth * kRows;
-        float* Cq = C + q * kRows * ldc + b * NR;
-        const int units = static_cast<int>(std::min<int64_t>(kRows, H - q * kRows));
-        if (first && k0 == 0) {
-          rows_tail<kRows, true, false>(A, kRows, depth, panel, Cq, ldc, units);
-        } else {
-          rows_tail<kRows, true, true>(A, kRows, depth, panel, Cq, ldc, units);
-        }
-      }
-    }
-  }
-}
-
-ffi::Error WeightGradient(ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> hseq,
-                          ffi::Buffer<ffi::F32> d, ffi::ResultBuffer<ffi::F32> dw,
-                          int64_t threads) {
-  const auto dims = d.dimensions();
-  if (dims.size() != 3) return ffi::Error::InvalidArgument("d must be (T, N, G)");
-  const int64_t T = dims[0], N = dims[1], G = dims[2];
-  const int64_t H = h0.dimensions().back();
-  float* out = dw->typed_data();
-  std::fill(out, out + H * G, 0.0f);
-  if (T == 0 || N == 0) return ffi::Error::Success();
-  const int64_t n_panels = (G + NR - 1) / NR;
-  const int P = static_cast<int>(std::max<int64_t>(1, std::min(threads, n_panels)));
-  run_team(P, [&](int p, Barrier&) {
-    const int64_t b0 = n_panels * p / P, b1 = n_panels * (p + 1) / P;
-    const int64_t col0 = b0 * NR, cols = std::min(G, b1 * NR) - col0;
-    if (cols <= 0) return;
-    const int64_t ldc = (b1 - b0) * NR;
-    const int64_t n_blocks = (H + kRows - 1) / kRows;
-    Floats C(n_blocks * kRows * ldc), panels((b1 - b0) * kDepth * NR);
-    Floats rows(n_blocks * kDepth * kRows);
-    weight_gradient_part(h0.typed_data(), N, H, d.typed_data(), G, col0, cols, true, panels,
-                         rows, C.data(), ldc);  // t = 0: h0ᵀ d_0
-    weight_gradient_part(hseq.typed_data(), (T - 1) * N, H, d.typed_data() + N * G, G, col0,
-                         cols, false, panels, rows, C.data(), ldc);  // t >= 1: hseq[t-1]ᵀ d_t
-    for (int64_t i = 0; i < H; ++i) {
-      std::copy(&C[i * ldc], &C[i * ldc] + cols, out + i * G + col0);
-    }
-  });
-  return ffi::Error::Success();
-}
-
 ffi::Error LstmForward(ffi::Buffer<ffi::F32> px, ffi::Buffer<ffi::F32> w,
                        ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0,
                        ffi::Buffer<ffi::S32> lengths, ffi::ResultBuffer<ffi::F32> ys,
@@ -581,9 +498,10 @@ ffi::Error LstmForward(ffi::Buffer<ffi::F32> px, ffi::Buffer<ffi::F32> w,
 ffi::Error LstmBackward(ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> gates,
                         ffi::Buffer<ffi::F32> c_prev, ffi::Buffer<ffi::F32> dys,
                         ffi::Buffer<ffi::F32> dh_t, ffi::Buffer<ffi::F32> dc_t,
-                        ffi::Buffer<ffi::S32> lengths, ffi::ResultBuffer<ffi::F32> dpx,
-                        ffi::ResultBuffer<ffi::F32> dh_out, ffi::ResultBuffer<ffi::F32> dc_out,
-                        ffi::ResultBuffer<ffi::F32> hseq, int64_t threads) {
+                        ffi::Buffer<ffi::S32> lengths, ffi::Buffer<ffi::F32> h0,
+                        ffi::ResultBuffer<ffi::F32> dpx, ffi::ResultBuffer<ffi::F32> dh_out,
+                        ffi::ResultBuffer<ffi::F32> dc_out, ffi::ResultBuffer<ffi::F32> h_prev,
+                        int64_t threads) {
   const auto dims = gates.dimensions();
   const int64_t T = dims[0], N = dims[1], G = dims[2], H = G / 4;
   const float* A = gates.typed_data();
@@ -592,14 +510,18 @@ ffi::Error LstmBackward(ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> gates,
   const int32_t* len = lengths.typed_data();
   float* dh = dh_out->typed_data();
   float* dc = dc_out->typed_data();
-  float* HS = hseq->typed_data();  // h_t recomputed, as the forward wrote ys (zero past length)
+  // h_{t-1} for dW: h0, then h_t recomputed at t + 1 (as the forward wrote ys: zero past
+  // the length; h_{T-1} is not needed)
+  float* HP = h_prev->typed_data();
+  std::copy(h0.typed_data(), h0.typed_data() + N * H, HP);
   std::copy(dh_t.typed_data(), dh_t.typed_data() + N * H, dh);
   std::copy(dc_t.typed_data(), dc_t.typed_data() + N * H, dc);
   for (int64_t n = 0; n < N; ++n) {
-    for (int64_t t = std::max<int64_t>(len[n], 0); t < T; ++t) {
-      std::fill(HS + (t * N + n) * H, HS + (t * N + n + 1) * H, 0.0f);
+    for (int64_t t = std::max<int64_t>(len[n], 0); t + 1 < T; ++t) {
+      std::fill(HP + ((t + 1) * N + n) * H, HP + ((t + 1) * N + n + 1) * H, 0.0f);
     }
   }
+  Floats last(N * H);  // h_{T-1}, which no step reads as its h_{t-1}
   auto step = [&](int64_t t, int64_t n, float* __restrict__ dz, float* __restrict__ dzs,
                   int64_t u0, int64_t Hp) {
     const float* __restrict__ a = A + (t * N + n) * G + u0;
@@ -607,13 +529,13 @@ ffi::Error LstmBackward(ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> gates,
     const float* __restrict__ dy = DY + (t * N + n) * H + u0;
     float* __restrict__ dhn = dh + n * H + u0;
     float* __restrict__ dcn = dc + n * H + u0;
-    float* __restrict__ hs = HS + (t * N + n) * H + u0;
+    float* __restrict__ hs = (t + 1 < T ? HP + ((t + 1) * N + n) * H : last.data() + n * H) + u0;
 #pragma GCC ivdep
     for (int64_t j = 0; j < Hp; ++j) {
       const float i = a[j], f = a[H + j], g = a[2 * H + j], o = a[3 * H + j];
       const float cj = f * cp[j] + i * g;
       const float tc = fast_tanh(cj);
-      hs[j] = o * tc;  // h_t, for dW after the loop (the outputs are not kept)
+      hs[j] = o * tc;  // h_t, as h_{(t+1)-1} for dW after the loop (the outputs are not kept)
       const float dhj = dhn[j] + dy[j];
       const float dcj = dcn[j] + dhj * o * (1.0f - tc * tc);
       dz[j] = dzs[j] = dcj * g * i * (1.0f - i);
@@ -739,10 +661,11 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnjaxLstmBackward, LstmBackward,
                                   .Arg<ffi::Buffer<ffi::F32>>()  // dhT (N, H)
                                   .Arg<ffi::Buffer<ffi::F32>>()  // dcT (N, H)
                                   .Arg<ffi::Buffer<ffi::S32>>()  // lengths (N,)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // h0 (N, H)
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dpx (T, N, G)
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dh0 (N, H)
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dc0 (N, H)
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // hseq (T, N, H)
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // h_prev (T, N, H)
                                   .Attr<int64_t>("threads"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnjaxGruForward, GruForward,
@@ -768,12 +691,4 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnjaxGruBackward, GruBackward,
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dpx (T, N, 3H)
                                   .Ret<ffi::Buffer<ffi::F32>>()  // d(h W) (T, N, 3H)
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dh0 (N, H)
-                                  .Attr<int64_t>("threads"));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnjaxWeightGradient, WeightGradient,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // h0 (N, H)
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // hseq (T, N, H)
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // d (T, N, G)
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // dW (H, G)
                                   .Attr<int64_t>("threads"));

@@ -6,13 +6,13 @@ than over a whole array. This backend runs the forward loop and the backward loo
 C++ call (``fused_cpu.cc``), with the same `jax.custom_vjp` structure as ``"fused"``
 (`rnnjax.kernels.fused`): the forward saves the activated gates and the incoming cell states,
 the backward carries only (dh, dc) and returns d px — the LSTM's also each h_t, recomputed as
-the forward computed it, so that its outputs are not kept for the backward (the GRU's step
-reads h_{t-1}, and keeps them) — and dW = Σ_t h_{t-1}ᵀ dg_t is one matmul after the backward
-call — a third C++ call (`weight_gradient`), which reads h_{t-1} where the loop wrote it
-instead of the transposed copies XLA makes for that matmul. Each
-step's (N, H) x (H, K·H) matmul is register-blocked over a
-copy of W packed in column panels; at large batch a team of threads splits the hidden units
-(`team_size`: one barrier per step), at small batch one thread runs the loop.
+the forward computed it and written one step on, after h0, as the h_{t-1} of step t, so that
+its outputs are not kept for the backward (the GRU's step reads h_{t-1}, and keeps them) —
+and dW = Σ_t h_{t-1}ᵀ dg_t is one XLA matmul after the backward call
+(`rnnjax.kernels.fused.sum_outer`, as in ``"fused"``). Each step's (N, H) x (H, K·H) matmul
+is register-blocked over a copy of W packed in column panels; at large batch a team of
+threads splits the hidden units (`team_size`: one barrier per step; each thread on its own
+CPU while the loop runs), at small batch one thread runs the loop.
 
 It is a hand-written *specialisation*, kept because ``make bench`` measures it faster than the
 generic ``"fused"`` loop at every measured batch (``benchmarks/results/cpu_speed.md``) — except
@@ -50,7 +50,7 @@ from rnnjax.cells.base import Cell, LSTMCarry
 from rnnjax.cells.gru import GRUConfig
 from rnnjax.cells.lstm import LSTMConfig
 from rnnjax.kernels.base import YES, Backend, Problem, Support, no
-from rnnjax.kernels.fused import forward_loop
+from rnnjax.kernels.fused import forward_loop, sum_outer
 
 SOURCE = Path(__file__).with_name("fused_cpu.cc")
 KERNELS = (
@@ -58,7 +58,6 @@ KERNELS = (
     "RnnjaxLstmBackward",
     "RnnjaxGruForward",
     "RnnjaxGruBackward",
-    "RnnjaxWeightGradient",
 )
 
 
@@ -220,8 +219,8 @@ def _loop_bwd(structure, residuals, cotangents):
     dhT, dcT, dys = cotangents
     out = _shapes(gates.shape, h0.shape, h0.shape, dys.shape)
     call = _call("RnnjaxLstmBackward", out, team_size(*h0.shape))
-    dpx, dh0, dc0, hseq = call(W, gates, c_prev, dys, dhT, dcT, lengths)
-    return weight_gradient(h0, hseq, dpx), dpx, dh0, dc0, None
+    dpx, dh0, dc0, h_prev = call(W, gates, c_prev, dys, dhT, dcT, lengths, h0)
+    return sum_outer(h_prev, dpx), dpx, dh0, dc0, None  # dW = Σ_t h_{t-1}ᵀ dpx_t
 
 
 lstm_loop.defvjp(_loop_fwd, _loop_bwd)
@@ -256,22 +255,10 @@ def _gru_bwd(residuals, cotangents):
         W, saved, h_prev, dys, dhT, lengths
     )  # da = d(h W + [0, 0, b_hn]) = [dr, dz, dn r]: dpx but for the candidate's block
     db_hn = jnp.sum(da[..., 2 * H :], axis=(0, 1))  # (H,)
-    return weight_gradient(h0, ys, da), db_hn, dpx, dh0, None
+    return sum_outer(h_prev, da), db_hn, dpx, dh0, None  # dW = Σ_t h_{t-1}ᵀ da_t
 
 
 gru_loop.defvjp(_gru_fwd, _gru_bwd)
-
-
-def weight_gradient(h0, hseq, d):
-    """dW (H, G) = Σ_t h_{t-1}ᵀ d_t with h_{-1} = h0 (N, H), h_t = hseq[t] (T, N, H), d (T, N, G).
-
-    One C++ call (threaded over G's columns) computing what `rnnjax.kernels.fused.sum_outer`
-    of ``concatenate([h0[None], hseq[:-1]])`` and ``d`` computes, without the concatenation
-    or the transposed copies XLA makes for that matmul. Rows of hseq past a sequence's length
-    (zeros) meet zero rows of d, as the backward loop writes them.
-    """
-    out = _shapes((h0.shape[-1], d.shape[-1]))
-    return _call("RnnjaxWeightGradient", out, cpu_threads())(h0, hseq, d)[0]
 
 
 def fused_cpu_backend(cell, params, px, carry, lengths, *, unroll=1, remat=False):  # RunFn
