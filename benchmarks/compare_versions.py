@@ -10,11 +10,17 @@ ratios to the first version.
     git worktree add /tmp/old 9cc1d38      # e.g. the hand-written fused LSTM / GRU
     python benchmarks/compare_versions.py --cell gru --shape S --backend fused \\
         old=/tmp/old new=$PWD
+
+Each version's ``fused_cpu`` library is built from its own source and its C++ calls are
+registered under names prefixed with the version's name (`own_ffi_targets`). The process
+keeps freed memory (`rnnjax.allocator`, as ``bench_speed.py`` does) unless
+``--glibc-defaults``. The training step differentiates with respect to the inputs too.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import importlib
 import os
 import statistics
@@ -40,6 +46,26 @@ def import_version(path: str):
     if not module.__file__.startswith(os.path.abspath(path)):
         raise SystemExit(f"{path}: imported {module.__file__} instead")
     return module
+
+
+def own_ffi_targets(rj, name: str) -> None:
+    """Registers this version's ``fused_cpu`` C++ calls under names of its own.
+
+    Every version's library exports the same target names, and XLA refuses a second handler
+    under a name already registered; prefixed with the version's name, each version's traced
+    calls reach its own library.
+    """
+    fused_cpu = importlib.import_module("rnnjax.kernels.fused_cpu")
+    if not hasattr(fused_cpu, "KERNELS"):
+        return
+    library = fused_cpu.build()  # this version's source, its own cached build
+    dll = ctypes.cdll.LoadLibrary(str(library))
+    for target in fused_cpu.KERNELS:
+        capsule = jax.ffi.pycapsule(getattr(dll, target))
+        jax.ffi.register_ffi_target(f"{name}_{target}", capsule, "cpu")
+    call = fused_cpu._call
+    fused_cpu._register = lambda: None
+    fused_cpu._call = lambda target, out, threads: call(f"{name}_{target}", out, threads)
 
 
 def build(rj, cell_kind: str, shape: str, backend: str) -> dict:
@@ -69,15 +95,23 @@ def main(argv=None) -> dict:
     parser.add_argument("--shape", default="S", choices=tuple(SHAPES))
     parser.add_argument("--backend", default="fused")
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument(
+        "--glibc-defaults",
+        action="store_true",
+        help="leave glibc's malloc as it is (default: keep freed memory, as bench_speed does)",
+    )
     parser.add_argument("versions", nargs="+", help="name=path of a checkout")
     args = parser.parse_args(argv)
     versions = [v.split("=", 1) for v in args.versions]
     if any(len(v) != 2 for v in versions):
         parser.error(f"versions are name=path, got {args.versions}")
-    runs = {
-        name: build(import_version(path), args.cell, args.shape, args.backend)
-        for name, path in versions
-    }
+    runs = {}
+    for name, path in versions:
+        rj = import_version(path)
+        if not args.glibc_defaults and not runs and hasattr(rj, "allocator"):
+            rj.allocator.keep_freed_memory()  # process-wide, before the first computation
+        own_ffi_targets(rj, name)
+        runs[name] = build(rj, args.cell, args.shape, args.backend)
     load_start = os.getloadavg()
     times: dict = {(name, mode): [] for name in runs for mode in ("train", "inference")}
     for _ in range(args.repeats):
