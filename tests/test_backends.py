@@ -187,13 +187,15 @@ def test_fused_cpu_team_leaves_thread_affinity_as_it_was(name, rng, monkeypatch)
 
 
 def test_fused_cpu_team_size(monkeypatch):
-    """One thread below MIN_WORK_FOR_A_TEAM multiply-adds per step, every CPU above it;
-    $RNNJAX_CPU_THREADS overrides."""
+    """One thread below MIN_WORK_FOR_A_TEAM multiply-adds per step with fewer than
+    MIN_HIDDEN_FOR_A_TEAM units, every CPU otherwise; $RNNJAX_CPU_THREADS overrides."""
     monkeypatch.delenv("RNNJAX_CPU_THREADS", raising=False)
-    assert fused_cpu.team_size(1, 128) == 1
-    assert fused_cpu.team_size(32, 256) == len(os.sched_getaffinity(0))
+    cpus = len(os.sched_getaffinity(0))
+    assert fused_cpu.team_size(1, 96) == fused_cpu.team_size(4, 64) == 1
+    assert fused_cpu.team_size(1, 128) == fused_cpu.team_size(32, 256) == cpus
+    assert fused_cpu.team_size(128, 64) == cpus  # 2^19 multiply-adds per step
     monkeypatch.setenv("RNNJAX_CPU_THREADS", "3")
-    assert fused_cpu.team_size(1, 128) == 3
+    assert fused_cpu.team_size(1, 96) == 3
 
 
 @needs_gxx

@@ -141,20 +141,25 @@ def supports(cell: Cell, problem: Problem) -> Support:
     return YES
 
 
-# A team of threads pays a barrier per step; below this many multiply-adds per step
-# (batch x hidden x hidden, a quarter of the LSTM's) one thread is faster. Measured on the
-# 2-core machine, training step: one thread faster at B = 1, H = 128 (README, CPU speed) and at
-# B = 16, H = 128; two faster at B = 8, H = 256 and at B = 32, H = 256.
+# A team of threads pays a barrier per step (and the exchange of h); it pays back where a
+# step's matmul is large (batch x hidden x hidden, a quarter of the LSTM's, from
+# MIN_WORK_FOR_A_TEAM) or where W is too large for one core to stream every step (from
+# MIN_HIDDEN_FOR_A_TEAM units, W = 4H² floats: 256 KB at 128). Measured on the 2-core machine
+# with the team's threads on their own CPUs (`benchmarks/team_size_probe.py`, training step,
+# team of two / one): H = 128 at B = 1, 4, 16 0.87-0.91; H = 96 and 64 at B = 1 1.01, H = 64 at
+# B = 4 1.13; two faster at B = 8 and 32 with H = 256.
 MIN_WORK_FOR_A_TEAM = 2**19
+MIN_HIDDEN_FOR_A_TEAM = 128
 
 
 def team_size(batch: int, hidden: int) -> int:
     """Threads for the C++ loop at this (flattened) batch and hidden size.
 
     ``$RNNJAX_CPU_THREADS`` if set, else the CPUs this process may run on; 1 where a step's
-    matmul (batch x hidden x 4 hidden) is too small to pay for a barrier per step.
+    matmul (batch x hidden x 4 hidden) is too small, and W too, to pay for a barrier per step.
     """
-    if not os.environ.get("RNNJAX_CPU_THREADS") and batch * hidden * hidden < MIN_WORK_FOR_A_TEAM:
+    small = batch * hidden * hidden < MIN_WORK_FOR_A_TEAM and hidden < MIN_HIDDEN_FOR_A_TEAM
+    if not os.environ.get("RNNJAX_CPU_THREADS") and small:
         return 1
     return cpu_threads()
 
