@@ -12,7 +12,7 @@ and dW = Σ_t h_{t-1}ᵀ dg_t is one XLA matmul after the backward call
 (`rnnjax.kernels.fused.sum_outer`, as in ``"fused"``). Each step's (N, H) x (H, K·H) matmul
 is register-blocked over a copy of W packed in column panels; at large batch a team of
 threads splits the hidden units (`team_size`: one barrier per step; each thread on its own
-CPU while the loop runs), at small batch one thread runs the loop.
+CPU while the loop runs), at small batch and width one thread runs the loop.
 
 It is a hand-written *specialisation*, kept because ``make bench`` measures it faster than the
 generic ``"fused"`` loop at every measured batch (``benchmarks/results/cpu_speed.md``) — except
@@ -185,7 +185,7 @@ def _shapes(*arrays_or_shapes):
 def lstm_loop(structure, W, px, h0, c0, lengths):
     """(hT, cT, ys) of the LSTM over px (T, N, 4H) from (h0, c0); lengths None or int32 (N,).
 
-    Undifferentiated (inference) with a team of one thread (small batch), the loop is the
+    Undifferentiated (inference) with a team of one thread (small batch and width), the loop is the
     generic XLA one of ``"fused"`` (`rnnjax.kernels.fused.forward_loop`, nothing saved),
     faster there than the C++ forward, which also writes the gates for the backward; with a
     team, and whenever differentiated, the loops are C++.
