@@ -11,7 +11,7 @@ EXTRAS ?= dev,apps
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[$(EXTRAS)]'
-	$(BIN)/python -m rnnjax.kernels.build  # the fused_cpu kernel, compiled once, never in a trace
+	$(BIN)/python -m rnnjax.kernels.build  # the C++ kernels, compiled once, never in a trace
 	touch $(STAMP)
 
 demo: $(STAMP)

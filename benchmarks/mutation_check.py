@@ -6,7 +6,7 @@ and untracked, not ignored) into a temporary directory, replaces the mutation's 
 (which must occur exactly once in its file; otherwise it stops with ValueError), runs the
 mutation's pytest selection in that copy (``PYTHONPATH=<copy>``, ``-x``), and records
 **killed** (a test failed; the first failing test is named) or **survived** (every selected
-test passed: a gap in the tests). A mutation of ``fused_cpu.cc`` builds its library from the
+test passed: a gap in the tests). A mutation of a C++ source builds the libraries from the
 mutated source into the copy's own ``RNNJAX_CACHE`` (the real cached library is never
 touched). Before the mutations run, every selection is run once on an unmutated copy: a
 selection that already fails there would make "killed" meaningless, so the script stops.
@@ -72,6 +72,7 @@ def _m(name, path, original, mutated, meaning, *tests) -> Mutation:
 
 
 ORACLE = "tests/test_oracles.py::test_unroll_and_step_match_the_oracle"
+LANCZOS = "tests/test_analysis_lanczos.py"
 ORACLE_GRAD = "tests/test_oracles.py::test_gradients_match_finite_differences_of_the_oracle"
 BACKENDS = "tests/test_backends.py"
 PALLAS = "tests/test_pallas.py::test_equals_scan_with_lengths"
@@ -333,6 +334,31 @@ MUTATIONS: tuple[Mutation, ...] = (
         "fused backward: the recomputed h_t that dW reads as h_{t-1} negated (LSTM)",
         f"{BACKENDS}::test_fused_equals_scan[lstm]",
     ),
+    # ---- jacobian_norms' Lanczos rounds: the reference and its native twin ----------------
+    _m(
+        "lanczos.reference_bottom_eigenvector",
+        "rnnjax/analysis/norms.py",
+        "coeffs = jnp.linalg.eigh(H)[1][:, -1]  # (k,) the top eigenvector",
+        "coeffs = jnp.linalg.eigh(H)[1][:, 0]  # (k,) the top eigenvector",
+        "Lanczos reference: the Ritz vector of the smallest eigenvalue",
+        LANCZOS,
+    ),
+    _m(
+        "lanczos_cpu.gram_pass_row",
+        "rnnjax/analysis/lanczos_cpu.cc",
+        "Store(g + j, Load(g + j) + t0 * Load(r0 + j) + t1 * Load(r1 + j)",
+        "Store(g + j, Load(g + j) + t0 * Load(r0 + j) + t1 * Load(r0 + j)",
+        "C++ Lanczos: MᵀM x adds the wrong row in its one pass",
+        LANCZOS,
+    ),
+    _m(
+        "lanczos_cpu.residual_ignored",
+        "rnnjax/analysis/lanczos_cpu.cc",
+        "MtMx[i] = MtMx[i] / safe - sigma * x[i];",
+        "MtMx[i] = 0.0f * MtMx[i];",
+        "C++ Lanczos: stops after one step (residual read as 0)",
+        LANCZOS,
+    ),
     # ---- "fused_cpu": the C++ backward loops and their wrapper -----------------------------
     _m(
         "fused_cpu.lstm_bwd_recomputed_h",
@@ -571,18 +597,19 @@ def _environment(root: Path, jax_cache: Path, native_cache: Path | None) -> dict
 
 
 def build_native(root: Path, env: dict[str, str]) -> None:
-    """Builds the copy's ``fused_cpu.cc`` into the copy's cache; RuntimeError if it fails."""
+    """Builds the copy's C++ libraries into the copy's cache; RuntimeError if one fails."""
     code = (
-        "from rnnjax.kernels import fused_cpu; import rnnjax, sys; "
+        "from rnnjax.kernels import fused_cpu; from rnnjax.analysis import _lanczos_cpu; "
+        "import rnnjax, sys; "
         "assert rnnjax.__file__.startswith(sys.argv[1]), rnnjax.__file__; "
-        "print(fused_cpu.build())"
+        "print(fused_cpu.build()); print(_lanczos_cpu.LIBRARY.build())"
     )
     run = subprocess.run(
         [sys.executable, "-c", code, str(root)], cwd=root, env=env, capture_output=True, text=True
     )
-    built = run.stdout.strip()
-    if run.returncode != 0 or not built.startswith(env["RNNJAX_CACHE"]):
-        raise RuntimeError(f"building the mutated fused_cpu.cc failed: {run.stderr[-2000:]}")
+    built = run.stdout.split()
+    if run.returncode != 0 or not all(b.startswith(env["RNNJAX_CACHE"]) for b in built):
+        raise RuntimeError(f"building the mutated C++ failed: {run.stderr[-2000:]}")
 
 
 _FAILED = re.compile(r"^(FAILED|ERROR) (\S+)", re.MULTILINE)

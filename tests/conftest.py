@@ -32,12 +32,15 @@ import pytest  # noqa: E402
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 import rnnjax as rj  # noqa: E402  (after the config update on purpose)
+from rnnjax.analysis import _lanczos_cpu  # noqa: E402
 from rnnjax.kernels import fused_cpu  # noqa: E402
 
-# The C++ kernel is built explicitly, never inside a trace (make does it at install); without a
-# compiler the fused_cpu tests skip through its support predicate.
-with contextlib.suppress(RuntimeError):
-    fused_cpu.build()
+# The C++ kernels are built explicitly, never inside a trace (make does it at install); without
+# a compiler the fused_cpu tests skip through its support predicate, the native Lanczos tests
+# through theirs.
+for build in (fused_cpu.build, _lanczos_cpu.LIBRARY.build):
+    with contextlib.suppress(RuntimeError):
+        build()
 
 # Every cell variant the library offers, built small; tests parametrise over these names.
 CELL_FACTORIES = {

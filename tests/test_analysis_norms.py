@@ -288,20 +288,20 @@ def test_bad_inputs_raise_value_errors():
 
 @pytest.mark.parametrize("exponent", [-120, -60, 0, 60, 120])
 def test_normalise_scales_by_an_exact_power_of_two(exponent):
-    """2^-e, e the exponent of M's largest entry, brings that entry into [0.5, 1) and is M · 2^-e
-    bit for bit (numpy's ldexp) when applied factor by factor, for entries near float32's
-    smallest normal numbers (XLA:CPU flushes subnormals) to near its largest, where a sum of
-    squares would underflow or overflow."""
-    from rnnjax.analysis.norms import _max_exponent, _power_of_two
+    """2^-e, e the exponent of a norm, brings that norm into [0.5, 1) and is M · 2^-e bit for
+    bit (numpy's ldexp) when applied factor by factor, for entries near float32's smallest
+    normal numbers (XLA:CPU flushes subnormals) to near its largest."""
+    from rnnjax.analysis.norms import _exponent, _power_of_two
 
     m = np.random.default_rng(zlib.crc32(b"normalise")).standard_normal((7, 5)).astype(np.float32)
     M = np.ldexp(m, exponent).astype(np.float32)
+    norm = np.float32(np.ldexp(np.linalg.norm(m.astype(np.float64)), exponent))
 
-    def normalise(M):
-        e = _max_exponent(M)
+    def normalise(M, norm):
+        e = _exponent(norm)
         first, second = _power_of_two(e, M.dtype)
-        return M * first * second, e
+        return M * first * second, norm * first * second, e
 
-    got, e = jax.jit(normalise)(jnp.asarray(M))
+    got, scaled_norm, e = jax.jit(normalise)(jnp.asarray(M), norm)
     np.testing.assert_array_equal(np.asarray(got), np.ldexp(M, -int(e)).astype(np.float32))
-    assert 0.5 <= np.max(np.abs(np.asarray(got))) < 1.0
+    assert 0.5 <= float(scaled_norm) < 1.0

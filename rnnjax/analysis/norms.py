@@ -19,17 +19,19 @@ the multiply-adds.
 
 Norms of such products leave float32's range quickly (0.5^200 ≈ 6e-61, 1.5^200 ≈ 2e35), so
 the matrix is kept normalised: every step takes P̂ ← P̂ (2^{-e} J) with the integer e the
-exponent of P̂'s largest entry (so that 2^{-e} P̂ has its largest entry in [0.5, 1)), and
-log ‖P_t‖ = (Σ e) log 2 + log ‖P̂_t‖. The power of two multiplies J's entries where J is formed,
-so it costs no pass over the N×N matrix. Scaling by powers of two is exact and the exponents
-add exactly, so the only rounding is that of the products themselves; no intermediate leaves
-float32's range unless a single step's Jacobian does.
+exponent of ‖P̂‖ (so that 2^{-e} P̂ has its norm in [0.5, 1)), found by the norm the step
+before computed, and log ‖P_t‖ = (Σ e) log 2 + log ‖P̂_t‖. The power of two multiplies J's
+entries where J is formed, so it costs no pass over the N×N matrix. Scaling by powers of two
+is exact and the exponents add exactly, so the only rounding is that of the products
+themselves; no intermediate leaves float32's range unless a single step's Jacobian does.
 
-The spectral norm σ_max(P̂_t) is found by restarted Golub–Kahan–Lanczos warm-started from
-the previous step's top singular vector (P_{t-1} = P_t J_t keeps the left side of P_t), and
-stops on a residual test that bounds its error (`top_singular_value`). ``method="svd"``
-computes σ_max exactly with an SVD at every step instead: the readable reference, and the
-default for N <= 64 — for N = 512 one SVD on the CPU costs ~20 times the N×N product.
+The spectral norm σ_max(P̂_t) is found by restarted Lanczos on P̂ᵀP̂ warm-started from the
+previous step's top singular vector (P_{t-1} = P_t J_t keeps the left side of P_t), and stops
+on a residual test that bounds its error (`top_singular_value`; on the CPU its native twin,
+``lanczos_cpu.cc``, runs the rounds). ``method="svd"`` computes σ_max exactly with an SVD at
+every step instead: the readable reference, and the default for N <= 64 — for N = 512 one SVD
+on the CPU costs ~20 times the N×N product. An example's two views advance side by side in
+one scan (`accumulate_views`).
 """
 
 from __future__ import annotations
@@ -41,8 +43,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rnnjax.analysis import _lanczos_cpu
 from rnnjax.analysis import _structured_jacobian as closed_form
-from rnnjax.analysis._core import log_mean_exp, prepare, step_fn, unbatch
+from rnnjax.analysis._core import log_mean_exp, prepare, step_fn, trajectory, unbatch
 from rnnjax.analysis._structured_jacobian import StepJacobian
 from rnnjax.cells.base import Array, Cell
 
@@ -79,95 +82,129 @@ def _check_options(ord: Any, method: str) -> None:
         raise ValueError(f"unknown {method=}; choose one of {METHODS}")
 
 
-def _bidiagonalise(M: Array, u: Array, k: int) -> tuple[Array, Array, Array]:
-    """k steps of Golub–Kahan–Lanczos bidiagonalisation of M from the unit vector u.
+class _Lanczos(NamedTuple):
+    """The state of `top_singular_value`'s loop: step j of a round of Lanczos steps on MᵀM.
 
-    Builds orthonormal U = [u_0..u_k] ((k+1, N), rows) and V = [v_0..v_{k-1}] ((k, N)) with
-    M vⱼ = αⱼ uⱼ + βⱼ uⱼ₊₁, i.e. M Vᵀ = Uᵀ B for the (k+1, k) lower-bidiagonal B. Both bases
-    are fully re-orthogonalised (twice), which costs O(kN) per step against the O(N²)
-    matrix-vector products.
+    X (k, N): orthonormal Krylov basis (rows; rows after j zero), MX (k, N) and G (k, N): M xᵢ
+    and MᵀM xᵢ of the rows done, H (k, k) = X Gᵀ: MᵀM projected on the basis; sigma,
+    left, right, residual: the latest Ritz estimate (σ, unit u and x with M x = σ u, and
+    ‖Mᵀu − σ x‖).
     """
-    N = M.shape[0]
-    U = jnp.zeros((k + 1, N), M.dtype).at[0].set(u)  # (k+1, N)
-    V = jnp.zeros((k, N), M.dtype)  # (k, N)
 
-    def orthonormal(x, basis):
-        x = x - (basis @ x) @ basis
-        x = x - (basis @ x) @ basis
-        n = jnp.linalg.norm(x)
-        return x / jnp.where(n > 0, n, 1.0), n
+    steps: Array
+    j: Array
+    X: Array
+    MX: Array
+    G: Array
+    H: Array
+    sigma: Array
+    left: Array
+    right: Array
+    residual: Array
 
-    def body(j, state):
-        U, V, alpha, beta = state
-        v, a = orthonormal(U[j] @ M, V)  # Mᵀuⱼ minus its part in span(V)
-        u, b = orthonormal(M @ v, U)  # M vⱼ minus its part in span(U)
-        return U.at[j + 1].set(u), V.at[j].set(v), alpha.at[j].set(a), beta.at[j].set(b)
 
-    zeros = jnp.zeros((k,), M.dtype)
-    U, V, alpha, beta = jax.lax.fori_loop(0, k, body, (U, V, zeros, zeros))
-    idx = jnp.arange(k)
-    B = jnp.zeros((k + 1, k), M.dtype).at[idx, idx].set(alpha).at[idx + 1, idx].set(beta)
-    return U, V, B
+def _orthonormal(x: Array, basis: Array) -> tuple[Array, Array]:
+    """x minus its part in the span of the orthonormal rows of basis (twice), normalised;
+    and the norm it had (0: x lies in the span, returned as 0)."""
+    x = x - (basis @ x) @ basis
+    x = x - (basis @ x) @ basis
+    n = jnp.linalg.norm(x)
+    return x / jnp.where(n > 0, n, 1.0), n
 
 
 def top_singular_value(
-    M: Array, u: Array, *, krylov: int, tol: float, max_restarts: int
+    M: Array,
+    u: Array,
+    *,
+    krylov: int,
+    tol: float,
+    max_restarts: int,
+    right: bool = False,
 ) -> tuple[Array, Array]:
-    """σ_max(M) by restarted Golub–Kahan–Lanczos, warm-started at the unit vector u.
+    """σ_max(M) by restarted Lanczos on MᵀM, warm-started at the unit vector u.
 
-    Each round bidiagonalises M in a Krylov space of dimension ``krylov`` started at u, takes
-    the top singular triplet (σ, y, z) of the small bidiagonal matrix (Ritz value σ, vectors
-    u = Uᵀy, v = Vᵀz, so that M v = σ u), and restarts from u. It stops when the residual
-    r = ‖Mᵀu − σ v‖ ≤ tol·σ: then σ lies within r of a singular value of M (and, the space
-    being grown from the previous step's top vector, of the top one). If the warm start is
-    already that accurate (v = Mᵀu/‖Mᵀu‖, r = ‖M v − σ u‖) no round runs. Lanczos needs about
-    √(1/gap) products where power iteration needs 1/gap, which matters for the nearly
-    orthogonal Jacobians of well-conditioned cells (clustered singular values).
+    u is the previous estimate of M's top left singular vector, or of its right one with
+    ``right=True``; the start x₀ is Mᵀu/‖Mᵀu‖ or u itself. Step j of a round takes t = M xⱼ and
+    g = Mᵀt (= MᵀM xⱼ), adds xⱼ's row and column to H = X MᵀM Xᵀ and takes H's top eigenpair
+    (λ, s): the Ritz vector x = Xᵀs, with M x = MXᵀs and MᵀM x = Gᵀs combinations of vectors
+    already computed, so that σ = ‖M x‖, u = M x/σ and the residual
+
+        r = ‖Mᵀu − σ x‖ = ‖MᵀM x / σ − σ x‖
+
+    cost no further product. It stops as soon as r ≤ tol·σ: with M x = σ u exactly, σ then lies
+    within r of a singular value of M (and, the space being grown from the previous step's top
+    vector, of the top one). Otherwise the next basis vector is g orthogonalised against X
+    (twice); after k steps the round restarts from x. Lanczos needs about √(1/gap) products
+    where power iteration needs 1/gap, which matters for the nearly orthogonal Jacobians of
+    well-conditioned cells (clustered singular values). Lanczos on MᵀM builds the same Krylov
+    space as Golub–Kahan bidiagonalisation of M, but each step is one pass over the matrix
+    (row i: tᵢ = Mᵢ·x, then g += tᵢ Mᵢ) where Golub–Kahan takes two; squaring costs no accuracy
+    for the top singular value. ``lanczos_cpu.cc`` is this function's native twin.
 
     Args:
         M: (N, N).
-        u: (N,) unit start vector (the previous step's left singular vector).
+        u: (N,) unit warm start: a left singular vector estimate of M (a right one with
+            ``right=True``).
         krylov: Krylov dimension per round (capped at N).
         tol: relative residual tolerance.
-        max_restarts: most rounds.
+        max_restarts: most rounds (at most krylov · max_restarts steps).
+        right: u, and the vector returned, are on M's right side.
 
     Returns:
-        (σ, u): the estimate () and the left singular vector estimate (N,). σ = 0 for M = 0.
+        (σ, u): the estimate () and the singular vector estimate (N,) on u's side. σ = 0 for
+        M = 0.
     """
-    k = min(krylov, M.shape[0])
+    N = M.shape[0]
+    k = min(krylov, N)
+    if right:
+        x0 = u
+    else:
+        w = u @ M  # (N,) Mᵀu
+        n = jnp.linalg.norm(w)
+        x0 = jnp.where(n > 0, w / jnp.where(n > 0, n, 1.0), jnp.full_like(w, N**-0.5))
 
-    def round_(state):
-        i, u, _, _ = state
-        U, V, B = _bidiagonalise(M, u, k)
-        y, sigma, zt = jnp.linalg.svd(B, full_matrices=False)  # (k+1, k), (k,), (k, k)
-        u_new, v_new = y[:, 0] @ U, zt[0] @ V  # (N,), (N,)
-        n_u, n_v = jnp.linalg.norm(u_new), jnp.linalg.norm(v_new)
-        u_new = jnp.where(n_u > 0, u_new / jnp.where(n_u > 0, n_u, 1.0), u)
-        v_new = v_new / jnp.where(n_v > 0, n_v, 1.0)
-        residual = jnp.linalg.norm(u_new @ M - sigma[0] * v_new)
-        return i + 1, u_new, sigma[0], residual
+    def fresh(x, steps, sigma, left, right_, residual):  # a round's start: the basis is x alone
+        zeros = jnp.zeros((k, N), M.dtype)
+        H = jnp.zeros((k, k), M.dtype)
+        j = jnp.zeros((), jnp.int32)
+        return _Lanczos(
+            steps, j, zeros.at[0].set(x), zeros, zeros, H, sigma, left, right_, residual
+        )
 
-    def cond(state):
-        i, _, sigma, residual = state
-        return (i < max_restarts) & (residual > tol * sigma)
+    def step(s: _Lanczos) -> _Lanczos:
+        t = M @ s.X[s.j]  # (N,) M xⱼ
+        g = t @ M  # (N,) MᵀM xⱼ
+        MX, G = s.MX.at[s.j].set(t), s.G.at[s.j].set(g)
+        h = s.X @ g  # (k,) row and column j of X MᵀM Xᵀ
+        H = s.H.at[s.j].set(h).at[:, s.j].set(h)
+        coeffs = jnp.linalg.eigh(H)[1][:, -1]  # (k,) the top eigenvector
+        Mx, MtMx, x = coeffs @ MX, coeffs @ G, coeffs @ s.X  # (N,) each
+        sigma = jnp.linalg.norm(Mx)
+        safe = jnp.where(sigma > 0, sigma, 1.0)
+        left = jnp.where(sigma > 0, Mx / safe, s.left)
+        residual = jnp.linalg.norm(MtMx / safe - sigma * x)
+        n_x = jnp.linalg.norm(x)  # 1, or 0 where H = 0 picks a row not built yet
+        x = jnp.where(n_x > 0, x / jnp.where(n_x > 0, n_x, 1.0), s.right)
+        steps = s.steps + 1
+        restart = fresh(x, steps, sigma, left, x, residual)
+        nxt, _ = _orthonormal(g, s.X)
+        grown = _Lanczos(
+            steps, s.j + 1, s.X.at[s.j + 1].set(nxt), MX, G, H, sigma, left, x, residual
+        )
+        return jax.tree.map(lambda a, b: jnp.where(s.j + 1 == k, a, b), restart, grown)
 
-    # round 0: the warm start itself, σ = ‖Mᵀu‖, v = Mᵀu/σ, r = ‖M v − σ u‖
-    w = u @ M  # (N,)
-    sigma0 = jnp.linalg.norm(w)
-    v0 = w / jnp.where(sigma0 > 0, sigma0, 1.0)
-    residual0 = jnp.where(sigma0 > 0, jnp.linalg.norm(M @ v0 - sigma0 * u), 0.0)
-    start = (jnp.zeros((), jnp.int32), u, sigma0, residual0)
-    _, u, sigma, _ = jax.lax.while_loop(cond, round_, start)
-    return sigma, u
+    def cond(s: _Lanczos):
+        return (s.steps < k * max_restarts) & (s.residual > tol * s.sigma)
+
+    inf = jnp.asarray(jnp.inf, M.dtype)
+    start = fresh(x0, jnp.zeros((), jnp.int32), jnp.zeros((), M.dtype), u, x0, inf)
+    out = jax.lax.while_loop(cond, step, start)
+    return out.sigma, out.right if right else out.left
 
 
-def _max_exponent(M: Array) -> Array:
-    """The integer e with max |M_ij| = m·2^e, m in [0.5, 1) (0 for M = 0).
-
-    The largest entry, not the Frobenius norm: a float32 sum of squares underflows to 0 for
-    ‖M‖ below ~1e-19 and overflows above ~1e19, the maximum never does.
-    """
-    return jnp.frexp(jnp.max(jnp.abs(M)))[1]
+def _exponent(norm: Array) -> Array:
+    """The integer e with norm = m·2^e, m in [0.5, 1) (0 for a norm of 0)."""
+    return jnp.frexp(norm)[1]
 
 
 def _power_of_two(e: Array, dtype) -> tuple[Array, Array]:
@@ -182,16 +219,41 @@ def _uses_lanczos(ord: Any, method: str, N: int) -> bool:
     return ord == 2 and (method == "lanczos" or (method == "auto" and N > SVD_MAX_N))
 
 
-def _log_norm_fn(ord: Any, method: str, tol: float, restarts: int, krylov: int, N: int) -> Callable:
-    """``(M̂ normalised, u) -> (log ‖M̂‖, u)`` for the chosen norm (u: warm start, left side)."""
-    if ord == "fro":
-        return lambda M, u: (jnp.log(jnp.linalg.norm(M)), u)
-    if not _uses_lanczos(ord, method, N):
-        return lambda M, u: (jnp.log(jnp.linalg.norm(M, ord=2)), u)
+def _norms_fn(ord: Any, method: str, tol: float, restarts: int, krylov: int, N: int) -> Callable:
+    """``((M̂, u, right), ...) -> ((‖M̂‖, u), ...)``: the chosen norm of each lane's matrix.
 
-    def lanczos(M, u):
-        sigma, u = top_singular_value(M, u, krylov=krylov, tol=tol, max_restarts=restarts)
-        return jnp.log(sigma), u
+    u is the warm start of the Lanczos rounds: a left singular vector of M̂, or a right one
+    with ``right``. On the CPU the Lanczos rounds of all lanes run in one native call
+    (`_lanczos_cpu.top_singular_values`, the lanes side by side), elsewhere lane by lane in XLA.
+    """
+    if ord == "fro" or not _uses_lanczos(ord, method, N):
+        norm_ord = None if ord == "fro" else 2
+
+        def exact(lanes):
+            return tuple((jnp.linalg.norm(M, ord=norm_ord), u) for M, u, _ in lanes)
+
+        return exact
+
+    options: dict[str, Any] = dict(krylov=krylov, tol=tol, max_restarts=restarts)
+
+    def lanczos(lanes):
+        rights = tuple(right for _, _, right in lanes)
+
+        def reference(Ms, us):
+            return tuple(
+                top_singular_value(M, u, right=right, **options)
+                for M, u, right in zip(Ms, us, rights, strict=True)
+            )
+
+        def native(Ms, us):
+            return _lanczos_cpu.top_singular_values(
+                tuple(zip(Ms, us, rights, strict=True)), **options
+            )
+
+        Ms, us = tuple(M for M, _, _ in lanes), tuple(u for _, u, _ in lanes)
+        if _lanczos_cpu.available(Ms[0].dtype):
+            return jax.lax.platform_dependent(Ms, us, cpu=native, default=reference)
+        return reference(Ms, us)
 
     return lanczos
 
@@ -227,67 +289,71 @@ def autodiff_linearisation(step: Callable) -> Callable:
     return linearise
 
 
-def forward_log_norms(
-    linearise: Callable, px: Array, c0: Array, log_norm: Callable | None
-) -> tuple[Array, Array | None]:
-    """The trajectory and log ‖∂c_t/∂c_0‖ of one example in one forward scan.
+FORWARD, BACKWARD = "forward", "backward"
 
-    Args:
-        linearise: ``(c_{t-1}, px_t) -> (c_t, StepJacobian)``.
-        px: (T, G).
-        c0: (N,).
-        log_norm: from `_log_norm_fn`, or None to skip the forward view.
 
-    Returns:
-        (states c_0..c_{T-1} as (T, N), log norms for t = 1..T as (T,) or None).
+def _lane_start(N: int, dtype) -> tuple[Array, Array, Array, Array]:
+    """(M̂ = I, e = 0, warm start, d = the exponent of ‖I‖ = 1): before the first step."""
+    one = jnp.ones((), jnp.int32)
+    return jnp.eye(N, dtype=dtype), 0 * one, _start_vector(N, dtype), one
+
+
+def _lane_product(linearise: Callable, view: str, acc: tuple, inputs: tuple) -> Array:
+    """One view's next normalised product, (N, N).
+
+    backward: P̂_{t-1} = P̂_t (2^-d J_t); forward: Q̂_t = (2^-d J_t) Q̂_{t-1}. acc = (M̂ (N, N),
+    e () int with M = 2^e M̂, u (N,) the warm start, d () int the exponent of ‖M̂‖, found by
+    the norm of the step before); 2^-d is applied to J_t where J_t is formed.
     """
-    N = c0.shape[-1]
-    if log_norm is None:
-
-        def plain(c, px_t):
-            return linearise(c, px_t)[0], c
-
-        return jax.lax.scan(plain, c0, px)[1], None
-
-    def body(acc, px_t):
-        c, Q, e, v = acc  # (N,), (N, N) = Q̂_{t-1}, () int: Q_{t-1} = 2^e Q̂_{t-1}, (N,)
-        c_new, jac = linearise(c, px_t)
-        d = _max_exponent(Q)  # the power of two to take out of Q̂_{t-1}, applied to J_t
-        Q, e = jac.right(Q, _power_of_two(d, Q.dtype)), e + d  # (N, N) = J_t Q̂_{t-1} 2^-d
-        log_q, v = log_norm(Q.T, v)  # warm start on the c_0 side (right vectors of Q)
-        return (c_new, Q, e, v), (c, e * LN2 + log_q)
-
-    start = (c0, jnp.eye(N, dtype=c0.dtype), jnp.zeros((), jnp.int32), _start_vector(N, c0.dtype))
-    _, (states, logs) = jax.lax.scan(body, start, px)
-    return states, logs
+    M, _, _, d = acc
+    c_prev, px_t = inputs
+    jac = linearise(c_prev, px_t)[1]
+    scale = _power_of_two(d, M.dtype)
+    return jac.left(M, scale) if view == BACKWARD else jac.right(M, scale)  # (N, N)
 
 
-def backward_log_norms(linearise: Callable, px: Array, states: Array, log_norm: Callable) -> Array:
-    """log ‖∂c_T/∂c_t‖ of one example for t = 0..T-1, in one reverse scan.
+def _lane_advance(acc: tuple, M: Array, norm_m: Array, u: Array) -> tuple[tuple, Array]:
+    """The new acc and log ‖M‖ (M = 2^(e+d) M̂) from the product M̂ and its norm."""
+    _, e, _, d = acc
+    return (M, e + d, u, _exponent(norm_m)), (e + d) * LN2 + jnp.log(norm_m)
 
-    Args:
-        linearise: ``(c_{t-1}, px_t) -> (c_t, StepJacobian)``.
-        px: (T, G).
-        states: c_0..c_{T-1}, (T, N): the linearisation point of each step.
-        log_norm: from `_log_norm_fn`.
 
-    Returns:
-        (T,): entry t is log ‖P_t‖ with P_t = ∂c_T/∂c_t.
+def accumulate_views(
+    linearise: Callable, norms: Callable, lanes: tuple[tuple[str, Array, Array], ...]
+) -> tuple[Array, ...]:
+    """Several independent accumulations ("lanes") advanced side by side in one scan.
+
+    Each lane is (view, states, px) with states c_0..c_{T-1} (T, N) (the linearisation point
+    of each step) and px (T, G), in time order. A forward lane returns log ‖∂c_t/∂c_0‖ for
+    t = 1..T, a backward lane log ‖∂c_T/∂c_t‖ for t = 0..T-1 (each (T,)). The backward lane
+    reads its inputs reversed, so both lanes walk one step per scan iteration. The lanes'
+    operations are independent of each other in the loop body, and XLA's CPU runtime overlaps
+    some of them: an example's two views side by side took 0.75 of the time of one view after
+    the other (LSTM H = 256, B = 8, T = 100, on two cores). Two examples' backward views side by
+    side gained nothing, so a backward view alone runs one example at a time.
     """
-    N = states.shape[-1]
+    inputs = tuple(
+        (states[::-1], px[::-1]) if view == BACKWARD else (states, px) for view, states, px in lanes
+    )
+    N = lanes[0][1].shape[-1]
+    starts = tuple(_lane_start(N, lanes[0][1].dtype) for _ in lanes)
+    views = tuple(view for view, _, _ in lanes)
 
-    def body(acc, inputs):
-        P, e, u = acc  # (N, N) = P̂_t, () int: P_t = 2^e P̂_t, (N,)
-        c_prev, px_t = inputs  # c_{t-1}, px_t
-        d = _max_exponent(P)  # the power of two to take out of P̂_t, applied to J_t
-        P, e = linearise(c_prev, px_t)[1].left(P, _power_of_two(d, P.dtype)), e + d  # P̂_t J_t 2^-d
-        log_p, u = log_norm(P, u)  # warm start on the c_T side (left vectors of P)
-        return (P, e, u), e * LN2 + log_p
+    def body(accs, xs):
+        Ms = tuple(
+            _lane_product(linearise, view, acc, x)
+            for view, acc, x in zip(views, accs, xs, strict=True)
+        )
+        warm = tuple(acc[2] for acc in accs)  # (N,) each
+        found = norms(tuple(zip(Ms, warm, (view == FORWARD for view in views), strict=True)))
+        out = [_lane_advance(acc, M, *nu) for acc, M, nu in zip(accs, Ms, found, strict=True)]
+        return tuple(acc for acc, _ in out), tuple(log for _, log in out)
 
-    eye = jnp.eye(N, dtype=states.dtype)
-    start = (eye, jnp.zeros((), jnp.int32), _start_vector(N, states.dtype))
-    _, logs = jax.lax.scan(body, start, (states, px), reverse=True)
-    return logs
+    _, logs = jax.lax.scan(body, starts, inputs)
+    return tuple(
+        log[::-1] if view == BACKWARD else log
+        for (view, _, _), log in zip(lanes, logs, strict=True)
+    )
 
 
 def jacobian_norms(
@@ -330,12 +396,13 @@ def jacobian_norms(
         ord: 2 for the spectral norm σ_max (default), "fro" for the Frobenius norm.
         forward: also compute the forward view ∂c_t/∂c_0 (doubles the cost).
         method: "svd" (exact σ_max by an SVD at every step), "lanczos" (restarted,
-            warm-started Golub–Kahan–Lanczos) or "auto" (default): svd for N <= 64,
-            lanczos above. Ignored for ``ord="fro"``.
+            warm-started Lanczos on MᵀM, `top_singular_value`) or "auto" (default): svd for
+            N <= 64, lanczos above. Ignored for ``ord="fro"``.
         tol: relative residual tolerance of the Lanczos rounds (float32 cannot go much
             below 1e-6).
         krylov: Krylov dimension of a Lanczos round.
-        max_restarts: most Lanczos rounds per step.
+        max_restarts: most Lanczos rounds per step (at most krylov · max_restarts products
+            with MᵀM).
         jacobian: how P J_t and J_t Q are computed: "autodiff" (VJP / JVP of the step, any
             cell), "closed_form" (J_t read off the cell's element-wise ``pointwise`` — any
             structured cell; half the multiply-adds for the LSTM;
@@ -375,25 +442,37 @@ def jacobian_norms(
     else:
         linearise = autodiff_linearisation(step_fn(cell, params, prob.unflatten))
     N = prob.N
-    log_norm = _log_norm_fn(ord, method, tol, max_restarts, krylov, N)
+    norms = _norms_fn(ord, method, tol, max_restarts, krylov, N)
     log_eye = jnp.zeros((), prob.c0.dtype) if ord == 2 else 0.5 * jnp.log(float(N))
 
-    def one(px, c0):
-        states, fwd = forward_log_norms(linearise, px, c0, log_norm if forward else None)
-        bwd = backward_log_norms(linearise, px, states, log_norm)  # (T,)
-        bwd = jnp.concatenate([bwd, log_eye[None]])  # (T+1,)
-        if fwd is not None:
-            fwd = jnp.concatenate([log_eye[None], fwd])  # (T+1,)
-        return bwd, fwd
+    lanczos = _uses_lanczos(ord, method, N)
 
-    if _uses_lanczos(ord, method, N):
-        # one example at a time: the Lanczos rounds are matrix-vector passes bound by memory
-        # bandwidth, and one example's N x N product (1 MB at N = 512) stays in a core's
-        # cache where the batch's does not; nor does a batched loop of rounds run until the
-        # slowest example has converged (benchmarks/bench_jacobian_norms.py)
-        bwd, fwd = jax.lax.map(lambda example: one(*example), (prob.px, prob.c0))
-    else:  # the batch at once: batched GEMMs
-        bwd, fwd = jax.vmap(one)(prob.px, prob.c0)  # (B, T+1) each
+    def over_examples(f: Callable, xs: tuple) -> Any:
+        if lanczos:
+            # examples one after the other: the Lanczos rounds are matrix-vector passes bound
+            # by memory bandwidth, one example's N x N products (1 MB each at N = 512) stay
+            # in cache where the batch's do not, and a batched loop of rounds would run until
+            # the slowest example has converged
+            return jax.lax.map(f, xs)
+        return jax.vmap(f)(xs)  # the batch at once: batched GEMMs
+
+    def advance(c: Array, px_t: Array) -> Array:
+        return linearise(c, px_t)[0]
+
+    states = jax.vmap(lambda px, c0: trajectory(advance, px, c0)[:-1])(prob.px, prob.c0)
+    if forward:  # each example's two views side by side (see accumulate_views)
+        fwd, bwd = over_examples(
+            lambda ex: accumulate_views(linearise, norms, ((FORWARD, *ex), (BACKWARD, *ex))),
+            (states, prob.px),
+        )  # (B, T) each
+        fwd = jnp.concatenate([jnp.broadcast_to(log_eye, fwd[:, :1].shape), fwd], axis=1)
+    else:
+        fwd = None
+        bwd = over_examples(
+            lambda ex: accumulate_views(linearise, norms, ((BACKWARD, *ex),))[0],
+            (states, prob.px),
+        )  # (B, T)
+    bwd = jnp.concatenate([bwd, jnp.broadcast_to(log_eye, bwd[:, :1].shape)], axis=1)
     return JacobianNorms(
         log_backward=unbatch(bwd, prob.batched),
         log_forward=None if fwd is None else unbatch(fwd, prob.batched),

@@ -25,21 +25,16 @@ backend and ``"scan"``, with one thread and with teams of 2 and 3. The equations
 `rnnjax.cells.gru.gru_pointwise`.
 
 Building: the C++ is compiled with the system's ``g++`` by `build` — explicitly, never inside
-a trace — into ``$RNNJAX_CACHE`` (default ``~/.cache/rnnjax``), keyed by the source's hash and
-the CPU's flags; ``make`` builds it when it installs the package (``python -m
-rnnjax.kernels.build``). Until it is built, `supports` answers no (with the reason) and
-``backend="auto"`` uses ``"fused"``. Under `jax.vmap` the call runs once per mapped example
-(``vmap_method="sequential"``).
+a trace — into ``$RNNJAX_CACHE`` (`rnnjax.kernels.native`); ``make`` builds it when it installs
+the package (``python -m rnnjax.kernels.build``). Until it is built, `supports` answers no
+(with the reason) and ``backend="auto"`` uses ``"fused"``. Under `jax.vmap` the call runs
+once per mapped example (``vmap_method="sequential"``).
 """
 
 from __future__ import annotations
 
-import ctypes
 import functools
-import hashlib
 import os
-import platform
-import subprocess
 from pathlib import Path
 
 import jax
@@ -51,6 +46,7 @@ from rnnjax.cells.gru import GRUConfig
 from rnnjax.cells.lstm import LSTMConfig
 from rnnjax.kernels.base import YES, Backend, Problem, Support, no
 from rnnjax.kernels.fused import forward_loop, sum_outer
+from rnnjax.kernels.native import NativeLibrary
 
 SOURCE = Path(__file__).with_name("fused_cpu.cc")
 KERNELS = (
@@ -61,20 +57,12 @@ KERNELS = (
 )
 
 
-def _cpu_flags() -> bytes:
-    """The CPU's feature flags (Linux), so that a shared cache never serves a foreign build."""
-    try:
-        with open("/proc/cpuinfo", "rb") as f:
-            return next((line for line in f if line.startswith(b"flags")), b"")
-    except OSError:
-        return platform.machine().encode()
+LIBRARY = NativeLibrary(SOURCE, KERNELS)
 
 
 def library_path() -> Path:
     """Where the compiled kernel lives for this source and this CPU."""
-    key = SOURCE.read_bytes() + _cpu_flags()  # -march=native: one build per CPU kind
-    cache = Path(os.environ.get("RNNJAX_CACHE", Path.home() / ".cache" / "rnnjax"))
-    return cache / f"fused_cpu_{hashlib.sha256(key).hexdigest()[:16]}.so"
+    return LIBRARY.path()
 
 
 def build() -> Path:
@@ -83,28 +71,12 @@ def build() -> Path:
     Call it before tracing (``make`` does, at install). Raises RuntimeError with the
     compiler's message where the build fails.
     """
-    lib = library_path()
-    if lib.exists():
-        return lib
-    lib.parent.mkdir(parents=True, exist_ok=True)
-    tmp = lib.with_suffix(f".{os.getpid()}.tmp")
-    cmd = ["g++", "-O3", "-march=native", "-std=c++20", "-shared", "-fPIC", "-pthread"]
-    cmd += ["-I", jax.ffi.include_dir(), str(SOURCE), "-o", str(tmp)]
-    try:
-        subprocess.run(cmd, check=True, capture_output=True, timeout=600)
-    except (OSError, subprocess.SubprocessError) as e:
-        detail = getattr(e, "stderr", b"") or b""
-        raise RuntimeError(f"building {SOURCE.name} failed: {e} {detail[-400:]!r}") from e
-    tmp.replace(lib)  # atomic: concurrent builders never see a partial file
-    return lib
+    return LIBRARY.build()
 
 
-@functools.cache
 def _register() -> None:
     """Loads the built library and registers its FFI targets (once; no compilation)."""
-    dll = ctypes.cdll.LoadLibrary(str(library_path()))
-    for name in KERNELS:
-        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(dll, name)), "cpu")
+    LIBRARY.register()
 
 
 def _specialised(cell: Cell) -> str | None:
