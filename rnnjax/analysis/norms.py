@@ -327,10 +327,9 @@ def accumulate_views(
     of each step) and px (T, G), in time order. A forward lane returns log ‖∂c_t/∂c_0‖ for
     t = 1..T, a backward lane log ‖∂c_T/∂c_t‖ for t = 0..T-1 (each (T,)). The backward lane
     reads its inputs reversed, so both lanes walk one step per scan iteration. The lanes'
-    operations are independent of each other in the loop body, and XLA's CPU runtime overlaps
-    some of them: an example's two views side by side took 0.75 of the time of one view after
-    the other (LSTM H = 256, B = 8, T = 100, on two cores). Two examples' backward views side by
-    side gained nothing, so a backward view alone runs one example at a time.
+    products are independent of each other, and their norms are found in one call
+    (`_norms_fn`): on the CPU one native call that runs the lanes' Lanczos rounds on two
+    threads at once.
     """
     inputs = tuple(
         (states[::-1], px[::-1]) if view == BACKWARD else (states, px) for view, states, px in lanes
@@ -450,8 +449,8 @@ def jacobian_norms(
             # examples one after the other: one example's N x N products (1 MB each at
             # N = 512) stay in cache where the batch's do not, the Lanczos rounds (passes
             # over them bound by memory bandwidth) stop when that example has converged, and
-            # an example's products are GEMMs large enough for both cores (LSTM H = 256,
-            # B = 8: Frobenius norms 0.6-0.75 of the time of the batch at once)
+            # an example's products are GEMMs large enough for both cores (the Frobenius
+            # norms of benchmarks/bench_jacobian_norms.py took 7.7 s so, 10.9 s batched)
             return jax.lax.map(f, xs)
         return jax.vmap(f)(xs)  # small matrices: the batch at once, batched GEMMs
 
