@@ -118,9 +118,9 @@ void ColumnsTimes(const float* M, int64_t N, const float* x, float* y) {
     for (int64_t j = 0; j < N; ++j) y[j] += x[i] * M[i * N + j];
 }
 
-// x ← x − Bᵀ(B x) for the first `rows` rows of basis (row-major, N wide), twice; returns the
-// norm of what is left and normalises x by it (x unchanged where it is 0).
-float Orthonormalise(float* x, const float* basis, int64_t rows, int64_t N) {
+// x ← x − Bᵀ(B x) for the first `rows` rows of basis (row-major, N wide), twice; then x
+// normalised (left as it is where it is 0).
+void Orthonormalise(float* x, const float* basis, int64_t rows, int64_t N) {
   for (int pass = 0; pass < 2; ++pass) {
     for (int64_t r = 0; r < rows; ++r) {
       const float c = Dot(basis + r * N, x, N);
@@ -130,7 +130,6 @@ float Orthonormalise(float* x, const float* basis, int64_t rows, int64_t N) {
   const float n = Norm(x, N);
   if (n > 0.0f)
     for (int64_t j = 0; j < N; ++j) x[j] /= n;
-  return n;
 }
 
 // The top eigenpair of the symmetric k×k matrix C (row-major, overwritten) by cyclic Jacobi
@@ -203,8 +202,8 @@ float TopSingularValue(const float* M, int64_t N, float* u, bool right, int64_t 
   }
   std::copy(X.begin(), X.begin() + N, last_x.begin());
   float sigma = 0.0f, residual = INFINITY;
-  int64_t j = 0;
   for (int64_t steps = 0; steps < k * max_restarts && residual > tol * sigma; ++steps) {
+    const int64_t j = steps % k;  // this round's step
     float *t = MX.data() + j * N, *g = G.data() + j * N;
     GramTimes(M, N, X.data() + j * N, t, g);
     for (int64_t i = 0; i <= j; ++i)
@@ -231,12 +230,10 @@ float TopSingularValue(const float* M, int64_t N, float* u, bool right, int64_t 
       std::fill(X.begin(), X.end(), 0.0f);
       std::fill(H.begin(), H.end(), 0.0);
       std::copy(x.begin(), x.end(), X.begin());
-      j = 0;
     } else {
       float* next = X.data() + (j + 1) * N;
       std::copy(g, g + N, next);
       Orthonormalise(next, X.data(), j + 1, N);
-      ++j;
     }
   }
   const std::vector<float>& out = right ? last_x : left;
@@ -299,7 +296,8 @@ ffi::Error TopSingularValues(ffi::ThreadPool pool, ffi::RemainingArgs args,
       return ffi::Error::InvalidArgument("u must be (..., N) with M's leading axes");
     std::copy(u0->typed_data(), u0->typed_data() + u0->element_count(), (*u)->typed_data());
     lanes.push_back(Lane{M->typed_data(), (*u)->typed_data(), (*sigma)->typed_data(),
-                         u0->element_count() / N, ((right >> l) & 1) != 0});
+                         static_cast<int64_t>(u0->element_count()) / N,
+                         ((right >> l) & 1) != 0});
   }
   auto shared = std::make_shared<LaneSet>(std::move(lanes), N, krylov, max_restarts, tol);
   const size_t L = shared->lanes.size();

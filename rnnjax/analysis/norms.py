@@ -83,16 +83,16 @@ def _check_options(ord: Any, method: str) -> None:
 
 
 class _Lanczos(NamedTuple):
-    """The state of `top_singular_value`'s loop: step j of a round of Lanczos steps on MᵀM.
+    """The state of `top_singular_value`'s loop of Lanczos steps on MᵀM, in rounds of k.
 
-    X (k, N): orthonormal Krylov basis (rows; rows after j zero), MX (k, N) and G (k, N): M xᵢ
+    steps: the steps taken (this round's step is j = steps mod k); X (k, N): orthonormal
+    Krylov basis (rows; rows after j zero), MX (k, N) and G (k, N): M xᵢ
     and MᵀM xᵢ of the rows done, H (k, k) = X Gᵀ: MᵀM projected on the basis; sigma,
     left, right, residual: the latest Ritz estimate (σ, unit u and x with M x = σ u, and
     ‖Mᵀu − σ x‖).
     """
 
     steps: Array
-    j: Array
     X: Array
     MX: Array
     G: Array
@@ -103,13 +103,13 @@ class _Lanczos(NamedTuple):
     residual: Array
 
 
-def _orthonormal(x: Array, basis: Array) -> tuple[Array, Array]:
-    """x minus its part in the span of the orthonormal rows of basis (twice), normalised;
-    and the norm it had (0: x lies in the span, returned as 0)."""
+def _orthonormal(x: Array, basis: Array) -> Array:
+    """x minus its part in the span of the orthonormal rows of basis (twice), normalised
+    (0 where x lies in the span)."""
     x = x - (basis @ x) @ basis
     x = x - (basis @ x) @ basis
     n = jnp.linalg.norm(x)
-    return x / jnp.where(n > 0, n, 1.0), n
+    return x / jnp.where(n > 0, n, 1.0)
 
 
 def top_singular_value(
@@ -166,17 +166,15 @@ def top_singular_value(
     def fresh(x, steps, sigma, left, right_, residual):  # a round's start: the basis is x alone
         zeros = jnp.zeros((k, N), M.dtype)
         H = jnp.zeros((k, k), M.dtype)
-        j = jnp.zeros((), jnp.int32)
-        return _Lanczos(
-            steps, j, zeros.at[0].set(x), zeros, zeros, H, sigma, left, right_, residual
-        )
+        return _Lanczos(steps, zeros.at[0].set(x), zeros, zeros, H, sigma, left, right_, residual)
 
     def step(s: _Lanczos) -> _Lanczos:
-        t = M @ s.X[s.j]  # (N,) M xⱼ
+        j = s.steps % k  # this round's step
+        t = M @ s.X[j]  # (N,) M xⱼ
         g = t @ M  # (N,) MᵀM xⱼ
-        MX, G = s.MX.at[s.j].set(t), s.G.at[s.j].set(g)
+        MX, G = s.MX.at[j].set(t), s.G.at[j].set(g)
         h = s.X @ g  # (k,) row and column j of X MᵀM Xᵀ
-        H = s.H.at[s.j].set(h).at[:, s.j].set(h)
+        H = s.H.at[j].set(h).at[:, j].set(h)
         coeffs = jnp.linalg.eigh(H)[1][:, -1]  # (k,) the top eigenvector
         Mx, MtMx, x = coeffs @ MX, coeffs @ G, coeffs @ s.X  # (N,) each
         sigma = jnp.linalg.norm(Mx)
@@ -187,11 +185,10 @@ def top_singular_value(
         x = jnp.where(n_x > 0, x / jnp.where(n_x > 0, n_x, 1.0), s.right)
         steps = s.steps + 1
         restart = fresh(x, steps, sigma, left, x, residual)
-        nxt, _ = _orthonormal(g, s.X)
         grown = _Lanczos(
-            steps, s.j + 1, s.X.at[s.j + 1].set(nxt), MX, G, H, sigma, left, x, residual
+            steps, s.X.at[j + 1].set(_orthonormal(g, s.X)), MX, G, H, sigma, left, x, residual
         )
-        return jax.tree.map(lambda a, b: jnp.where(s.j + 1 == k, a, b), restart, grown)
+        return jax.tree.map(lambda a, b: jnp.where(j + 1 == k, a, b), restart, grown)
 
     def cond(s: _Lanczos):
         return (s.steps < k * max_restarts) & (s.residual > tol * s.sigma)
