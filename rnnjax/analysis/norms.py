@@ -446,8 +446,7 @@ def jacobian_norms(
             # examples one after the other: one example's N x N products (1 MB each at
             # N = 512) stay in cache where the batch's do not, the Lanczos rounds (passes
             # over them bound by memory bandwidth) stop when that example has converged, and
-            # an example's products are GEMMs large enough for both cores (the Frobenius
-            # norms of benchmarks/bench_jacobian_norms.py took 7.7 s so, 10.9 s batched)
+            # an example's products are GEMMs large enough for both cores
             return jax.lax.map(f, xs)
         return jax.vmap(f)(xs)  # small matrices: the batch at once, batched GEMMs
 
