@@ -51,6 +51,7 @@ from rnnjax.layers import bidirectional, embedding, readout, stacked
 from rnnjax.losses import bits_per_char, perplexity, sequence_cross_entropy
 from rnnjax.regularise import regularised, with_key
 from rnnjax.rnn_layer import rnn
+from rnnjax.tokens import Tokens
 
 __version__ = "0.1.0"
 
@@ -68,6 +69,7 @@ __all__ = [
     "RNNCarry",
     "SimpleRNNParams",
     "Structure",
+    "Tokens",
     "allocator",
     "analysis",
     "bidirectional",

@@ -18,6 +18,7 @@ from rnnjax.kernels import get_backend
 from rnnjax.kernels.base import forward_mode_of, problem_of
 from rnnjax.kernels.registry import resolve
 from rnnjax.resets import check_resets, reset_block, resettable
+from rnnjax.tokens import Tokens, check_tokens, project_tokens
 
 
 def unroll(
@@ -74,7 +75,10 @@ def unroll(
         cell: a `Cell` (e.g. ``rj.lstm(64)``).
         params: the cell's parameters (checked against ``cell.init``'s structure and shapes).
         xs: float inputs, (B, T, D) batch-first (default), (T, B, D) with ``time_major``, or
-            (T, D) for one unbatched sequence.
+            (T, D) for one unbatched sequence; or token ids with their embedding table,
+            ``rnnjax.tokens.Tokens(E (V, D), ids)`` with ids (B, T), (T, B) or (T,), which
+            runs as xs = E[ids] with the input projection folded into the table when
+            V < T·B (`rnnjax.tokens`).
         carry: initial carry; None means ``cell.initial_carry`` (zeros).
         lengths: optional int (B,) (or a scalar for one sequence): the number of valid steps.
             Outputs at t >= length are zero and the final carry is each sequence's carry at
@@ -120,36 +124,46 @@ def unroll(
         (4, 10, 32)
     """
     run = get_backend(backend)
-    xs = check_inputs(params, xs)
-    checks.check_params(cell, params, xs.shape[-1])
-    batch_shape = batch_shape_of(xs, time_major)
-    T = xs.shape[0] if (time_major or xs.ndim == 2) else xs.shape[1]
+    table = None
+    if isinstance(xs, Tokens):  # from here on xs holds the ids: (B, T), (T, B) or (T,)
+        table, xs = check_tokens(params, xs)
+        rank, D, in_dtype = xs.ndim + 1, table.shape[-1], table.dtype
+    else:
+        xs = check_inputs(params, xs)
+        rank, D, in_dtype = xs.ndim, xs.shape[-1], xs.dtype
+    checks.check_params(cell, params, D)
+    one_sequence = rank == 2
+    batch_shape = () if one_sequence else (xs.shape[1],) if time_major else (xs.shape[0],)
+    T = xs.shape[0] if (time_major or one_sequence) else xs.shape[1]
     if T == 0:
         raise ValueError(f"xs has no time steps: {xs.shape=} gives T=0")
     if isinstance(unroll, bool) or not isinstance(unroll, int) or unroll < 1:
         raise ValueError(f"unroll must be a positive int, got {unroll=}")
     if lengths is not None:
         lengths = check_lengths(lengths, batch_shape, T)
-    dtype = carry_dtype(params, xs.dtype)
+    dtype = carry_dtype(params, in_dtype)
     carry = check_carry(cell, params, carry, batch_shape, dtype)
 
-    xs_tm = xs if (time_major or xs.ndim == 2) else jnp.swapaxes(xs, 0, 1)  # (T, *batch, D)
+    xs_tm = xs if (time_major or one_sequence) else jnp.swapaxes(xs, 0, 1)  # (T, *batch, D)
     if lengths is not None:  # padding never reaches the loop: NaN there stays harmless
         valid = jnp.arange(T).reshape((T,) + (1,) * lengths.ndim) < lengths[None]  # (T, *b)
-        xs_tm = jnp.where(valid[..., None], xs_tm, jnp.zeros_like(xs_tm))
+        if table is None:
+            xs_tm = jnp.where(valid[..., None], xs_tm, jnp.zeros_like(xs_tm))
+        else:  # an id outside the table embeds to the zero vector
+            xs_tm = jnp.where(valid, xs_tm, -1)  # (T, *batch)
     if reverse:
         xs_tm = reverse_within_lengths(xs_tm, lengths)
     flags = None
     if resets is not None:  # the flag rides in px as one more gate block (rnnjax.resets)
         flags = check_resets(resets, batch_shape, T, time_major)  # (T, *batch)
         if reverse:
-            flags = reverse_within_lengths(flags[..., None], lengths)[..., 0]
-    project = projection(cell, params)
+            flags = reverse_within_lengths(flags, lengths)
+    project = projection(cell, params, table)
     if resets is not None:
         cell = resettable(cell)
     # The backend is chosen here, from the arrays the caller passed (inside a chunked loop
     # they are the loop's own tracers, which would hide e.g. forward-mode autodiff).
-    forward_mode = forward_mode_of((params, xs_tm, carry))
+    forward_mode = forward_mode_of((params, table, xs_tm, carry))
     steps = T if chunk is None else check_chunk(chunk, T)
     x_steps = jax.ShapeDtypeStruct((steps, *xs_tm.shape[1:]), xs_tm.dtype)
     f_steps = (
@@ -171,19 +185,23 @@ def unroll(
         )
     if reverse:
         ys = reverse_within_lengths(ys, lengths)  # (T, *batch, H), back in input order
-    if not (time_major or xs.ndim == 2):
+    if not (time_major or one_sequence):
         ys = jnp.swapaxes(ys, 0, 1)  # (B, T, H)
     return final_carry, ys
 
 
-def projection(cell: Cell, params: Any):
+def projection(cell: Cell, params: Any, table: Array | None = None):
     """``(xs (T, *batch, D), flags (T, *batch) or None) -> px (T, *batch, G)``: the cell's
     input projection, plus the reset flags, when given, as one more gate block
-    (`rnnjax.resets`)."""
+    (`rnnjax.resets`). With an embedding ``table`` (V, D), xs are token ids (T, *batch)
+    (`rnnjax.tokens.project_tokens`)."""
     H = cell.hidden_size
 
     def project(xs_tm: Array, flags: Array | None) -> Array:
-        px = cell.project(params, xs_tm)  # (T, *batch, G)
+        if table is None:
+            px = cell.project(params, xs_tm)  # (T, *batch, G)
+        else:
+            px = project_tokens(cell, params, table, xs_tm)  # (T, *batch, G)
         if flags is not None:
             px = jnp.concatenate([px, reset_block(flags, H, px.dtype)], axis=-1)
         return px
@@ -252,11 +270,11 @@ def reverse_within_lengths(xs: Array, lengths: Array | None) -> Array:
     """Reverses each sequence of a time-major array within its own length.
 
     Args:
-        xs: (T, *batch, F).
+        xs: (T, *batch, *F), any trailing feature axes (none for e.g. token ids).
         lengths: None (reverse all T steps) or int (*batch,).
 
     Returns:
-        (T, *batch, F) with ``out[t] = xs[length - 1 - t]`` for t < length and ``out[t] =
+        (T, *batch, *F) with ``out[t] = xs[length - 1 - t]`` for t < length and ``out[t] =
         xs[t]`` (padding stays in place) otherwise. The map is its own inverse.
     """
     if lengths is None:
@@ -265,7 +283,8 @@ def reverse_within_lengths(xs: Array, lengths: Array | None) -> Array:
     t = jnp.arange(T).reshape((T,) + (1,) * lengths.ndim)  # (T, *1)
     length = lengths[None]  # (1, *batch)
     source = jnp.where(t < length, length - 1 - t, t)  # (T, *batch)
-    return jnp.take_along_axis(xs, source[..., None], axis=0)
+    source = source.reshape(source.shape + (1,) * (xs.ndim - source.ndim))  # (T, *batch, *1)
+    return jnp.take_along_axis(xs, source, axis=0)
 
 
 def check_inputs(params: Any, xs: Any) -> Array:
@@ -277,12 +296,6 @@ def check_inputs(params: Any, xs: Any) -> Array:
             f"{xs.ndim} with {xs.shape=}"
         )
     return checks.check_features(params, xs, "xs")
-
-
-def batch_shape_of(xs: Array, time_major: bool) -> tuple[int, ...]:
-    if xs.ndim == 2:
-        return ()
-    return (xs.shape[1],) if time_major else (xs.shape[0],)
 
 
 def check_lengths(lengths: Any, batch_shape: tuple[int, ...], T: int) -> Array:

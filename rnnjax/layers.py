@@ -23,6 +23,7 @@ from rnnjax.cells.base import Array, Cell, check_positive, expand
 from rnnjax.driver import unroll
 from rnnjax.regularise import with_key
 from rnnjax.resets import segment_ends
+from rnnjax.tokens import in_table, lookup
 
 
 class Layer(NamedTuple):
@@ -88,11 +89,10 @@ def embedding(
         if not jnp.issubdtype(tokens.dtype, jnp.integer):
             raise ValueError(f"embedding needs integer tokens, got {tokens.dtype=}")
         check_ids("tokens", tokens, V, allowed=pad_id)
-        keep = (tokens >= 0) & (tokens < V)  # (...)
+        keep = in_table(tokens, V)  # (...)
         if pad_id is not None:
             keep &= tokens != pad_id
-        rows = jnp.take(params.E, jnp.clip(tokens, 0, V - 1), axis=0)  # (..., D)
-        return jnp.where(keep[..., None], rows, jnp.zeros((), rows.dtype))
+        return lookup(params.E, tokens, keep)  # (..., D)
 
     return Layer(init_fn, apply)
 

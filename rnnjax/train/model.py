@@ -21,6 +21,7 @@ from rnnjax.cells.base import Array, check_positive, expand
 from rnnjax.data.tasks import Task, TaskBatch
 from rnnjax.initializers import for_cell, readout_init
 from rnnjax.layers import EmbeddingParams, ReadoutParams, Stack, embedding, readout, stacked
+from rnnjax.tokens import Tokens
 
 
 def build_cells(
@@ -128,10 +129,14 @@ def _build(
     def initial_carry(params: ModelParams, batch_shape=()):
         return stack.initial_carry(params.rnn, batch_shape)
 
+    def first_layer_inputs(params: ModelParams, inputs: Array) -> Array | Tokens:
+        if params.embed is not None and isinstance(stack.cells[0], Cell):
+            return Tokens(params.embed.E, inputs)  # embedded by unroll (rnnjax.tokens)
+        return features(params, inputs)  # (..., D)
+
     def apply(params: ModelParams, inputs: Array, carry=None, *, key=None):
-        carry, hs = stack.apply(
-            params.rnn, features(params, inputs), carry, key=key, backend=backend
-        )
+        xs = first_layer_inputs(params, inputs)
+        carry, hs = stack.apply(params.rnn, xs, carry, key=key, backend=backend)
         return carry, head(params, hs)  # (B, T, K)
 
     def step(params: ModelParams, carry, token: Array):
