@@ -15,6 +15,7 @@ training log can report the clip rate::
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -42,15 +43,21 @@ class ClipStatsState(NamedTuple):
     clipped_steps: Array
 
 
-def with_clip_stats(inner: optax.GradientTransformation) -> optax.GradientTransformation:
+def with_clip_stats(
+    inner: optax.GradientTransformation, fired: Callable[[Array], Array] | None = None
+) -> optax.GradientTransformation:
     """Wraps a clipping transformation so that its state records what it did.
 
     "Clipped" means the wrapped transformation changed at least one entry of the gradient
-    (for ``clip_by_global_norm(m)``: ‖g‖ > m; for ``clip(d)``: some |g_i| > d).
+    (for ``clip_by_global_norm(m)``: ‖g‖ > m; for ``clip(d)``: some |g_i| > d), or, when
+    ``fired`` is given, ``fired(‖g‖)``.
 
     Args:
         inner: an optax transformation, e.g. ``optax.clip_by_global_norm(1.0)`` or
             ``optax.clip(5.0)``.
+        fired: ``global norm -> bool ()``, when the norm alone tells whether the clipping
+            fired (global-norm clipping: ``norm > m``); it spares the comparison of every
+            entry before and after.
 
     Returns:
         A ``GradientTransformation`` whose updates are exactly ``inner``'s and whose state is
@@ -69,8 +76,12 @@ def with_clip_stats(inner: optax.GradientTransformation) -> optax.GradientTransf
     def update(updates, state, params=None):
         norm = optax.tree.norm(updates).astype(jnp.float32)
         new_updates, inner_state = inner.update(updates, state.inner, params)
-        changed = jax.tree.leaves(jax.tree.map(lambda a, b: jnp.any(a != b), new_updates, updates))
-        clipped = jnp.any(jnp.stack(changed)) if changed else jnp.zeros((), bool)
+        if fired is not None:
+            clipped = fired(norm)
+        else:
+            changed = jax.tree.map(lambda a, b: jnp.any(a != b), new_updates, updates)
+            leaves = jax.tree.leaves(changed)
+            clipped = jnp.any(jnp.stack(leaves)) if leaves else jnp.zeros((), bool)
         return new_updates, ClipStatsState(
             inner=inner_state,
             global_norm=norm,
@@ -83,10 +94,11 @@ def with_clip_stats(inner: optax.GradientTransformation) -> optax.GradientTransf
 
 
 def clip_by_global_norm_with_stats(max_norm: float) -> optax.GradientTransformation:
-    """``with_clip_stats(optax.clip_by_global_norm(max_norm))`` (Pascanu's Algorithm 1)."""
+    """``with_clip_stats(optax.clip_by_global_norm(max_norm))`` (Pascanu's Algorithm 1);
+    clipped when ‖g‖ > max_norm (XLA computes the norm once for the clipping and the record)."""
     if not max_norm > 0:
         raise ValueError(f"max_norm must be > 0, got {max_norm=}")
-    return with_clip_stats(optax.clip_by_global_norm(max_norm))
+    return with_clip_stats(optax.clip_by_global_norm(max_norm), lambda norm: norm > max_norm)
 
 
 def clip_with_stats(max_delta: float) -> optax.GradientTransformation:
