@@ -20,10 +20,12 @@ Writes benchmarks/results/char_lm.json and char_lm.md, with the command that mad
 ``--versus-pytorch`` instead trains one recipe (`VERSUS`: a 2-layer LSTM of 256 units,
 embedding 64, batch 32, window 100, Adam 2e-3, clipping at 5) with ``rnnjax.train.train``
 (backend auto) and with a plain PyTorch loop (`char_lm_pytorch.py`: same data order,
-truncation, optimiser, clipping and validation) for the same *wall* time each, one after the
-other on the same machine, and writes char_lm_vs_pytorch.{json,md}: steps in the budget,
-training steps per second (evaluations excluded on both sides), validation bits per character,
-and the load average before and after. Run it on an idle machine.
+truncation, optimiser, clipping and validation) for the same *wall* time each, in alternating
+slices (``--slices``, default 4: each loop continues from one of its slices to the next) on
+the same machine, so that a drift in the machine's speed reaches both alike; writes
+char_lm_vs_pytorch.{json,md}: steps in the budget, training steps per second (evaluations
+excluded on both sides), overall and slice by slice, validation bits per character, and the
+load average at each slice's start. Run it on an idle machine.
 """
 
 from __future__ import annotations
@@ -140,35 +142,43 @@ def markdown(rows: list[dict], command: str, minutes: float, n_chars: int) -> st
     return "\n".join(lines) + "\n"
 
 
-def versus_pytorch(seconds: float, text: str, out: Path) -> list[dict]:
-    """rnnjax's `train` and the PyTorch loop on `VERSUS`, ``seconds`` of wall time each."""
-    from char_lm_pytorch import train_pytorch
+def versus_pytorch(seconds: float, text: str, out: Path, slices: int) -> list[dict]:
+    """rnnjax's `train` and the PyTorch loop on `VERSUS`, ``seconds`` of wall time each, in
+    ``slices`` alternating slices (rnnjax, PyTorch, rnnjax, ...): each library's run continues
+    from one of its slices to the next (rnnjax's by resuming its run directory), so both see
+    the machine in the same minutes."""
+    from char_lm_pytorch import PytorchRun
 
     config = RunConfig(**VERSUS)
-    rows = []
-    load = os.getloadavg()[0]
-    summary = train(config, str(out / "rnnjax"), text=text, time_limit=seconds)
-    curve = [r for r in read_metrics(out / "rnnjax" / "metrics.jsonl") if r.get("split") == "val"]
-    rows.append(
-        dict(
-            library="rnnjax",
-            backend=chosen_backend(config),
-            n_params=summary["n_params"],
-            steps=summary["step"],
-            steps_per_s=summary["steps_per_s"],
-            wall_s=summary["wall_s"],
-            val_bpc=summary["eval"]["bpc"],
-            val_curve=[(r["step"], r["bpc"]) for r in curve],
-            load_before=load,
-            load_after=os.getloadavg()[0],
-        )
-    )
     data = setup(config, text=text).text
     assert data is not None
-    load = os.getloadavg()[0]
-    result = train_pytorch(data.train, data.val, data.vocab.size, VERSUS, seconds)
-    rows.append(dict(library="pytorch", **result, load_before=load, load_after=os.getloadavg()[0]))
-    return rows
+    torch_run = PytorchRun(data.train, data.val, data.vocab.size, VERSUS)
+    run_dir = str(out / "rnnjax")
+    jx: dict = dict(library="rnnjax", backend=chosen_backend(config), slices=[])
+    pt: dict = dict(library="pytorch", slices=[])
+    steps = 0
+    for k in range(slices):
+        load = os.getloadavg()[0]
+        summary = train(
+            config, run_dir, text=text, time_limit=seconds / slices, resume=k > 0, progress=None
+        )
+        ran = summary["step"] - steps
+        steps = summary["step"]
+        jx["slices"].append(dict(steps=ran, steps_per_s=summary["steps_per_s"], load=load))
+        load = os.getloadavg()[0]
+        pt["slices"].append(dict(torch_run.run(seconds / slices), load=load))
+    curve = [r for r in read_metrics(out / "rnnjax" / "metrics.jsonl") if r.get("split") == "val"]
+    jx.update(
+        n_params=summary["n_params"],
+        steps=steps,
+        val_bpc=summary["eval"]["bpc"],
+        val_curve=[(r["step"], r["bpc"]) for r in curve],
+    )
+    pt.update(torch_run.summary())
+    for row in (jx, pt):  # training time summed over the slices
+        train_s = sum(s["steps"] / s["steps_per_s"] for s in row["slices"])
+        row["steps_per_s"] = row["steps"] / train_s
+    return [jx, pt]
 
 
 def loop_overhead(rounds: int = 3, steps: int = 100) -> str:
@@ -238,9 +248,12 @@ def chosen_backend(config: RunConfig) -> str:
 
 
 def versus_markdown(rows: list[dict], command: str, minutes: float, malloc: str) -> str:
+    import statistics
+
     import torch
 
     jx, pt = rows
+    n = len(jx["slices"])
     lines = [
         "# The whole training loop: rnnjax train against a plain PyTorch loop",
         "",
@@ -248,34 +261,42 @@ def versus_markdown(rows: list[dict], command: str, minutes: float, malloc: str)
         "",
         f"Recipe: {json.dumps({k: v for k, v in VERSUS.items() if k != 'steps'})}; the "
         f"embedded corpus (Python's help text), last 10 % held out. {minutes:g} wall minutes "
-        f"each, one after the other. Machine: {platform.machine()}, {os.cpu_count()} CPUs; "
+        f"each, in {n} alternating slices of {60 * minutes / n:.0f} s (rnnjax, PyTorch, "
+        "rnnjax, ...; each run continues from one of its slices to the next — rnnjax's by "
+        "resuming its run directory — so both see the machine in the same minutes). Machine: "
+        f"{platform.machine()}, {os.cpu_count()} CPUs; "
         f"jax {jax.__version__}, torch {torch.__version__} ({pt['threads']} threads); "
         f"malloc: {malloc}. Steps "
-        "per second count training time only (evaluations excluded on both sides; rnnjax "
-        "compiles its step before the budget starts and its evaluator at the first "
-        "evaluation, inside it); "
+        "per second count training time only (evaluations, checkpoints and rnnjax's "
+        "compilation on resuming excluded); "
         "validation bits per character at the end of the budget, measured the same way. "
         "PyTorch's LSTM has two bias vectors per layer (b_ih, b_hh), hence 4H · L more "
         "parameters, and Adam moves their sum twice as far per update as rnnjax's one b; "
         "each library keeps its own initialisation. With b_hh frozen and the same weights the "
         "two loops give the same loss at every update (tests/test_parity.py).",
         "",
-        "| library | parameters | steps in the budget | training steps/s | validation bpc "
-        "| wall s | load average before → after |",
+        "| library | parameters | steps in the budget | training steps/s | each slice's "
+        "steps/s | validation bpc | load average at each slice's start |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         name = r["library"] + (f" (backend {r['backend']})" if "backend" in r else "")
+        each = ", ".join(f"{s['steps_per_s']:.2f}" for s in r["slices"])
+        loads = ", ".join(f"{s['load']:.1f}" for s in r["slices"])
         lines.append(
             f"| {name} | {r['n_params']:,} | {r['steps']:,} | {r['steps_per_s']:.2f} | "
-            f"{r['val_bpc']:.3f} | {r['wall_s']:.0f} | {r['load_before']:.1f} → "
-            f"{r['load_after']:.1f} |"
+            f"{each} | {r['val_bpc']:.3f} | {loads} |"
         )
     speed = jx["steps_per_s"] / pt["steps_per_s"]
+    pairs = [
+        a["steps_per_s"] / b["steps_per_s"] for a, b in zip(jx["slices"], pt["slices"], strict=True)
+    ]
     lines += [
         "",
         f"rnnjax / PyTorch training steps per second: **{speed:.2f}** "
-        f"(goal ≥ 1.2); steps in the same budget: {jx['steps'] / pt['steps']:.2f}.",
+        f"(goal ≥ 1.2); slice by slice {', '.join(f'{p:.2f}' for p in pairs)} (median "
+        f"{statistics.median(pairs):.2f}); steps in the same budget: "
+        f"{jx['steps'] / pt['steps']:.2f}.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -300,6 +321,12 @@ def main(argv=None) -> int:
         help="the whole loop against PyTorch on one recipe (--minutes of wall time each)",
     )
     parser.add_argument(
+        "--slices",
+        type=int,
+        default=4,
+        help="with --versus-pytorch: alternate the two loops in this many slices each",
+    )
+    parser.add_argument(
         "--glibc-defaults",
         action="store_true",
         help="with --versus-pytorch: leave glibc's malloc as it is",
@@ -322,7 +349,7 @@ def main(argv=None) -> int:
         if not args.glibc_defaults and allocator.keep_freed_memory():
             malloc = "freed memory kept (rnnjax.allocator.keep_freed_memory, both loops)"
         try:
-            rows = versus_pytorch(seconds, text, out)
+            rows = versus_pytorch(seconds, text, out, args.slices)
         finally:
             shutil.rmtree(out, ignore_errors=True)
         report = versus_markdown(rows, command, seconds / 60, malloc)

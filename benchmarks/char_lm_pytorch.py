@@ -94,16 +94,10 @@ def make_trainer(model, train_streams: np.ndarray, recipe: dict[str, Any]):
     return step
 
 
-def train_pytorch(
-    train_streams: np.ndarray,
-    val_streams: np.ndarray,
-    vocab_size: int,
-    recipe: dict[str, Any],
-    seconds: float,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Trains for ``seconds`` of wall time (checked every ``log_every`` steps, as `rnnjax
-    train` does) and evaluates every ``eval_every`` steps and at the end.
+class PytorchRun:
+    """The PyTorch loop, trained in slices of wall time: each `run` continues where the last
+    stopped (same model, optimiser, carry and window), so that it can alternate with rnnjax's
+    loop on the same machine.
 
     Args:
         train_streams: int32 (B, N) training streams.
@@ -111,36 +105,58 @@ def train_pytorch(
         vocab_size: V.
         recipe: ``embed``, ``hidden``, ``layers``, ``window``, ``lr``, ``clip``,
             ``log_every``, ``eval_every``.
-        seconds: the wall-time budget of the loop (evaluations included, as in rnnjax's).
         seed: torch's seed.
-
-    Returns:
-        ``steps``, ``steps_per_s`` (training time only), ``wall_s``, ``val_bpc`` (at the end),
-        ``val_curve`` ((step, bpc) pairs), ``n_params``, ``threads``.
     """
-    import torch
 
-    torch.manual_seed(seed)
-    model = make_model(vocab_size, recipe)
-    train_step = make_trainer(model, train_streams, recipe)
-    step, curve, train_time = 0, [], 0.0
-    t0 = t_log = time.perf_counter()
-    while True:
-        train_step()
-        step += 1
-        out_of_time = step % recipe["log_every"] == 0 and time.perf_counter() - t0 > seconds
-        if step % recipe["eval_every"] == 0 or out_of_time:
-            train_time += time.perf_counter() - t_log
-            curve.append((step, validation_bpc(model, val_streams, recipe["window"])))
-            t_log = time.perf_counter()  # evaluation is not training time
-        if out_of_time:
-            break
-    return dict(
-        steps=step,
-        steps_per_s=step / train_time,
-        wall_s=time.perf_counter() - t0,
-        val_bpc=curve[-1][1],
-        val_curve=curve,
-        n_params=sum(p.numel() for p in model.parameters()),
-        threads=torch.get_num_threads(),
-    )
+    def __init__(self, train_streams, val_streams, vocab_size: int, recipe: dict, seed: int = 0):
+        import torch
+
+        torch.manual_seed(seed)
+        self.model = make_model(vocab_size, recipe)
+        self.train_step = make_trainer(self.model, train_streams, recipe)
+        self.val_streams, self.recipe = val_streams, recipe
+        self.step, self.train_time, self.wall_time = 0, 0.0, 0.0
+        self.curve: list[tuple[int, float]] = []
+
+    def run(self, seconds: float) -> dict[str, Any]:
+        """Trains for ``seconds`` of wall time (checked every ``log_every`` steps, as `rnnjax
+        train` does), evaluating every ``eval_every`` steps and at the end.
+
+        Returns:
+            This slice's ``steps`` and ``steps_per_s`` (training time only).
+        """
+        recipe = self.recipe
+        steps, train_time = 0, 0.0
+        t0 = t_log = time.perf_counter()
+        while True:
+            self.train_step()
+            steps += 1
+            self.step += 1
+            out_of_time = (
+                self.step % recipe["log_every"] == 0 and time.perf_counter() - t0 > seconds
+            )
+            if self.step % recipe["eval_every"] == 0 or out_of_time:
+                train_time += time.perf_counter() - t_log
+                bpc = validation_bpc(self.model, self.val_streams, recipe["window"])
+                self.curve.append((self.step, bpc))
+                t_log = time.perf_counter()  # evaluation is not training time
+            if out_of_time:
+                break
+        self.train_time += train_time
+        self.wall_time += time.perf_counter() - t0
+        return dict(steps=steps, steps_per_s=steps / train_time)
+
+    def summary(self) -> dict[str, Any]:
+        """``steps``, ``steps_per_s`` (training time only), ``wall_s``, ``val_bpc`` (at the
+        end), ``val_curve`` ((step, bpc) pairs), ``n_params``, ``threads``."""
+        import torch
+
+        return dict(
+            steps=self.step,
+            steps_per_s=self.step / self.train_time,
+            wall_s=self.wall_time,
+            val_bpc=self.curve[-1][1],
+            val_curve=self.curve,
+            n_params=sum(p.numel() for p in self.model.parameters()),
+            threads=torch.get_num_threads(),
+        )
