@@ -181,10 +181,11 @@ def versus_pytorch(seconds: float, text: str, out: Path, slices: int) -> list[di
     return [jx, pt]
 
 
-def loop_overhead(rounds: int = 3, steps: int = 100) -> str:
+def loop_overhead(malloc: str, rounds: int = 4, steps: int = 200) -> str:
     """What `train` adds to the jitted step on the `VERSUS` recipe: steps per second of the bare
     step (``steps`` calls, then one wait) and of ``train`` (its own count, evaluations off),
-    alternated ``rounds`` times in one process; medians."""
+    alternated ``rounds`` times in one process; medians. ``malloc``: the allocator's setting,
+    for the report."""
     import statistics
 
     import jax.numpy as jnp
@@ -219,7 +220,7 @@ def loop_overhead(rounds: int = 3, steps: int = 100) -> str:
             "",
             f"The `--versus-pytorch` recipe, {steps} steps per measurement, {rounds} rounds "
             f"alternated in one process, medians; load average {load:.1f} → "
-            f"{os.getloadavg()[0]:.1f}; jax {jax.__version__}.",
+            f"{os.getloadavg()[0]:.1f}; jax {jax.__version__}; malloc: {malloc}.",
             "",
             "| | steps/s (median) | every round |",
             "|---|---|---|",
@@ -329,13 +330,16 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--glibc-defaults",
         action="store_true",
-        help="with --versus-pytorch: leave glibc's malloc as it is",
+        help="with --versus-pytorch or --loop-overhead: leave glibc's malloc as it is",
     )
     args = parser.parse_args(argv)
     command = "python benchmarks/char_lm.py " + " ".join(sys.argv[1:] if argv is None else argv)
     seconds = 5.0 if args.quick else 60 * args.minutes
     if args.loop_overhead:
-        report = loop_overhead()
+        malloc = "glibc defaults"  # else as under the rnnjax command (rnnjax.allocator)
+        if not args.glibc_defaults and allocator.keep_freed_memory():
+            malloc = "freed memory kept (rnnjax.allocator.keep_freed_memory)"
+        report = loop_overhead(malloc)
         print(report)
         RESULTS.mkdir(exist_ok=True)
         (RESULTS / "char_lm_loop_overhead.md").write_text(report)
