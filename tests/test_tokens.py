@@ -170,3 +170,18 @@ def test_bad_tokens_raise_naming_the_value(rng, tokens, match):
     params, table, ids = _setup(rng, cell, FOLDED)
     with pytest.raises(ValueError, match=match):
         rj.unroll(cell, params, tokens(table, ids))
+
+
+def test_tokens_under_vmap_and_forward_mode(rng):
+    """vmap over sequences of ids, and jax.jvp with respect to the table (auto picks scan)."""
+    cell = rj.lstm(H)
+    params, table, ids = _setup(rng, cell, FOLDED)
+    got = jax.vmap(lambda i: rj.unroll(cell, params, Tokens(table, i))[1])(ids)  # (B, T, H)
+    want = jax.vmap(lambda i: rj.unroll(cell, params, table[i], backend="scan")[1])(ids)
+    assert_close(got, want, rtol=1e-5)
+    tangent = jax.random.normal(jax.random.fold_in(rng, 7), table.shape)
+
+    def tangent_of(xs_of):
+        return jax.jvp(lambda E: rj.unroll(cell, params, xs_of(E))[1], (table,), (tangent,))[1]
+
+    assert_close(tangent_of(lambda E: Tokens(E, ids)), tangent_of(lambda E: E[ids]), rtol=1e-5)
