@@ -333,6 +333,8 @@ def main(argv=None) -> int:
         help="with --versus-pytorch or --loop-overhead: leave glibc's malloc as it is",
     )
     args = parser.parse_args(argv)
+    if args.slices < 1:
+        parser.error(f"--slices must be at least 1, got {args.slices}")
     command = "python benchmarks/char_lm.py " + " ".join(sys.argv[1:] if argv is None else argv)
     seconds = 5.0 if args.quick else 60 * args.minutes
     if args.loop_overhead:
