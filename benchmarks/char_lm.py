@@ -335,6 +335,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.slices < 1:
         parser.error(f"--slices must be at least 1, got {args.slices}")
+    if not args.minutes > 0:
+        parser.error(f"--minutes must be > 0, got {args.minutes}")
     command = "python benchmarks/char_lm.py " + " ".join(sys.argv[1:] if argv is None else argv)
     seconds = 5.0 if args.quick else 60 * args.minutes
     if args.loop_overhead:
