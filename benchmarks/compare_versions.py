@@ -10,6 +10,7 @@ ratios to the first version.
     git worktree add /tmp/old 9cc1d38      # e.g. the hand-written fused LSTM / GRU
     python benchmarks/compare_versions.py --cell gru --shape S --backend fused \\
         old=/tmp/old new=$PWD
+    python benchmarks/compare_versions.py --loops --cell lstm --shape S old=/tmp/old new=$PWD
 
 Each version's ``fused_cpu`` library is built from its own source and its C++ calls are
 registered under names prefixed with the version's name (`own_ffi_targets`). The process
@@ -89,6 +90,45 @@ def build(rj, cell_kind: str, shape: str, backend: str) -> dict:
     return {mode: (fn, params, xs) for mode, fn in fns.items()}
 
 
+def build_loops(rj, cell_kind: str, shape: str) -> dict:
+    """The version's ``fused_cpu`` C++ forward and backward calls alone (LSTM or GRU), jitted
+    and warmed up: for changes to the loops themselves, whose share of a whole step is too
+    small to see through this machine's noise."""
+    fused_cpu = importlib.import_module("rnnjax.kernels.fused_cpu")
+    B, T, _, H = SHAPES[shape]
+    lstm = cell_kind == "lstm"
+    G = (4 if lstm else 3) * H
+    keys = jax.random.split(jax.random.key(0), 4)
+    px = jax.random.normal(keys[0], (T, B, G))  # (T, B, G)
+    W = 0.03 * jax.random.normal(keys[1], (H, G))
+    h0 = 0.1 * jax.random.normal(keys[2], (B, H))
+    dys = 0.01 * jax.random.normal(keys[3], (T, B, H))  # (T, B, H)
+    lengths = jnp.full((B,), T, jnp.int32)
+    threads = fused_cpu.team_size(B, H)
+    shapes = fused_cpu._shapes
+    if lstm:
+        forward = jax.jit(fused_cpu._forward)
+        fwd_args = (W, px, h0, h0, lengths)
+        _, gates, c_prev, _, _ = forward(*fwd_args)
+        out = shapes((T, B, G), (B, H), (B, H), (T, B, H))
+        backward = jax.jit(fused_cpu._call("RnnjaxLstmBackward", out, threads))
+        bwd_args = (W, gates, c_prev, dys, h0, h0, lengths, h0)
+    else:
+        b_hn = jnp.zeros((H,))
+        forward = jax.jit(fused_cpu._gru_forward)
+        fwd_args = (W, b_hn, px, h0, lengths)
+        ys, saved, _ = forward(*fwd_args)
+        h_prev = jnp.concatenate([h0[None], ys[:-1]], axis=0)  # (T, B, H)
+        out = shapes((T, B, G), (T, B, G), (B, H))
+        backward = jax.jit(fused_cpu._call("RnnjaxGruBackward", out, threads))
+        bwd_args = (W, saved, h_prev, dys, h0, lengths)
+    fns = {"forward loop": (forward, fwd_args), "backward loop": (backward, bwd_args)}
+    for fn, fn_args in fns.values():
+        for _ in range(WARMUP):
+            jax.block_until_ready(fn(*fn_args))
+    return fns
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cell", default="lstm", choices=("lstm", "gru", "simple_rnn"))
@@ -99,6 +139,11 @@ def main(argv=None) -> dict:
         "--glibc-defaults",
         action="store_true",
         help="leave glibc's malloc as it is (default: keep freed memory, as bench_speed does)",
+    )
+    parser.add_argument(
+        "--loops",
+        action="store_true",
+        help="time fused_cpu's C++ forward and backward calls alone (LSTM, GRU)",
     )
     parser.add_argument("versions", nargs="+", help="name=path of a checkout")
     args = parser.parse_args(argv)
@@ -111,24 +156,30 @@ def main(argv=None) -> dict:
         if not args.glibc_defaults and not runs and hasattr(rj, "allocator"):
             rj.allocator.keep_freed_memory()  # process-wide, before the first computation
         own_ffi_targets(rj, name)
-        runs[name] = build(rj, args.cell, args.shape, args.backend)
+        if args.loops:
+            runs[name] = build_loops(rj, args.cell, args.shape)
+        else:
+            fns = build(rj, args.cell, args.shape, args.backend)
+            runs[name] = {mode: (fn, (params, xs)) for mode, (fn, params, xs) in fns.items()}
+    modes = tuple(runs[versions[0][0]])
     load_start = os.getloadavg()
-    times: dict = {(name, mode): [] for name in runs for mode in ("train", "inference")}
+    times: dict = {(name, mode): [] for name in runs for mode in modes}
     for _ in range(args.repeats):
         for name, fns in runs.items():
-            for mode, (fn, params, xs) in fns.items():
+            for mode, (fn, fn_args) in fns.items():
                 start = time.perf_counter()
-                jax.block_until_ready(fn(params, xs))
+                jax.block_until_ready(fn(*fn_args))
                 times[(name, mode)].append(time.perf_counter() - start)
     first = versions[0][0]
     report = {}
-    for mode in ("train", "inference"):
+    for mode in modes:
         medians = {name: statistics.median(times[(name, mode)]) for name in runs}
         report[mode] = medians
         cells = "  ".join(
             f"{name} {1e3 * t:.2f} ms ({t / medians[first]:.3f})" for name, t in medians.items()
         )
-        print(f"{args.cell} {args.shape} {mode} {args.backend}: {cells}")
+        backend = "fused_cpu" if args.loops else args.backend
+        print(f"{args.cell} {args.shape} {mode} {backend}: {cells}")
     print(f"load average {load_start[0]:.2f} -> {os.getloadavg()[0]:.2f}")
     return report
 

@@ -51,3 +51,17 @@ def test_merge_replaces_the_rerun_shapes_only():
     assert merged["reruns"] == [{"shapes": ["latency"], "machine": machine, "gemm_gflops": 90.0}]
     again = bench_speed.merge(merged, rerun)  # re-running the same shape replaces its record
     assert len(again["reruns"]) == 1 and len(again["cases"]) == 2
+
+
+def test_gemm_ceiling_probe_runs_at_a_tiny_shape():
+    """The probe behind the README's statement on the LSTM's L step runs end to end: every
+    piece timed, the FMA peak and the matmul sum positive."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import gemm_ceiling_probe
+    finally:
+        sys.path.remove(str(BENCH))
+    report = gemm_ceiling_probe.main(["--shape", "2,3,4,16", "--rounds", "1"])
+    assert report["peak"] > 0
+    assert len(report["times"]) == 8 and all(t[0] > 0 for t in report["times"].values())
+    assert report["matmuls_at_xla"] > 0
