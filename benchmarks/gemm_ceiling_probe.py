@@ -5,8 +5,9 @@ independent multiply-adds as wide as its registers, one thread per core, compile
 ``g++ -march=native``); XLA:CPU's matmul at a 2048³ square and at the step's own GEMM shapes
 (the input projection [x, 1] [U; b], dW = Σ h_{t-1}ᵀ d z_t, [dU; db] = [x, 1]ᵀ d z); the
 ``fused_cpu`` forward and backward C++ loops; and the whole training step of rnnjax (``auto``)
-and of PyTorch (``nn.LSTM``, default threads). It prints each piece's GFLOP/s and share of the
-FMA peak, and PyTorch's step against the step's FLOPs at XLA's GEMM rates::
+and of PyTorch (``nn.LSTM``, default threads; with the ``bench`` extra). It prints each piece's
+GFLOP/s and share of the FMA peak, and PyTorch's step against the sum of the step's matmuls
+at XLA's rates::
 
     python benchmarks/gemm_ceiling_probe.py                 # shape L: (128, 50, 256, 512)
     python benchmarks/gemm_ceiling_probe.py --shape 32,100,128,256 --rounds 15
@@ -106,7 +107,6 @@ def workloads(B: int, T: int, D: int, H: int) -> tuple[dict, dict]:
         )
     )
     rnnjax_step, rnnjax_args = comp.make_train_step("rnnjax:auto", "lstm", (B, T, D, H))
-    torch_step, torch_args = comp.make_train_step("torch", "lstm", (B, T, D, H))
     fns = {
         "XLA matmul 2048³": (jax.jit(lambda a: a @ a), (square,)),
         "XLA projection [x, 1] [U; b]": (jax.jit(lambda a, b: a @ b), (x1, Ub)),
@@ -115,8 +115,9 @@ def workloads(B: int, T: int, D: int, H: int) -> tuple[dict, dict]:
         "C++ forward loop": (forward, (W, px, h0, h0, lengths)),
         "C++ backward loop": (backward, (W, gates, c_prev, dys, h0, h0, lengths, h0)),
         "rnnjax step (auto)": (rnnjax_step, rnnjax_args),
-        "PyTorch step": (torch_step, torch_args),
     }
+    if comp._installed("torch"):  # the `bench` extra
+        fns["PyTorch step"] = comp.make_train_step("torch", "lstm", (B, T, D, H))
     recurrent = 2.0 * TN * H * G
     flops = {
         "XLA matmul 2048³": 2.0 * 2048**3,
@@ -127,7 +128,7 @@ def workloads(B: int, T: int, D: int, H: int) -> tuple[dict, dict]:
         "C++ backward loop": recurrent,
     }
     step = 3 * recurrent + 2 * 2.0 * TN * D * G  # forward, backward and dW; projection and dU
-    flops["rnnjax step (auto)"] = flops["PyTorch step"] = step
+    flops["rnnjax step (auto)"] = flops["PyTorch step"] = step  # PyTorch's: when installed
     return fns, flops
 
 
@@ -171,9 +172,12 @@ def main(argv=None) -> dict:
     gemms = ("XLA projection [x, 1] [U; b]", "XLA dW = h_prevᵀ dz", "XLA [dU; db] = [x, 1]ᵀ dz")
     at_xla = sum(statistics.median(times[g]) for g in gemms)
     at_xla += 2 * statistics.median(times["XLA dW = h_prevᵀ dz"])  # forward, backward loops
-    torch_ms = statistics.median(times["PyTorch step"])
     ours_ms = statistics.median(times["rnnjax step (auto)"])
     print(f"the step's matmuls at XLA's rates: {1e3 * at_xla:.2f} ms")
+    if "PyTorch step" not in times:
+        print("PyTorch is not installed (the bench extra): no ratio")
+        return {"peak": peak, "times": times, "matmuls_at_xla": at_xla}
+    torch_ms = statistics.median(times["PyTorch step"])
     print(
         f"rnnjax / PyTorch: {ours_ms / torch_ms:.3f}; those matmuls / PyTorch: "
         f"{at_xla / torch_ms:.3f}"

@@ -1,9 +1,11 @@
-"""Smoke test of the CPU benchmark: ``bench_speed.py --quick`` runs end to end in seconds and
-writes its JSON, markdown table and plot."""
+"""Smoke tests of the CPU benchmark (``bench_speed.py --quick`` runs end to end in seconds and
+writes its JSON, markdown table and plot) and of the probes the README quotes."""
 
 import json
 import sys
 from pathlib import Path
+
+import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -63,5 +65,19 @@ def test_gemm_ceiling_probe_runs_at_a_tiny_shape():
         sys.path.remove(str(BENCH))
     report = gemm_ceiling_probe.main(["--shape", "2,3,4,16", "--rounds", "1"])
     assert report["peak"] > 0
-    assert len(report["times"]) == 8 and all(t[0] > 0 for t in report["times"].values())
+    pieces = 7 + ("PyTorch step" in report["times"])  # PyTorch where the bench extra is
+    assert len(report["times"]) == pieces and all(t[0] > 0 for t in report["times"].values())
     assert report["matmuls_at_xla"] > 0
+
+
+def test_peer_company_probe_runs_at_a_tiny_shape():
+    pytest.importorskip("torch")  # the bench extra: the probe times PyTorch
+    sys.path.insert(0, str(BENCH))
+    try:
+        import peer_company_probe
+    finally:
+        sys.path.remove(str(BENCH))
+    report = peer_company_probe.main(["--shape", "2,3,4,8", "--cycles", "1", "--calls", "1"])
+    assert set(report) == {"alone", "rnnjax", "all"}
+    assert report["alone"][0] > 0 and report["alone"][1] is None
+    assert report["all"][1] > 0  # rnnjax / PyTorch
