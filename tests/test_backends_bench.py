@@ -2,6 +2,7 @@
 writes its JSON, markdown table and plot) and of the probes the README quotes."""
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -55,6 +56,7 @@ def test_merge_replaces_the_rerun_shapes_only():
     assert len(again["reruns"]) == 1 and len(again["cases"]) == 2
 
 
+@pytest.mark.skipif(shutil.which("g++") is None, reason="the probe and fused_cpu build with g++")
 def test_gemm_ceiling_probe_runs_at_a_tiny_shape():
     """The probe behind the README's statement on the LSTM's L step runs end to end: every
     piece timed, the FMA peak and the matmul sum positive."""
