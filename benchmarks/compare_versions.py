@@ -147,6 +147,8 @@ def main(argv=None) -> dict:
     )
     parser.add_argument("versions", nargs="+", help="name=path of a checkout")
     args = parser.parse_args(argv)
+    if args.loops and args.cell not in ("lstm", "gru"):
+        parser.error(f"--loops times fused_cpu's LSTM and GRU loops, not --cell {args.cell}")
     versions = [v.split("=", 1) for v in args.versions]
     if any(len(v) != 2 for v in versions):
         parser.error(f"versions are name=path, got {args.versions}")
