@@ -24,12 +24,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import competitors as comp
 import jax
 import jax.numpy as jnp
+from bench_speed import time_interleaved
 
 import rnnjax.kernels.fused_cpu as fused_cpu
 from rnnjax import allocator
@@ -147,18 +147,13 @@ def main(argv=None) -> dict:
         subprocess.run([*cmd, "-o", str(binary)], check=True)
         cores = os.cpu_count() or 1
         load_start = os.getloadavg()[0]
-        for fn, fn_args in fns.values():  # warm-up
-            for _ in range(3):
-                comp.block(fn(*fn_args))
+        time_interleaved(fns, repeats=0, warmup=3)  # warm-up only
         times: dict = {name: [] for name in fns}
         peaks = []
-        for _ in range(args.rounds):
+        for _ in range(args.rounds):  # one round of bench_speed's at a time, the peak between
             peaks.append(fma_peak(binary, cores))
-            for name, (fn, fn_args) in fns.items():
-                comp.block(fn(*fn_args))  # settle (see bench_speed.time_interleaved)
-                start = time.perf_counter()
-                comp.block(fn(*fn_args))
-                times[name].append(time.perf_counter() - start)
+            for name, seconds in time_interleaved(fns, repeats=1, warmup=0).items():
+                times[name] += seconds
     peak = statistics.median(peaks)
     rate = {name: flops[name] / statistics.median(v) for name, v in times.items()}
     print(f"LSTM (B, T, D, H) = ({B}, {T}, {D}, {H}); {args.rounds} interleaved rounds, medians")

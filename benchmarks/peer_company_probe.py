@@ -3,9 +3,9 @@
 `bench_speed.py` times every library in one process, interleaved round-robin. This probe
 times PyTorch's training step (default threads) in phases that alternate what runs between
 its calls: nothing ("alone"), rnnjax's step only ("rnnjax"), or rnnjax and every JAX peer of
-the benchmark ("all", as in `bench_speed.py`). Each phase is ``--calls`` rounds; in a round
-every workload of the phase runs once untimed and once timed, as in
-`bench_speed.time_interleaved`. Phases cycle alone, rnnjax, all, ... so that a drift in the
+the benchmark ("all", as in `bench_speed.py`). Each phase is ``--calls`` rounds of
+`bench_speed.time_interleaved`: in a round every workload of the phase runs once untimed and
+once timed, PyTorch last. Phases cycle alone, rnnjax, all, ... so that a drift in the
 machine's speed reaches each kind alike::
 
     python benchmarks/peer_company_probe.py                     # LSTM, shape S
@@ -20,9 +20,9 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
 
 import competitors as comp
+from bench_speed import time_interleaved
 
 from rnnjax import allocator
 
@@ -30,14 +30,6 @@ PEERS = {
     "lstm": ("flax.linen:OptimizedLSTMCell", "flax.nnx", "haiku", "equinox"),
     "gru": ("flax.linen:GRUCell", "flax.nnx", "haiku", "equinox"),
 }
-
-
-def timed(fn, args) -> float:
-    """Seconds of one call, after one untimed call (see bench_speed.time_interleaved)."""
-    comp.block(fn(*args))
-    start = time.perf_counter()
-    comp.block(fn(*args))
-    return time.perf_counter() - start
 
 
 def main(argv=None) -> dict:
@@ -58,21 +50,18 @@ def main(argv=None) -> dict:
         for lib in PEERS[args.cell]
         if comp._installed(lib.split(":")[0].split(".")[0])  # haiku, equinox: the bench extra
     ]
-    company = {"alone": [], "rnnjax": [ours], "all": [ours, *peers]}
-    for fn, fn_args in [torch_step, ours, *peers]:  # compile and warm up
-        for _ in range(3):
-            comp.block(fn(*fn_args))
+    company = {  # what runs before PyTorch in each round of a phase
+        "alone": {},
+        "rnnjax": {"rnnjax": ours},
+        "all": {"rnnjax": ours} | {f"peer {i}": p for i, p in enumerate(peers)},
+    }
+    time_interleaved(company["all"] | {"torch": torch_step}, repeats=0, warmup=3)  # warm-up
     load_start = os.getloadavg()[0]
     phases: list[tuple[str, float, float | None]] = []
     for _ in range(args.cycles):
         for kind, workloads in company.items():
-            torch_times, our_times = [], []
-            for _ in range(args.calls):
-                for i, (fn, fn_args) in enumerate(workloads):
-                    seconds = timed(fn, fn_args)
-                    if i == 0:
-                        our_times.append(seconds)
-                torch_times.append(timed(*torch_step))
+            times = time_interleaved(workloads | {"torch": torch_step}, args.calls, warmup=0)
+            torch_times, our_times = times["torch"], times.get("rnnjax", [])
             ours_ms = 1e3 * statistics.median(our_times) if our_times else None
             phases.append((kind, 1e3 * statistics.median(torch_times), ours_ms))
             line = f"{kind:6s} PyTorch {phases[-1][1]:7.2f} ms"
